@@ -1,0 +1,5 @@
+import sys
+
+from tifffs.cli import main
+
+sys.exit(main())

@@ -1,0 +1,97 @@
+"""A thread-safe LRU cache bounded by weight, that computes each missing key once.
+
+Concurrent ``get`` calls for a key that is being computed wait for that computation
+instead of starting their own. Exceptions are passed to every waiter and not cached.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Generic, Hashable, TypeVar
+
+V = TypeVar("V")
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    weight: int = 0
+    entries: int = 0
+
+
+class _Pending:
+    """A computation in flight; waiters block on ``done``."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: object = None
+        self.error: BaseException | None = None
+
+
+class LruCache(Generic[V]):
+    """LRU mapping of keys to values whose total ``weigh(value)`` stays <= ``capacity``.
+
+    A value heavier than the capacity is returned but not kept.
+    """
+
+    def __init__(self, capacity: int, weigh: Callable[[V], int] = lambda value: 1) -> None:
+        self.capacity = capacity
+        self._weigh = weigh
+        self._lock = threading.Lock()
+        self._items: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
+        self._pending: dict[Hashable, _Pending] = {}
+        self._stats = CacheStats()
+
+    def get(self, key: Hashable, compute: Callable[[], V]) -> V:
+        """The value of ``key``, computed by ``compute()`` if missing (once for all callers)."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+                self._stats.hits += 1
+                return item[0]
+            self._stats.misses += 1
+            pending = self._pending.get(key)
+            owner = pending is None
+            if owner:
+                pending = self._pending[key] = _Pending()
+        if not owner:
+            pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+            return pending.value  # type: ignore[return-value]
+        try:
+            value = compute()
+        except BaseException as exc:
+            pending.error = exc
+            raise
+        else:
+            pending.value = value
+            self._store(key, value)
+            return value
+        finally:
+            with self._lock:
+                del self._pending[key]
+            pending.done.set()
+
+    def _store(self, key: Hashable, value: V) -> None:
+        weight = self._weigh(value)
+        if weight > self.capacity:
+            return
+        with self._lock:
+            self._items[key] = (value, weight)
+            self._stats.weight += weight
+            while self._stats.weight > self.capacity:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self._stats.weight -= dropped
+                self._stats.evictions += 1
+
+    def stats(self) -> CacheStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            return CacheStats(self._stats.hits, self._stats.misses, self._stats.evictions,
+                              self._stats.weight, len(self._items))

@@ -1,0 +1,244 @@
+"""Command line: ``tifffs SOURCE MOUNTPOINT [options]`` and ``tifffs render``.
+
+Heavy modules (numpy, tifffile, the FUSE binding) are imported only after the fork to
+the background, so that no library thread exists when the process forks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import signal
+import stat
+import sys
+from typing import Callable
+
+from tifffs import __version__
+from tifffs.config import (DEFAULT_CACHE_BYTES, DEFAULT_FACTORS, DEFAULT_METHOD, ConfigError,
+                           MountConfig, parse_factors, parse_method, parse_size,
+                           split_mount_options)
+
+log = logging.getLogger("tifffs")
+READY = b"\0tifffs-ready\n"
+RENDER_CHUNK = 16 << 20
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tifffs`` command; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] == ["render"]:
+            return _render(_render_parser().parse_args(argv[1:]))
+        return _mount(_config(_mount_parser().parse_args(argv)))
+    except ConfigError as exc:
+        print(f"tifffs: error: {exc}", file=sys.stderr)
+        return 2
+
+
+# -- mount
+def _mount_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tifffs",
+        description="Mount downsampled, uncompressed views of the TIFF files under SOURCE "
+                    "at MOUNTPOINT/x<factor>/<same path>. Unmount with: fusermount -u "
+                    "MOUNTPOINT. To write one view to a file: tifffs render --help.")
+    parser.add_argument("source", metavar="SOURCE", help="directory of TIFF files")
+    parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="empty directory to mount on")
+    parser.add_argument("-f", "--foreground", action="store_true",
+                        help="stay in the foreground; SIGINT/SIGTERM unmount")
+    parser.add_argument("--factors", help=f"reduction factors, one directory each "
+                        f"(default {','.join(map(str, DEFAULT_FACTORS))})")
+    parser.add_argument("--method", help=f"mean or nearest (default {DEFAULT_METHOD})")
+    parser.add_argument("--cache-size", help="memory for rendered pixel bands "
+                        f"(default {DEFAULT_CACHE_BYTES >> 20}M)")
+    parser.add_argument("--log-file", help="append log lines to this file")
+    parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT]",
+                        help="mount options: factors=2:4, method=, cache_size=, log_file=, "
+                             "debug, plus libfuse options such as allow_other")
+    parser.add_argument("-v", "--debug", action="store_true", help="verbose log")
+    parser.add_argument("--version", action="version", version=f"tifffs {__version__}")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> MountConfig:
+    ours, fuse_options = split_mount_options(args.options)
+    factors = args.factors or ours.get("factors")
+    method = args.method or ours.get("method")
+    cache_size = args.cache_size or ours.get("cache_size")
+    return MountConfig(
+        source=os.path.abspath(args.source),
+        mountpoint=os.path.abspath(args.mountpoint),
+        factors=parse_factors(factors) if factors else DEFAULT_FACTORS,
+        method=parse_method(method) if method else DEFAULT_METHOD,
+        cache_bytes=parse_size(cache_size) if cache_size else DEFAULT_CACHE_BYTES,
+        foreground=args.foreground or "foreground" in ours,
+        debug=args.debug or "debug" in ours,
+        log_file=args.log_file or ours.get("log_file"),
+        fuse_options=fuse_options,
+    )
+
+
+def check_mount_preconditions(config: MountConfig) -> None:
+    """Raise ``ConfigError`` saying what to do when the mount cannot work."""
+    if not os.path.isdir(config.source):
+        what = "does not exist" if not os.path.exists(config.source) else "is not a directory"
+        raise ConfigError(f"SOURCE {config.source} {what}: give the directory of your TIFFs")
+    mountpoint = config.mountpoint
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise ConfigError(f"MOUNTPOINT {mountpoint} does not exist: create it with "
+                          f"mkdir -p {mountpoint}") from None
+    except OSError as exc:
+        raise ConfigError(f"MOUNTPOINT {mountpoint} is a stale mount ({exc.strerror}): "
+                          f"clear it with fusermount -u {mountpoint}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"MOUNTPOINT {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise ConfigError(f"MOUNTPOINT {mountpoint} is already mounted: unmount it with "
+                          f"fusermount -u {mountpoint}, or choose another directory")
+    if os.listdir(mountpoint) and "nonempty" not in config.fuse_options:
+        raise ConfigError(f"MOUNTPOINT {mountpoint} is not empty: use an empty directory")
+    if os.path.realpath(mountpoint).startswith(os.path.realpath(config.source) + os.sep):
+        raise ConfigError("MOUNTPOINT lies inside SOURCE: choose a directory outside it")
+    if not os.path.exists("/dev/fuse"):
+        raise ConfigError("/dev/fuse is missing: load the fuse module (modprobe fuse) or, in "
+                          "a container, run it with --device /dev/fuse --cap-add SYS_ADMIN")
+    try:
+        import fuse  # noqa: F401  (fusepy finds libfuse when imported)
+    except (OSError, ImportError) as exc:
+        raise ConfigError(f"libfuse 2 is not usable ({exc}): install it, on Debian/Ubuntu "
+                          "with: sudo apt install libfuse2 fuse3") from None
+
+
+def _mount(config: MountConfig) -> int:
+    check_mount_preconditions(config)
+    if config.foreground:
+        _setup_logging(config, background=False)
+        return _serve(config, on_ready=None)
+    return _serve_in_background(config)
+
+
+def _serve_in_background(config: MountConfig) -> int:
+    """Fork; the child mounts and reports readiness (or libfuse's errors) through a pipe."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: the daemon
+        os.close(read_end)
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        os.dup2(write_end, 2)  # startup errors reach the parent until the mount is ready
+        os.close(write_end)
+        os.chdir("/")
+
+        def ready() -> None:
+            os.write(2, READY)
+            os.dup2(devnull, 2)  # lets go of the terminal: the parent sees end of file
+
+        status = 1
+        try:
+            _setup_logging(config, background=True)
+            status = _serve(config, on_ready=ready)
+        except BaseException as exc:  # report, never a traceback into the void
+            os.write(2, f"tifffs: error: {exc}\n".encode())
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    output = bytearray()
+    while chunk := os.read(read_end, 65536):
+        output += chunk
+    os.close(read_end)
+    ready_at = output.find(READY)
+    sys.stderr.write(output[:ready_at if ready_at >= 0 else None].decode(errors="replace"))
+    if ready_at >= 0:
+        return 0
+    _, status = os.waitpid(pid, 0)
+    print(f"tifffs: mounting {config.source} on {config.mountpoint} failed "
+          f"(exit status {os.waitstatus_to_exitcode(status)})", file=sys.stderr)
+    return 1
+
+
+def _serve(config: MountConfig, on_ready: Callable[[], None] | None) -> int:
+    from tifffs.catalog import Catalog
+    from tifffs.fs import TifffsOperations, mount
+    from tifffs.virtual import band_cache
+
+    catalog = Catalog(band_cache(config.cache_bytes))
+    operations = TifffsOperations(config.source, config.views, catalog, on_ready=on_ready)
+    log.info("mounting %s on %s (views %s, method %s, cache %d MiB)", config.source,
+             config.mountpoint, ",".join(v.name for v in config.views), config.method,
+             config.cache_bytes >> 20)
+    # libfuse handles SIGINT/SIGTERM only if they are at their default
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        mount(operations, config.mountpoint, dict(config.fuse_options))
+    except RuntimeError as exc:
+        log.error("mount failed: %s", exc)
+        return 1
+    log.info("unmounted %s", config.mountpoint)
+    return 0
+
+
+def _setup_logging(config: MountConfig, background: bool) -> None:
+    handler: logging.Handler
+    if config.log_file:
+        handler = logging.FileHandler(config.log_file)
+    elif background and os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+        handler.ident = "tifffs: "
+    elif background:
+        state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        os.makedirs(os.path.join(state, "tifffs"), exist_ok=True)
+        handler = logging.FileHandler(os.path.join(state, "tifffs", "tifffs.log"))
+    else:
+        handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s tifffs[%(process)d] %(levelname)s "
+                                           "%(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if config.debug else logging.INFO)
+    if not config.debug:
+        # tifffile warns about oddities it works around; problems are logged by tifffs
+        logging.getLogger("tifffile").setLevel(logging.ERROR)
+        logging.getLogger("fuse").setLevel(logging.WARNING)
+
+
+# -- render
+def _render_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tifffs render",
+        description="Write the exact bytes that the mount serves for one source TIFF.")
+    parser.add_argument("source", metavar="SOURCE_TIFF")
+    parser.add_argument("output", metavar="OUTPUT_TIFF", help="file to write ('-' for stdout)")
+    parser.add_argument("--factor", type=int, default=4, help="reduction factor (default 4)")
+    parser.add_argument("--method", default=DEFAULT_METHOD, help="mean or nearest")
+    parser.add_argument("--cache-size", default="64M", help="memory for rendered bands")
+    return parser
+
+
+def _render(args: argparse.Namespace) -> int:
+    from tifffs.errors import TifffsError
+    from tifffs.virtual import open_view
+
+    factor = parse_factors(str(args.factor))[0]
+    method = parse_method(args.method)
+    try:
+        view = open_view(args.source, factor, method, parse_size(args.cache_size))
+    except (TifffsError, OSError) as exc:
+        print(f"tifffs: {args.source}: {exc}", file=sys.stderr)
+        return 1
+    out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")
+    try:
+        for offset in range(0, view.size, RENDER_CHUNK):
+            out.write(view.read(offset, RENDER_CHUNK))
+    except (TifffsError, OSError) as exc:
+        print(f"tifffs: {args.source}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    return 0

@@ -1,0 +1,239 @@
+"""The byte layout of a view: header and IFDs first, then all pixel data in page order.
+
+Pure: from a description of each output page it computes every offset, the exact file
+size, and the bytes of the header and all IFDs (with their tag data). Classic TIFF is
+used while every offset fits in 32 bits, BigTIFF beyond.
+
+::
+
+    [header][IFD 0 + its tag data][IFD 1 + ...]...[pad][page 0 pixels][page 1 pixels]...
+
+A page's pixels are its planes one after another (one plane unless planar separate),
+each plane its rows top to bottom, cut into strips of ``rowsperstrip`` rows.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+#: Preferred size of an output strip; small pages get one strip.
+TARGET_STRIP_BYTES = 1 << 20
+#: Pixel data starts on this boundary (helps readers that memory-map the data).
+PIXEL_ALIGNMENT = 4096
+CLASSIC_LIMIT = 2**32 - 1
+
+# TIFF field types
+ASCII, SHORT, LONG, RATIONAL, LONG8 = 2, 3, 4, 5, 16
+_TYPE_FORMAT = {ASCII: "s", SHORT: "H", LONG: "I", RATIONAL: "I", LONG8: "Q"}
+_TYPE_SIZE = {ASCII: 1, SHORT: 2, LONG: 4, RATIONAL: 8, LONG8: 8}
+
+
+@dataclass(frozen=True, eq=False)
+class OutputPage:
+    """One page of a view, as it is written."""
+
+    width: int
+    height: int
+    samples: int
+    itemsize: int
+    sampleformat: int
+    photometric: int
+    planar_separate: bool
+    extrasamples: tuple[int, ...] = ()
+    colormap: np.ndarray | None = None
+    subfiletype: int = 0
+    xresolution: Fraction | None = None
+    yresolution: Fraction | None = None
+    resolutionunit: int | None = None
+    description: str | None = None
+
+    @property
+    def planes(self) -> int:
+        return self.samples if self.planar_separate else 1
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row of one plane."""
+        per_pixel = 1 if self.planar_separate else self.samples
+        return self.width * per_pixel * self.itemsize
+
+    @property
+    def plane_bytes(self) -> int:
+        return self.row_bytes * self.height
+
+    @property
+    def page_bytes(self) -> int:
+        return self.plane_bytes * self.planes
+
+    @property
+    def rowsperstrip(self) -> int:
+        return max(1, min(self.height, TARGET_STRIP_BYTES // self.row_bytes))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where everything is in a view file."""
+
+    head: bytes  # header and all IFDs, from offset 0
+    page_offsets: tuple[int, ...]  # start of each page's pixel data
+    size: int
+    bigtiff: bool
+
+    @property
+    def pixel_start(self) -> int:
+        return self.page_offsets[0]
+
+
+def build_layout(pages: list[OutputPage]) -> Layout:
+    """Compute the layout of a view with ``pages``: classic TIFF if it fits, else BigTIFF."""
+    layout = _build(pages, bigtiff=False)
+    if layout.size > CLASSIC_LIMIT:
+        layout = _build(pages, bigtiff=True)
+    return layout
+
+
+def _build(pages: list[OutputPage], bigtiff: bool) -> Layout:
+    header_size = 16 if bigtiff else 8
+    entries = [_entries(page, bigtiff, strip_offsets=None) for page in pages]
+    ifd_sizes = [_ifd_size(e, bigtiff) for e in entries]
+    ifd_offsets = []
+    position = header_size
+    for size in ifd_sizes:
+        ifd_offsets.append(position)
+        position += size
+    pixel_start = _align(position, PIXEL_ALIGNMENT)
+    page_offsets = []
+    position = pixel_start
+    for page in pages:
+        page_offsets.append(position)
+        position += page.page_bytes
+    total = position
+
+    head = bytearray(_header(bigtiff, ifd_offsets[0]))
+    for i, page in enumerate(pages):
+        next_ifd = ifd_offsets[i + 1] if i + 1 < len(pages) else 0
+        strip_offsets = _strip_offsets(page, page_offsets[i])
+        block = _encode_ifd(_entries(page, bigtiff, strip_offsets), bigtiff,
+                            ifd_offsets[i], next_ifd)
+        assert len(block) == ifd_sizes[i]
+        head += block
+    head += bytes(pixel_start - len(head))
+    return Layout(bytes(head), tuple(page_offsets), total, bigtiff)
+
+
+def _align(value: int, alignment: int) -> int:
+    return -(-value // alignment) * alignment
+
+
+def _header(bigtiff: bool, first_ifd: int) -> bytes:
+    if bigtiff:
+        return struct.pack("<2sHHHQ", b"II", 43, 8, 0, first_ifd)
+    return struct.pack("<2sHI", b"II", 42, first_ifd)
+
+
+def _strip_offsets(page: OutputPage, start: int) -> list[int]:
+    rps = page.rowsperstrip
+    strip_bytes = rps * page.row_bytes
+    per_plane = -(-page.height // rps)
+    return [start + plane * page.plane_bytes + s * strip_bytes
+            for plane in range(page.planes) for s in range(per_plane)]
+
+
+def _strip_bytecounts(page: OutputPage) -> list[int]:
+    rps = page.rowsperstrip
+    per_plane = -(-page.height // rps)
+    counts = [rps * page.row_bytes] * per_plane
+    counts[-1] = (page.height - rps * (per_plane - 1)) * page.row_bytes
+    return counts * page.planes
+
+
+def _rational(value: Fraction) -> list[int]:
+    """A positive fraction as RATIONAL numerator and denominator that fit 32 bits."""
+    value = value.limit_denominator(CLASSIC_LIMIT)
+    if value.numerator > CLASSIC_LIMIT:  # very large: lose precision in the numerator
+        value = Fraction(CLASSIC_LIMIT, max(1, round(CLASSIC_LIMIT / value)))
+    return [value.numerator, value.denominator]
+
+
+def _entries(page: OutputPage, bigtiff: bool,
+             strip_offsets: list[int] | None) -> list[tuple[int, int, list | bytes]]:
+    """The IFD entries (tag, type, values) of one page, sorted by tag."""
+    offset_type = LONG8 if bigtiff else LONG
+    counts = _strip_bytecounts(page)
+    if strip_offsets is None:
+        strip_offsets = [0] * len(counts)
+    entries: list[tuple[int, int, list | bytes]] = []
+    if page.subfiletype:
+        entries.append((254, LONG, [page.subfiletype]))
+    entries += [
+        (256, LONG, [page.width]),
+        (257, LONG, [page.height]),
+        (258, SHORT, [page.itemsize * 8] * page.samples),
+        (259, SHORT, [1]),
+        (262, SHORT, [page.photometric]),
+    ]
+    if page.description is not None:
+        entries.append((270, ASCII, page.description.encode("ascii", "replace") + b"\0"))
+    entries += [
+        (273, offset_type, strip_offsets),
+        (277, SHORT, [page.samples]),
+        (278, LONG, [page.rowsperstrip]),
+        (279, offset_type, counts),
+    ]
+    if page.xresolution is not None and page.yresolution is not None:
+        entries.append((282, RATIONAL, _rational(page.xresolution)))
+        entries.append((283, RATIONAL, _rational(page.yresolution)))
+    entries.append((284, SHORT, [2 if page.planar_separate else 1]))
+    if page.resolutionunit is not None:
+        entries.append((296, SHORT, [page.resolutionunit]))
+    if page.colormap is not None:
+        entries.append((320, SHORT, [int(v) for v in page.colormap.reshape(-1)]))
+    if page.extrasamples:
+        entries.append((338, SHORT, list(page.extrasamples)))
+    entries.append((339, SHORT, [page.sampleformat] * page.samples))
+    return entries
+
+
+def _value_bytes(field_type: int, values: list | bytes) -> bytes:
+    if field_type == ASCII:
+        return bytes(values)
+    return struct.pack(f"<{len(values)}{_TYPE_FORMAT[field_type]}", *values)
+
+
+def _count(field_type: int, values: list | bytes) -> int:
+    return len(values) // 2 if field_type == RATIONAL else len(values)
+
+
+def _ifd_size(entries: list, bigtiff: bool) -> int:
+    entry_size, inline, head, tail = (20, 8, 8, 8) if bigtiff else (12, 4, 2, 4)
+    size = head + entry_size * len(entries) + tail
+    for field_type, values in ((t, v) for _, t, v in entries):
+        nbytes = len(_value_bytes(field_type, values))
+        if nbytes > inline:
+            size += _align(nbytes, 8)
+    return size
+
+
+def _encode_ifd(entries: list, bigtiff: bool, offset: int, next_ifd: int) -> bytes:
+    """One IFD followed by the tag data that does not fit in its entries."""
+    entry_size, inline = (20, 8) if bigtiff else (12, 4)
+    count_format, offset_format = ("<Q", "<Q") if bigtiff else ("<H", "<I")
+    fixed = (8 if bigtiff else 2) + entry_size * len(entries) + (8 if bigtiff else 4)
+    table = bytearray(struct.pack(count_format, len(entries)))
+    extra = bytearray()
+    for tag, field_type, values in entries:
+        data = _value_bytes(field_type, values)
+        count = _count(field_type, values)
+        table += struct.pack("<HH", tag, field_type)
+        table += struct.pack(count_format if bigtiff else "<I", count)
+        if len(data) <= inline:
+            table += data + bytes(inline - len(data))
+        else:
+            table += struct.pack(offset_format, offset + fixed + len(extra))
+            extra += data + bytes(_align(len(data), 8) - len(data))
+    table += struct.pack(offset_format, next_ifd)
+    return bytes(table + extra)

@@ -1,0 +1,34 @@
+"""Reporting of problems with source files: one log line per file and cause."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+
+log = logging.getLogger("tifffs")
+
+#: Distinct (file, cause) pairs remembered, so that repeats are not logged again.
+MAX_REMEMBERED = 10000
+
+
+class ProblemLog:
+    """Logs each (file, cause) once; counts every occurrence per file."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.errors_per_file: dict[str, int] = {}
+
+    def report(self, path: str, cause: str, errno_name: str) -> None:
+        """Record a problem with ``path``; log it unless this cause was logged before."""
+        key = (path, cause)
+        with self._lock:
+            self.errors_per_file[path] = self.errors_per_file.get(path, 0) + 1
+            if key in self._seen:
+                self._seen.move_to_end(key)
+                return
+            self._seen[key] = None
+            if len(self._seen) > MAX_REMEMBERED:
+                self._seen.popitem(last=False)
+        log.error("%s: %s (%s)", path, cause, errno_name)
