@@ -1,0 +1,198 @@
+"""End to end through a real FUSE mount: pixels, bytes, sizes, layout of the tree, errors."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import SOURCE_KINDS
+from reference import reference_page
+from tifffs import open_view
+
+FACTORS = (2, 4, 8)
+GOOD_FILES = [*SOURCE_KINDS, "run1/deeper/stack.TIFF", "broken/neighbour.tif"]
+
+
+def _pages(path: Path) -> list[np.ndarray]:
+    """Every page as (rows, columns, samples), whatever its planar configuration."""
+    pages = []
+    with tifffile.TiffFile(path) as tif:
+        for page in tif.pages:
+            array = page.asarray()
+            if page.planarconfig == 2 and page.samplesperpixel > 1:
+                array = np.moveaxis(array, 0, -1)
+            pages.append(array)
+    return pages
+
+
+@pytest.mark.parametrize("name", GOOD_FILES)
+@pytest.mark.parametrize("factor", FACTORS)
+@pytest.mark.parametrize("method", ["mean", "nearest"])
+def test_view_pixels_equal_reference(sources, mount, mount_nearest, name, factor, method):
+    root, _ = sources
+    view = (mount if method == "mean" else mount_nearest).path / f"x{factor}" / name
+    source_pages = _pages(root / name)
+    view_pages = _pages(view)
+    assert len(view_pages) == len(source_pages)
+    for source_page, view_page in zip(source_pages, view_pages):
+        expected = reference_page(source_page, factor, method)
+        assert view_page.dtype == source_page.dtype
+        np.testing.assert_array_equal(view_page, expected)
+
+
+@pytest.mark.parametrize("name", GOOD_FILES)
+def test_view_keeps_page_structure(sources, mount, name):
+    root, _ = sources
+    with tifffile.TiffFile(root / name) as src, tifffile.TiffFile(mount.path / "x4" / name) as view:
+        assert view.byteorder == "<" and view.pages.first.compression == 1
+        assert not view.is_bigtiff
+        for s, v in zip(src.pages, view.pages, strict=True):
+            assert (v.imagewidth, v.imagelength) == (-(-s.imagewidth // 4),
+                                                     -(-s.imagelength // 4))
+            for attribute in ("samplesperpixel", "photometric", "planarconfig",
+                              "sampleformat", "bitspersample"):
+                assert getattr(v, attribute) == getattr(s, attribute), attribute
+
+
+def test_ifds_precede_contiguous_pixel_data(mount):
+    with tifffile.TiffFile(mount.path / "x2" / "u8_multi_odd.tif") as tif:
+        ifd_offsets = [page.offset for page in tif.pages]
+        data = [(page.dataoffsets[0], sum(page.databytecounts)) for page in tif.pages]
+    assert max(ifd_offsets) < data[0][0]
+    for (offset, size), (next_offset, _) in zip(data, data[1:]):
+        assert offset + size == next_offset
+
+
+def test_stack_shape_and_calibration(sources, mount):
+    view = mount.path / "x4" / "u16_multi_even.tif"
+    with tifffile.TiffFile(view) as tif:
+        assert tif.is_imagej
+        assert tif.series[0].shape == (4, 64, 80)
+        meta = tif.imagej_metadata
+        assert meta["images"] == 4 and meta["unit"] == "um" and meta["spacing"] == 2.5
+        x_num, x_den = tif.pages.first.tags["XResolution"].value
+        assert x_den / x_num == pytest.approx(0.25 * 4)  # pixel size x factor
+
+
+def test_resolution_unit_only_source_gets_imagej_unit(mount):
+    with tifffile.TiffFile(mount.path / "x2" / "u16_single_odd.tif") as tif:
+        assert tif.imagej_metadata["unit"] == "cm"
+        assert tif.pages.first.tags["ResolutionUnit"].value == 3
+        x_num, x_den = tif.pages.first.tags["XResolution"].value
+        assert x_num / x_den == pytest.approx(2.0 / 2)
+
+
+@pytest.mark.parametrize("name", GOOD_FILES)
+def test_size_is_exact_and_bytes_equal_render(sources, mount, mount_nearest, name):
+    root, _ = sources
+    for mnt, method in ((mount, "mean"), (mount_nearest, "nearest")):
+        for factor in FACTORS:
+            view = mnt.path / f"x{factor}" / name
+            data = view.read_bytes()
+            assert os.stat(view).st_size == len(data)
+            rendered = open_view(str(root / name), factor, method)
+            assert rendered.size == len(data)
+            assert rendered.read(0, rendered.size) == data
+
+
+@pytest.mark.parametrize("method", ["mean", "nearest"])
+def test_render_command_writes_the_mounted_bytes(sources, mount, mount_nearest, tmp_path,
+                                                 method):
+    root, _ = sources
+    mnt = mount if method == "mean" else mount_nearest
+    for name in ("u16_multi_even.tif", "rgb_u8_odd.tif", "u16_lzw_strips.tif"):
+        out = tmp_path / f"{method}-{Path(name).stem}.tif"
+        subprocess.run([sys.executable, "-m", "tifffs", "render", str(root / name), str(out),
+                        "--factor", "4", "--method", method], check=True)
+        assert out.read_bytes() == (mnt.path / "x4" / name).read_bytes()
+
+
+@pytest.mark.parametrize("name", ["u8_multi_odd.tif", "u16_lzw_strips.tif",
+                                  "rgb_u8_planar.tif"])
+def test_random_reads_equal_slices_of_the_whole_file(mount, name):
+    view = mount.path / "x2" / name
+    whole = view.read_bytes()
+    with tifffile.TiffFile(view) as tif:
+        pixel_start = tif.pages.first.dataoffsets[0]
+    rng = random.Random(name)
+    reads = [(pixel_start - 10, 20), (pixel_start - 1, 2), (len(whole) - 1, 1),
+             (len(whole) - 5, 100), (0, 8), (len(whole), 10)]
+    while len(reads) < 200:
+        offset = rng.randrange(len(whole))
+        reads.append((offset, rng.choice([1, 7, 4096, 65536, 300000, len(whole)])))
+    fd = os.open(view, os.O_RDONLY)
+    try:
+        for offset, length in reads:
+            assert os.pread(fd, length, offset) == whole[offset:offset + length], (offset,
+                                                                                   length)
+    finally:
+        os.close(fd)
+
+
+def test_tree_mirrors_source_with_companion_files(sources, mount):
+    root, _ = sources
+    assert sorted(os.listdir(mount.path)) == ["x2", "x4", "x8"]
+    for factor in FACTORS:
+        assert sorted(os.listdir(mount.path / f"x{factor}")) == sorted(os.listdir(root))
+    notes = mount.path / "x8" / "run1" / "notes.txt"
+    assert notes.read_text() == "acquisition notes\n"
+    st, source_st = os.stat(notes), os.stat(root / "run1" / "notes.txt")
+    assert st.st_mtime == source_st.st_mtime
+    assert st.st_mode & 0o222 == 0 and st.st_mode & 0o444 == source_st.st_mode & 0o444
+    assert os.stat(mount.path / "x4" / "u8_multi_odd.tif").st_blksize >= 256 * 1024
+    assert os.statvfs(mount.path).f_namemax > 0
+
+
+def test_cp_r_copies_a_view_tree(sources, mount, tmp_path):
+    root, arrays = sources
+    target = tmp_path / "run1_small"
+    subprocess.run(["cp", "-r", str(mount.path / "x4" / "run1"), str(target)], check=True)
+    assert (target / "notes.txt").read_text() == "acquisition notes\n"
+    copied = tifffile.imread(target / "deeper" / "stack.TIFF")
+    expected = np.stack([reference_page(p, 4, "mean") for p in arrays["run1/deeper/stack.TIFF"]])
+    np.testing.assert_array_equal(copied, expected)
+
+
+@pytest.mark.parametrize("action", ["open_write", "create", "mkdir", "unlink", "rename",
+                                    "truncate", "chmod", "rmdir", "symlink"])
+def test_writes_fail_with_erofs(mount, action):
+    view = mount.path / "x4" / "u8_multi_odd.tif"
+    actions = {
+        "open_write": lambda: os.open(view, os.O_WRONLY),
+        "create": lambda: os.open(mount.path / "x4" / "new.tif", os.O_CREAT | os.O_WRONLY),
+        "mkdir": lambda: os.mkdir(mount.path / "x4" / "newdir"),
+        "unlink": lambda: os.unlink(view),
+        "rename": lambda: os.rename(view, mount.path / "x4" / "renamed.tif"),
+        "truncate": lambda: os.truncate(view, 0),
+        "chmod": lambda: os.chmod(view, 0o644),
+        "rmdir": lambda: os.rmdir(mount.path / "x4" / "run1"),
+        "symlink": lambda: os.symlink("u8_multi_odd.tif", mount.path / "x4" / "link.tif"),
+    }
+    with pytest.raises(OSError) as excinfo:
+        actions[action]()
+    assert excinfo.value.errno == errno.EROFS
+
+
+@pytest.mark.parametrize("name", ["not_a_tiff.tif", "empty.tif", "truncated.tif"])
+def test_broken_source_gives_eio_and_one_log_line(sources, mount, name):
+    root, arrays = sources
+    view = mount.path / "x4" / "broken" / name
+    for attempt in range(3):
+        for operation in (os.stat, lambda p: open(p, "rb").read()):
+            with pytest.raises(OSError) as excinfo:
+                operation(view)
+            assert excinfo.value.errno == errno.EIO
+    lines = [line for line in mount.log_text().splitlines() if str(root / "broken" / name) in line]
+    assert len(lines) == 1, lines
+    assert "EIO" in lines[0] and "ERROR" in lines[0]
+    neighbour = tifffile.imread(mount.path / "x4" / "broken" / "neighbour.tif")
+    np.testing.assert_array_equal(neighbour,
+                                  reference_page(arrays["broken/neighbour.tif"], 4, "mean"))
