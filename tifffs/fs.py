@@ -63,6 +63,8 @@ def _fuse_name(os_name: str) -> str:
 class TifffsOperations(Operations):
     """Read-only FUSE operations over ``source_root`` with one directory per view."""
 
+    use_ns = True  # times in integer nanoseconds: the source's mtime exactly
+
     def __init__(self, source_root: str, views: tuple[View, ...], catalog: Catalog,
                  on_ready: Callable[[], None] | None = None) -> None:
         self.root = os.path.abspath(source_root)
@@ -137,9 +139,9 @@ class TifffsOperations(Operations):
             "st_nlink": st.st_nlink,
             "st_uid": st.st_uid,
             "st_gid": st.st_gid,
-            "st_atime": st.st_atime,
-            "st_mtime": st.st_mtime,
-            "st_ctime": st.st_ctime,
+            "st_atime": st.st_atime_ns,
+            "st_mtime": st.st_mtime_ns,
+            "st_ctime": st.st_ctime_ns,
             "st_size": st.st_size,
             "st_blksize": BLOCK_SIZE,
         }

@@ -1,0 +1,106 @@
+"""The command line: background mounts, options, signals, and errors that say what to do."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import MOUNT_TIMEOUT, mounted, unmount, wait_for
+
+TIFFFS = [sys.executable, "-m", "tifffs"]
+
+
+@pytest.fixture
+def small_source(tmp_path) -> Path:
+    source = tmp_path / "src"
+    source.mkdir()
+    tifffile.imwrite(source / "a.tif", np.arange(64 * 48, dtype=np.uint16).reshape(64, 48))
+    return source
+
+
+def test_background_mount_returns_when_usable_and_releases_the_terminal(small_source, tmp_path):
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    try:
+        # stdout is a pipe, as in `tifffs ... | cat`: communicate() returns only when the
+        # daemon has let go of it
+        result = subprocess.run([*TIFFFS, str(small_source), str(mountpoint),
+                                 "--log-file", str(tmp_path / "log")],
+                                stdin=subprocess.DEVNULL, capture_output=True,
+                                timeout=MOUNT_TIMEOUT)
+        assert result.returncode == 0, result.stderr
+        assert os.path.ismount(mountpoint)
+        assert tifffile.imread(mountpoint / "x2" / "a.tif").shape == (32, 24)
+    finally:
+        unmount(mountpoint)
+    assert not os.path.ismount(mountpoint)
+
+
+def test_mount_options_in_o_form(small_source, tmp_path):
+    with mounted(small_source, tmp_path, "-o", "factors=3:5,method=nearest,cache_size=8M") as m:
+        assert sorted(os.listdir(m.path)) == ["x3", "x5"]
+        view = tifffile.imread(m.path / "x3" / "a.tif")
+        source = tifffile.imread(small_source / "a.tif")
+        np.testing.assert_array_equal(view, source[::3, ::3])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_foreground_signal_unmounts_cleanly(small_source, tmp_path, signum):
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    process = subprocess.Popen([*TIFFFS, str(small_source), str(mountpoint), "-f"],
+                               stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: os.path.ismount(mountpoint), MOUNT_TIMEOUT, "the mount", process)
+        process.send_signal(signum)
+        assert process.wait(timeout=MOUNT_TIMEOUT) == 0, process.stderr.read()
+        assert not os.path.ismount(mountpoint)
+    finally:
+        unmount(mountpoint)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _fails(args: list[str], *expected: str) -> None:
+    result = subprocess.run([*TIFFFS, *args], capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, timeout=MOUNT_TIMEOUT)
+    assert result.returncode != 0
+    for text in expected:
+        assert text in result.stderr, result.stderr
+
+
+def test_errors_say_what_to_do(small_source, tmp_path):
+    missing = tmp_path / "nowhere"
+    _fails([str(small_source), str(missing)], "does not exist", "mkdir -p")
+    a_file = small_source / "a.tif"
+    _fails([str(small_source), str(a_file)], "is not a directory")
+    _fails([str(missing), str(tmp_path)], "SOURCE", "does not exist")
+    not_empty = tmp_path / "full"
+    not_empty.mkdir()
+    (not_empty / "x").write_text("x")
+    _fails([str(small_source), str(not_empty)], "not empty")
+    _fails([str(small_source), str(tmp_path / "m"), "--factors", "0,2"], "invalid factor")
+    _fails([str(small_source), str(tmp_path / "m"), "--method", "cubic"], "invalid method")
+    _fails([str(small_source), str(tmp_path / "m"), "--cache-size", "lots"], "invalid size")
+
+
+def test_already_mounted_mountpoint_is_refused(small_source, tmp_path):
+    with mounted(small_source, tmp_path) as m:
+        _fails([str(small_source), str(m.path)], "already mounted", "fusermount -u")
+
+
+def test_render_reports_broken_source(tmp_path):
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\0garbage")
+    result = subprocess.run([*TIFFFS, "render", str(bad), str(tmp_path / "out.tif")],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "bad.tif" in result.stderr
