@@ -45,7 +45,7 @@ def test_background_mount_returns_when_usable_and_releases_the_terminal(small_so
 
 def test_mount_options_in_o_form(small_source, tmp_path):
     with mounted(small_source, tmp_path, "-o", "factors=3:5,method=nearest,cache_size=8M") as m:
-        assert sorted(os.listdir(m.path)) == ["x3", "x5"]
+        assert sorted(os.listdir(m.path)) == [".tifffs", "x3", "x5"]
         view = tifffile.imread(m.path / "x3" / "a.tif")
         source = tifffile.imread(small_source / "a.tif")
         np.testing.assert_array_equal(view, source[::3, ::3])
@@ -104,3 +104,25 @@ def test_render_reports_broken_source(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert "bad.tif" in result.stderr
+
+
+def test_restart_after_sigkill_clears_the_stale_mount(small_source, tmp_path):
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    process = subprocess.Popen([*TIFFFS, str(small_source), str(mountpoint), "-f"],
+                               stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: os.path.ismount(mountpoint), MOUNT_TIMEOUT, "the mount", process)
+        process.kill()
+        process.wait()
+        with pytest.raises(OSError):  # "Transport endpoint is not connected"
+            os.listdir(mountpoint)
+        result = subprocess.run([*TIFFFS, str(small_source), str(mountpoint)],
+                                capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                timeout=MOUNT_TIMEOUT)
+        assert result.returncode == 0, result.stderr
+        assert "cleared a stale tifffs mount" in result.stderr
+        assert tifffile.imread(mountpoint / "x2" / "a.tif").shape == (32, 24)
+    finally:
+        unmount(mountpoint)
+        unmount(mountpoint)  # the stale one, if it was not cleared

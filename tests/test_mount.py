@@ -139,7 +139,7 @@ def test_random_reads_equal_slices_of_the_whole_file(mount, name):
 
 def test_tree_mirrors_source_with_companion_files(sources, mount):
     root, _ = sources
-    assert sorted(os.listdir(mount.path)) == ["x2", "x4", "x8"]
+    assert sorted(os.listdir(mount.path)) == [".tifffs", "x2", "x4", "x8"]
     for factor in FACTORS:
         assert sorted(os.listdir(mount.path / f"x{factor}")) == sorted(os.listdir(root))
     notes = mount.path / "x8" / "run1" / "notes.txt"
@@ -196,3 +196,19 @@ def test_broken_source_gives_eio_and_one_log_line(sources, mount, name):
     neighbour = tifffile.imread(mount.path / "x4" / "broken" / "neighbour.tif")
     np.testing.assert_array_equal(neighbour,
                                   reference_page(arrays["broken/neighbour.tif"], 4, "mean"))
+
+
+def test_stats_file_counts_reads_and_errors(sources, mount):
+    root, _ = sources
+    (mount.path / "x8" / "u8_single_even.tif").read_bytes()
+    with pytest.raises(OSError):
+        (mount.path / "x8" / "broken" / "empty.tif").read_bytes()
+    assert ".tifffs" in os.listdir(mount.path)
+    stats = dict(line.split(" ", 1) for line in
+                 (mount.path / ".tifffs" / "stats").read_text().splitlines())
+    assert int(stats["reads"]) > 0 and int(stats["bytes_served"]) > 0
+    assert int(stats["band_cache_misses"]) > 0
+    assert int(stats["band_cache_bytes"]) <= int(stats["band_cache_capacity_bytes"])
+    errors = [line for line in (mount.path / ".tifffs" / "stats").read_text().splitlines()
+              if line.startswith("error ") and line.endswith(str(root / "broken" / "empty.tif"))]
+    assert len(errors) == 1 and int(errors[0].split()[1]) >= 1

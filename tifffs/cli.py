@@ -7,11 +7,14 @@ the background, so that no library thread exists when the process forks.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import logging.handlers
 import os
+import re
 import signal
 import stat
+import subprocess
 import sys
 from typing import Callable
 
@@ -86,14 +89,14 @@ def check_mount_preconditions(config: MountConfig) -> None:
         what = "does not exist" if not os.path.exists(config.source) else "is not a directory"
         raise ConfigError(f"SOURCE {config.source} {what}: give the directory of your TIFFs")
     mountpoint = config.mountpoint
+    if _is_stale_mount(mountpoint) and not _clear_stale_tifffs_mount(mountpoint):
+        raise ConfigError(f"MOUNTPOINT {mountpoint} is a stale mount (its daemon died): "
+                          f"clear it with fusermount -u {mountpoint}")
     try:
         st = os.stat(mountpoint)
     except FileNotFoundError:
         raise ConfigError(f"MOUNTPOINT {mountpoint} does not exist: create it with "
                           f"mkdir -p {mountpoint}") from None
-    except OSError as exc:
-        raise ConfigError(f"MOUNTPOINT {mountpoint} is a stale mount ({exc.strerror}): "
-                          f"clear it with fusermount -u {mountpoint}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"MOUNTPOINT {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
@@ -111,6 +114,52 @@ def check_mount_preconditions(config: MountConfig) -> None:
     except (OSError, ImportError) as exc:
         raise ConfigError(f"libfuse 2 is not usable ({exc}): install it, on Debian/Ubuntu "
                           "with: sudo apt install libfuse2 fuse3") from None
+
+
+def _is_stale_mount(mountpoint: str) -> bool:
+    """True for a mount whose FUSE daemon is gone ("transport endpoint is not connected")."""
+    try:
+        os.listdir(mountpoint)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def _clear_stale_tifffs_mount(mountpoint: str) -> bool:
+    """Unmount a tifffs mount whose daemon has died; True if it is gone now.
+
+    Safe: "transport endpoint is not connected" means no process serves it any more.
+    """
+    if _mount_type(mountpoint) != "fuse.tifffs":
+        return False
+    for command in (["fusermount", "-u"], ["fusermount3", "-u"], ["fusermount", "-uz"],
+                    ["fusermount3", "-uz"], ["umount", "-l"]):
+        try:
+            subprocess.run([*command, mountpoint], capture_output=True, check=True)
+        except (OSError, subprocess.CalledProcessError):
+            continue
+        print(f"tifffs: cleared a stale tifffs mount at {mountpoint} (its daemon had died)",
+              file=sys.stderr)
+        return True
+    return False
+
+
+def _mount_type(mountpoint: str) -> str | None:
+    """The filesystem type mounted at ``mountpoint``, from /proc/self/mounts."""
+    try:
+        with open("/proc/self/mounts") as mounts:
+            lines = mounts.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):  # the last mount on a point is the visible one
+        fields = line.split()
+        if len(fields) > 2 and _unescape_mount_field(fields[1]) == mountpoint:
+            return fields[2]
+    return None
+
+
+def _unescape_mount_field(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _mount(config: MountConfig) -> int:

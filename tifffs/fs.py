@@ -21,6 +21,7 @@ from tifffs.catalog import Catalog
 from tifffs.errors import TifffsError
 from tifffs.problems import ProblemLog
 from tifffs.source import SourceVersion
+from tifffs.stats import STATS_DIR, STATS_FILE, ReadCounters, format_stats
 from tifffs.views import MountPath, View, is_inside, is_tiff_name, parse_mount_path, source_path
 
 log = logging.getLogger("tifffs")
@@ -52,6 +53,16 @@ class _PassthroughFile:
         os.close(self.fd)
 
 
+class _Snapshot:
+    """Bytes fixed at open (the stats file)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.data[offset:offset + length]
+
+
 def _os_path(fuse_path: str) -> str:
     return os.fsdecode(fuse_path.encode("latin-1"))
 
@@ -77,6 +88,7 @@ class TifffsOperations(Operations):
         self._next_handle = 1
         self._lock = threading.Lock()
         self._served: OrderedDict[str, SourceVersion] = OrderedDict()
+        self.counters = ReadCounters()
 
     # -- error mapping: the one place where exceptions become errno values
     def __call__(self, op: str, *args: Any) -> Any:
@@ -132,6 +144,8 @@ class TifffsOperations(Operations):
 
     # -- metadata
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+        if path in (STATS_DIR, STATS_FILE):
+            return self._stats_attributes(path)
         mount_path, source = self._resolve(path)
         st = os.stat(source)
         attrs = {
@@ -146,7 +160,7 @@ class TifffsOperations(Operations):
             "st_blksize": BLOCK_SIZE,
         }
         if mount_path.is_root:
-            attrs.update(st_mode=stat.S_IFDIR | 0o555, st_nlink=2 + len(self.views))
+            attrs.update(st_mode=stat.S_IFDIR | 0o555, st_nlink=3 + len(self.views))
         elif stat.S_ISDIR(st.st_mode):
             pass
         elif not stat.S_ISREG(st.st_mode):
@@ -158,9 +172,11 @@ class TifffsOperations(Operations):
         return attrs
 
     def readdir(self, path: str, fh: Any) -> list[str]:
+        if path == STATS_DIR:
+            return [".", "..", os.path.basename(STATS_FILE)]
         mount_path, source = self._resolve(path)
         if mount_path.is_root:
-            return [".", "..", *self.views]
+            return [".", "..", STATS_DIR[1:], *self.views]
         names = [".", ".."]
         with os.scandir(source) as entries:
             for entry in entries:
@@ -189,10 +205,27 @@ class TifffsOperations(Operations):
         self.getattr(path)
         return 0
 
+    # -- statistics
+    def _stats_attributes(self, path: str) -> dict[str, Any]:
+        st = os.stat(self.root)
+        mode = stat.S_IFDIR | 0o555 if path == STATS_DIR else stat.S_IFREG | 0o444
+        return {"st_mode": mode, "st_nlink": 2 if path == STATS_DIR else 1, "st_size": 0,
+                "st_uid": st.st_uid, "st_gid": st.st_gid, "st_mtime": st.st_mtime_ns,
+                "st_atime": st.st_atime_ns, "st_ctime": st.st_ctime_ns,
+                "st_blksize": BLOCK_SIZE}
+
+    def _stats_text(self) -> str:
+        return format_stats(self.counters, self.catalog.bands.stats(),
+                            self.catalog.bands.capacity, self.problems.errors_per_file())
+
     # -- files
     def open(self, path: str, fi: Any) -> int:
         if fi.flags & os.O_ACCMODE != os.O_RDONLY:
             raise FuseOSError(errno.EROFS)
+        self.counters.add(opens=1)
+        if path == STATS_FILE:
+            fi.direct_io = 1  # its size is unknown until it is read
+            return self._add_handle(fi, _Snapshot(self._stats_text().encode()))
         mount_path, source = self._resolve(path)
         if mount_path.is_root or not mount_path.relative:
             raise FuseOSError(errno.EISDIR)
@@ -205,6 +238,9 @@ class TifffsOperations(Operations):
             version = handle.version
         # keep the kernel's cached pages only if this path still serves the same version
         fi.keep_cache = int(self._remember_version(path, version))
+        return self._add_handle(fi, handle)
+
+    def _add_handle(self, fi: Any, handle: _Readable) -> int:
         with self._lock:
             fi.fh = self._next_handle
             self._next_handle += 1
@@ -222,7 +258,9 @@ class TifffsOperations(Operations):
         return same
 
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
-        return self._handles[fi.fh].read(offset, size)
+        data = self._handles[fi.fh].read(offset, size)
+        self.counters.add(reads=1, bytes_served=len(data))
+        return data
 
     def release(self, path: str, fi: Any) -> int:
         with self._lock:

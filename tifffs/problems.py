@@ -18,13 +18,13 @@ class ProblemLog:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self.errors_per_file: dict[str, int] = {}
+        self._errors_per_file: dict[str, int] = {}
 
     def report(self, path: str, cause: str, errno_name: str) -> None:
         """Record a problem with ``path``; log it unless this cause was logged before."""
         key = (path, cause)
         with self._lock:
-            self.errors_per_file[path] = self.errors_per_file.get(path, 0) + 1
+            self._errors_per_file[path] = self._errors_per_file.get(path, 0) + 1
             if key in self._seen:
                 self._seen.move_to_end(key)
                 return
@@ -32,3 +32,8 @@ class ProblemLog:
             if len(self._seen) > MAX_REMEMBERED:
                 self._seen.popitem(last=False)
         log.error("%s: %s (%s)", path, cause, errno_name)
+
+    def errors_per_file(self) -> dict[str, int]:
+        """A snapshot: number of problems seen per file."""
+        with self._lock:
+            return dict(self._errors_per_file)

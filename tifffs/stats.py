@@ -1,0 +1,49 @@
+"""Statistics of a running mount, as the text of ``MOUNTPOINT/.tifffs/stats``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from tifffs.cache import CacheStats
+
+STATS_DIR = "/.tifffs"
+STATS_FILE = "/.tifffs/stats"
+
+
+@dataclass
+class ReadCounters:
+    """Counters of the requests a mount served; ``add`` is thread-safe."""
+
+    started: float = field(default_factory=time.monotonic)
+    opens: int = 0
+    reads: int = 0
+    bytes_served: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, opens: int = 0, reads: int = 0, bytes_served: int = 0) -> None:
+        with self._lock:
+            self.opens += opens
+            self.reads += reads
+            self.bytes_served += bytes_served
+
+
+def format_stats(counters: ReadCounters, bands: CacheStats, band_capacity: int,
+                 errors_per_file: dict[str, int]) -> str:
+    """The stats file: ``name value`` lines, then one ``error <count> <file>`` per file."""
+    lines = [
+        f"uptime_seconds {time.monotonic() - counters.started:.0f}",
+        f"opens {counters.opens}",
+        f"reads {counters.reads}",
+        f"bytes_served {counters.bytes_served}",
+        f"band_cache_hits {bands.hits}",
+        f"band_cache_misses {bands.misses}",
+        f"band_cache_evictions {bands.evictions}",
+        f"band_cache_bytes {bands.weight}",
+        f"band_cache_capacity_bytes {band_capacity}",
+        f"band_cache_entries {bands.entries}",
+        f"errors {sum(errors_per_file.values())}",
+    ]
+    lines += [f"error {count} {path}" for path, count in sorted(errors_per_file.items())]
+    return "\n".join(lines) + "\n"
