@@ -13,11 +13,12 @@ import java.io.PrintStream;
  * Opens each TIFF given as an argument with ImageJ 1.x (IJ.openImage, headless) and prints
  * one line per file: "PROBE", then tab-separated key=value fields, or an error field.
  *
- * Run without compiling (Java 11+ source launcher):
+ * Run without compiling (Java 11+ source launcher; Debian's JRE has the compiler module):
  *   java -Djava.awt.headless=true -cp /usr/share/java/ij.jar tests/ImageJProbe.java FILE...
  *
- * ImageJ's own "-batch macro" mode cannot be used: in ImageJ 1.52 the macro open()
- * builds the menu bar first, which throws HeadlessException (and exits with status 0).
+ * ImageJ's own "-batch macro" mode cannot be used: in ImageJ 1.53t (Debian's ij.jar) the
+ * macro open() builds the menu bar first, which throws HeadlessException headless, and
+ * java still exits with status 0.
  */
 public class ImageJProbe {
     public static void main(String[] args) throws Exception {

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.mount
 FACTORS = (2, 4, 8)
 IMAGEJ_JAR = Path("/usr/share/java/ij.jar")
 PROBE = Path(__file__).with_name("ImageJProbe.java")
-INSTALL_HINT = "run scripts/test, which installs libtiff-tools, imagej and a JDK"
+INSTALL_HINT = "run scripts/test, which installs libtiff-tools, imagej and Java"
 #: Views checked with ImageJ at every factor: all kinds whose source ImageJ 1.x opens.
 #: Not here: f32_multi_even.tif (one float page of 3 samples: ImageJ has no such type,
 #: it opens neither source nor view) and u16_zstd.tif (ImageJ cannot decode the
