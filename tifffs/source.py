@@ -3,8 +3,8 @@
 Pixel data is read with ``os.pread`` on a read-only descriptor, never through a
 memory map: a map of a file that shrinks kills the process with SIGBUS, while a short
 ``pread`` is an ordinary error (``SourceChanged``) the mount reports as EIO.
-Compressed strips are decoded one by one with tifffile's decoder (imagecodecs),
-only those that overlap the requested rows.
+Compressed strips and all tiles are decoded one by one with tifffile's decoder
+(imagecodecs), only those that overlap the requested rows.
 """
 
 from __future__ import annotations
@@ -22,21 +22,15 @@ import tifffile
 
 from tifffs.errors import BrokenSource, SourceChanged, UnsupportedSource
 
-#: Compression schemes served in strips (TIFF tag 259 values).
-SUPPORTED_COMPRESSION = {
-    1: "none",
-    5: "LZW",
-    8: "Deflate",
-    32946: "Deflate",
-    32773: "PackBits",
-    50000: "Zstd",
-}
 #: One row of one source page may not exceed this (a band holds at least factor rows).
 MAX_ROW_BYTES = 64 << 20
 #: A compressed strip may not decode to more than this.
 MAX_SEGMENT_BYTES = 512 << 20
 
 PLANAR_SEPARATE = 2
+PHOTOMETRIC_RGB = 2
+PHOTOMETRIC_YCBCR = 6
+JPEG = 7
 
 
 class SourceVersion(NamedTuple):
@@ -65,7 +59,8 @@ class SourcePage:
     sampleformat: int
     photometric: int
     compression: int
-    rowsperstrip: int
+    segment_rows: int  # rows per strip, or tile length
+    segment_width: int  # the image width for strips, or tile width
     extrasamples: tuple[int, ...]
     colormap: np.ndarray | None
     subfiletype: int
@@ -75,6 +70,7 @@ class SourcePage:
     yresolution: Fraction | None
     resolutionunit: int | None
     decode: Callable[..., Any] | None  # None for uncompressed strips read directly
+    jpegtables: bytes | None = None
 
     @property
     def planes(self) -> int:
@@ -92,8 +88,13 @@ class SourcePage:
         return self.width * self.samples_per_row_pixel * self.dtype.itemsize
 
     @property
-    def strips_per_plane(self) -> int:
-        return -(-self.height // self.rowsperstrip)
+    def segments_across(self) -> int:
+        """Strips or tiles per row of segments."""
+        return -(-self.width // self.segment_width)
+
+    @property
+    def segments_per_plane(self) -> int:
+        return -(-self.height // self.segment_rows) * self.segments_across
 
 
 class SourceTiff:
@@ -146,16 +147,16 @@ class SourceTiff:
                   step: int = 1) -> np.ndarray:
         """Rows ``start:stop:step`` of one plane as a little-endian array (rows, width, samples).
 
-        Uncompressed strips are read with ``pread``, only the rows asked for;
-        compressed strips are decoded whole, only those that hold a wanted row.
+        Uncompressed strips are read with ``pread``, only the rows asked for; other
+        segments (compressed strips, tiles) are decoded whole, only those that hold a
+        wanted row.
         """
         rows = range(start, min(stop, page.height), step)
-        spp = page.samples_per_row_pixel
+        out = np.empty((len(rows), page.width, page.samples_per_row_pixel), dtype=page.dtype)
         if page.decode is None:
-            out = np.empty((len(rows), page.width, spp), dtype=page.dtype)
             self._pread_rows(page, plane, rows, out)
         else:
-            out = self._decode_rows(page, plane, rows)
+            self._decode_rows(page, plane, rows, out)
         if out.dtype.byteorder == ">":
             out = out.astype(out.dtype.newbyteorder("<"))
         return out
@@ -163,8 +164,8 @@ class SourceTiff:
     def _pread_rows(self, page: SourcePage, plane: int, rows: range, out: np.ndarray) -> None:
         flat = out.reshape(len(rows), -1).view(np.uint8)
         row_bytes = page.row_bytes
-        rps = page.rowsperstrip
-        strip0 = plane * page.strips_per_plane
+        rps = page.segment_rows
+        strip0 = plane * page.segments_per_plane
         i = 0
         while i < len(rows):
             row = rows[i]
@@ -181,34 +182,49 @@ class SourceTiff:
                     f"source ends before page {page.index} row {row} (file shrank?)")
             i += run
 
-    def _decode_rows(self, page: SourcePage, plane: int, rows: range) -> np.ndarray:
-        rps = page.rowsperstrip
-        strip0 = plane * page.strips_per_plane
-        parts = []
-        for strip in range(rows.start // rps, (rows[-1] // rps) + 1 if rows else 0):
-            first = strip * rps
-            wanted = [r - first for r in rows if first <= r < first + rps]
-            if not wanted:
+    def _decode_rows(self, page: SourcePage, plane: int, rows: range, out: np.ndarray) -> None:
+        """Fill ``out`` with ``rows`` from the strips or tiles that hold them."""
+        if not rows:
+            return
+        seg_rows, seg_width = page.segment_rows, page.segment_width
+        first_index = plane * page.segments_per_plane
+        for seg_y in range(rows[0] // seg_rows, rows[-1] // seg_rows + 1):
+            top = seg_y * seg_rows
+            # the part of ``rows`` inside this row of segments, as out[i0:i1]
+            i0 = max(0, -(-(top - rows.start) // rows.step))
+            i1 = min(len(rows), -(-(top + seg_rows - rows.start) // rows.step))
+            if i0 >= i1:
                 continue
-            index = strip0 + strip
-            count = int(page.bytecounts[index])
-            data = os.pread(self.fd, count, int(page.offsets[index]))
-            if len(data) != count:
-                raise SourceChanged(f"source ends inside strip {index} of page {page.index}")
-            try:
-                segment = page.decode(data, index)[0]
-            except Exception as exc:  # codecs raise many types for corrupt data
-                raise BrokenSource(f"page {page.index} strip {index}: cannot decode: {exc}") \
-                    from exc
-            if segment is None:
-                raise BrokenSource(f"page {page.index} strip {index} is empty")
-            segment = segment.reshape(-1, page.width, page.samples_per_row_pixel)
-            if segment.shape[0] <= wanted[-1]:
-                raise BrokenSource(f"page {page.index} strip {index} holds too few rows")
-            parts.append(segment[wanted[0]:wanted[-1] + 1:rows.step])
-        if not parts:
-            return np.empty((0, page.width, page.samples_per_row_pixel), dtype=page.dtype)
-        return np.concatenate(parts) if len(parts) > 1 else np.ascontiguousarray(parts[0])
+            local = slice(rows[i0] - top, rows[i1 - 1] - top + 1, rows.step)
+            for seg_x in range(page.segments_across):
+                index = first_index + seg_y * page.segments_across + seg_x
+                segment = self._decode_segment(page, index)
+                left = seg_x * seg_width
+                right = min(left + seg_width, page.width)
+                if segment is None:  # a segment that was never written: zeros
+                    out[i0:i1, left:right] = 0
+                    continue
+                if segment.shape[0] < local.stop or segment.shape[1] < right - left:
+                    raise BrokenSource(f"page {page.index} segment {index} is too small")
+                out[i0:i1, left:right] = segment[local, :right - left]
+
+    def _decode_segment(self, page: SourcePage, index: int) -> np.ndarray | None:
+        """One strip or tile as (rows, columns, samples), None if it was never written."""
+        count = int(page.bytecounts[index])
+        offset = int(page.offsets[index])
+        if count == 0 or offset == 0:
+            return None
+        data = os.pread(self.fd, count, offset)
+        if len(data) != count:
+            raise SourceChanged(f"source ends inside segment {index} of page {page.index}")
+        try:
+            segment = page.decode(data, index, jpegtables=page.jpegtables)[0]
+        except Exception as exc:  # codecs raise many types for corrupt data
+            raise BrokenSource(f"page {page.index} segment {index}: cannot decode: {exc}") \
+                from exc
+        if segment is None:
+            return None
+        return segment.reshape(segment.shape[-3:])
 
 
 def _describe(fd: int, file_size: int, name: str) -> tuple[list[SourcePage], str | None]:
@@ -237,63 +253,64 @@ def _describe_page(page: Any, index: int, byteorder: str, file_size: int) -> Sou
     where = f"page {index}"
     if not isinstance(page, tifffile.TiffPage):
         raise BrokenSource(f"{where}: unreadable IFD")
-    if page.is_tiled:
-        raise UnsupportedSource(f"{where}: tiled pages are not supported yet")
-    if page.imagedepth != 1:
-        raise UnsupportedSource(f"{where}: volumetric (ImageDepth) pages are not supported")
-    if page.compression not in SUPPORTED_COMPRESSION:
-        name = getattr(page.compression, "name", page.compression)
-        raise UnsupportedSource(f"{where}: compression {name} is not supported yet")
-    if page.dtype is None or page.dtype.kind not in "uif" or page.dtype.itemsize * 8 != \
-            page.bitspersample:
-        raise UnsupportedSource(
-            f"{where}: {page.bitspersample}-bit samples (format {int(page.sampleformat)}) "
-            "are not supported yet")
-    if int(page.photometric) == 6 and page.compression != 7:  # YCbCr
-        raise UnsupportedSource(f"{where}: YCbCr pages are not supported yet")
+    _check_supported(page, where)
     if page.imagewidth < 1 or page.imagelength < 1:
         raise BrokenSource(f"{where}: empty image ({page.imagewidth} x {page.imagelength})")
+    width, height = int(page.imagewidth), int(page.imagelength)
     dtype = np.dtype(byteorder + page.dtype.char)
     planar_separate = int(page.planarconfig) == PLANAR_SEPARATE and page.samplesperpixel > 1
-    spp_row = 1 if planar_separate else page.samplesperpixel
-    row_bytes = page.imagewidth * spp_row * dtype.itemsize
+    samples_per_pixel_in_plane = 1 if planar_separate else int(page.samplesperpixel)
+    row_bytes = width * samples_per_pixel_in_plane * dtype.itemsize
     if row_bytes > MAX_ROW_BYTES:
         raise UnsupportedSource(f"{where}: rows of {row_bytes} bytes are too wide")
-    rps = max(1, min(int(page.rowsperstrip or page.imagelength), page.imagelength))
+    if page.is_tiled:
+        segment_rows, segment_width = int(page.tilelength), int(page.tilewidth)
+    else:
+        segment_rows = max(1, min(int(page.rowsperstrip or height), height))
+        segment_width = width
     planes = page.samplesperpixel if planar_separate else 1
-    strips = -(-page.imagelength // rps) * planes
+    down, across = -(-height // segment_rows), -(-width // segment_width)
+    segments = down * across * planes
     offsets = np.asarray(page.dataoffsets, dtype=np.uint64)
     bytecounts = np.asarray(page.databytecounts, dtype=np.uint64)
-    if offsets.size != strips or bytecounts.size != strips:
-        raise BrokenSource(f"{where}: has {offsets.size} strip offsets, expected {strips}")
-    direct = (page.compression == 1 and page.fillorder == 1 and page.predictor == 1)
+    if offsets.size != segments or bytecounts.size != segments:
+        raise BrokenSource(f"{where}: has {offsets.size} strip or tile offsets, "
+                           f"expected {segments}")
+    direct = (page.compression == 1 and not page.is_tiled and page.fillorder == 1
+              and page.predictor == 1)
     if direct:
         # every strip must hold all its rows inside the file
-        rows_in_strip = np.full(strips // planes, rps, dtype=np.uint64)
-        rows_in_strip[-1] = page.imagelength - rps * (strips // planes - 1)
+        rows_in_strip = np.full(down, segment_rows, dtype=np.uint64)
+        rows_in_strip[-1] = height - segment_rows * (down - 1)
         ends = offsets + np.tile(rows_in_strip, planes) * np.uint64(row_bytes)
     else:
-        if rps * row_bytes > MAX_SEGMENT_BYTES:
-            raise UnsupportedSource(f"{where}: strips of {rps} rows are too large to decode")
-        ends = offsets + bytecounts
+        decoded = segment_rows * segment_width * samples_per_pixel_in_plane * dtype.itemsize
+        if decoded > MAX_SEGMENT_BYTES:
+            raise UnsupportedSource(f"{where}: strips or tiles of {decoded} bytes are too "
+                                    "large to decode")
+        ends = np.where(offsets > 0, offsets + bytecounts, 0)
     if int(ends.max()) > file_size:
-        raise BrokenSource(f"{where}: strip data lies past the end of the file "
+        raise BrokenSource(f"{where}: pixel data lies past the end of the file "
                            f"({int(ends.max())} > {file_size} bytes)")
     tags = page.tags
     extrasamples = page.extrasamples
     if isinstance(extrasamples, int):
         extrasamples = (extrasamples,)
+    photometric = int(page.photometric)
+    if photometric == PHOTOMETRIC_YCBCR:  # JPEG: tifffile decodes YCbCr to RGB
+        photometric = PHOTOMETRIC_RGB
     return SourcePage(
         index=index,
-        width=int(page.imagewidth),
-        height=int(page.imagelength),
+        width=width,
+        height=height,
         samples=int(page.samplesperpixel),
         planar_separate=planar_separate,
         dtype=dtype,
         sampleformat=int(page.sampleformat),
-        photometric=int(page.photometric),
+        photometric=photometric,
         compression=int(page.compression),
-        rowsperstrip=rps,
+        segment_rows=segment_rows,
+        segment_width=segment_width,
         extrasamples=tuple(int(e) for e in extrasamples),
         colormap=np.asarray(page.colormap, dtype=np.uint16) if page.colormap is not None
         else None,
@@ -304,7 +321,26 @@ def _describe_page(page: Any, index: int, byteorder: str, file_size: int) -> Sou
         yresolution=_rational(tags, "YResolution"),
         resolutionunit=int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else None,
         decode=None if direct else page.decode,
+        jpegtables=page.jpegtables if page.compression == JPEG else None,
     )
+
+
+def _check_supported(page: Any, where: str) -> None:
+    """Raise ``UnsupportedSource`` naming what tifffs cannot serve in ``page``."""
+    if page.imagedepth != 1:
+        raise UnsupportedSource(f"{where}: volumetric (ImageDepth) pages are not supported")
+    compression = int(page.compression)
+    if compression != 1 and compression not in tifffile.TIFF.DECOMPRESSORS:
+        name = getattr(page.compression, "name", compression)
+        raise UnsupportedSource(f"{where}: no decoder for compression {name} "
+                                "(install or upgrade imagecodecs)")
+    if page.dtype is None or page.dtype.kind not in "uif" or \
+            page.dtype.itemsize * 8 != page.bitspersample:
+        raise UnsupportedSource(
+            f"{where}: {page.bitspersample}-bit samples (sample format "
+            f"{int(page.sampleformat)}) are not supported yet")
+    if int(page.photometric) == PHOTOMETRIC_YCBCR and compression != JPEG:
+        raise UnsupportedSource(f"{where}: YCbCr pixels without JPEG are not supported yet")
 
 
 def _rational(tags: Any, name: str) -> Fraction | None:

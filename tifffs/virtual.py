@@ -135,10 +135,10 @@ class VirtualTiff:
         )
 
     def _band_rows(self, src: SourcePage, out: OutputPage) -> int:
-        """Output rows per band: bounded source bytes, whole strips for compressed sources."""
+        """Output rows per band: bounded source bytes, whole segments when they are decoded."""
         source_rows = max(self.factor, BAND_SOURCE_BYTES // src.row_bytes)
         if src.decode is not None:
-            unit = math.lcm(src.rowsperstrip, self.factor)
+            unit = math.lcm(src.segment_rows, self.factor)
             if unit * src.row_bytes <= 4 * BAND_SOURCE_BYTES:
                 source_rows = max(1, source_rows // unit) * unit
         return max(1, min(out.height, source_rows // self.factor))
