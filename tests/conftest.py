@@ -178,6 +178,15 @@ SOURCE_KINDS = {
     "u8_bigtiff.tif": ("uint8", (3, 50, 60), {"bigtiff": True}),
     "rgb_u16_strips.tif": ("uint16", (2, 70, 66, 3), {"photometric": "rgb",
                                                       "rowsperstrip": 9}),
+    "ome_czyx.ome.tif": ("uint16", (2, 3, 100, 120), {
+        "ome": True, "metadata": {"axes": "CZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
+                                  "PhysicalSizeXUnit": "\u00b5m", "PhysicalSizeZ": 2.0,
+                                  "Channel": {"Name": ["DAPI", "GFP"]}}}),
+    "ij_hyperstack.tif": ("uint16", (2, 3, 2, 64, 80), {
+        "imagej": True, "resolution": (2.0, 2.0),
+        "metadata": {"axes": "TZCYX", "mode": "composite", "unit": "um", "spacing": 2.0,
+                     "finterval": 3.0, "Ranges": (0, 1000, 10, 500),
+                     "Labels": [f"label{i}" for i in range(12)]}}),
 }
 
 
@@ -190,6 +199,11 @@ def sources(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
         array = sample_array(dtype, shape, seed=i)
         write_stack(root / name, array, **kwargs)
         arrays[name] = array
+    with tifffile.TiffWriter(root / "ome_two_series.ome.tif", ome=True) as writer:
+        writer.write(arrays["u16_multi_even.tif"], photometric="minisblack",
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3})
+        writer.write(arrays["u16_single_odd.tif"], photometric="minisblack")
+    arrays["ome_two_series.ome.tif"] = None  # compared page by page
     sub = root / "run1" / "deeper"
     write_stack(sub / "stack.TIFF", arrays["u16_multi_even.tif"])
     arrays["run1/deeper/stack.TIFF"] = arrays["u16_multi_even.tif"]

@@ -18,7 +18,8 @@ from reference import reference_page
 from tifffs import open_view
 
 FACTORS = (2, 4, 8)
-GOOD_FILES = [*SOURCE_KINDS, "run1/deeper/stack.TIFF", "broken/neighbour.tif"]
+GOOD_FILES = [*SOURCE_KINDS, "ome_two_series.ome.tif", "run1/deeper/stack.TIFF",
+              "broken/neighbour.tif"]
 
 
 def _method_for(path: Path, method: str) -> str:
@@ -221,3 +222,38 @@ def test_stats_file_counts_reads_and_errors(sources, mount):
     errors = [line for line in (mount.path / ".tifffs" / "stats").read_text().splitlines()
               if line.startswith("error ") and line.endswith(str(root / "broken" / "empty.tif"))]
     assert len(errors) == 1 and int(errors[0].split()[1]) >= 1
+
+
+@pytest.mark.parametrize("name", ["ome_czyx.ome.tif", "ome_two_series.ome.tif"])
+def test_ome_xml_is_rewritten_for_the_view_and_valid(sources, mount, name):
+    import ome_types
+    root, _ = sources
+    with tifffile.TiffFile(root / name) as src, tifffile.TiffFile(mount.path / "x4" / name) as view:
+        assert view.is_ome
+        source_ome = ome_types.from_xml(src.pages.first.description)
+        view_ome = ome_types.from_xml(view.pages.first.description, validate=True)
+        assert [s.shape[:-2] for s in view.series] == [s.shape[:-2] for s in src.series]
+        for source_image, view_image, series in zip(source_ome.images, view_ome.images,
+                                                    view.series, strict=True):
+            sp, vp = source_image.pixels, view_image.pixels
+            assert (vp.size_x, vp.size_y) == (-(-sp.size_x // 4), -(-sp.size_y // 4))
+            assert series.shape[-2:] == (vp.size_y, vp.size_x)
+            for axis in ("x", "y"):
+                source_size = getattr(sp, f"physical_size_{axis}")
+                view_size = getattr(vp, f"physical_size_{axis}")
+                assert view_size == (None if source_size is None
+                                     else pytest.approx(source_size * 4))
+            assert vp.physical_size_z == sp.physical_size_z
+            assert [c.name for c in vp.channels] == [c.name for c in sp.channels]
+            assert len(vp.tiff_data_blocks) == len(sp.tiff_data_blocks)
+
+
+def test_imagej_hyperstack_keeps_dimensions_mode_ranges_and_labels(sources, mount):
+    root, _ = sources
+    with tifffile.TiffFile(root / "ij_hyperstack.tif") as src, \
+            tifffile.TiffFile(mount.path / "x2" / "ij_hyperstack.tif") as view:
+        source_meta, view_meta = src.imagej_metadata, view.imagej_metadata
+        assert view.series[0].shape == (2, 3, 2, 32, 40)
+        for key in ("images", "channels", "slices", "frames", "hyperstack", "mode", "unit",
+                    "spacing", "finterval", "Ranges", "Labels"):
+            assert view_meta[key] == source_meta[key], key

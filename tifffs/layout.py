@@ -28,8 +28,7 @@ CLASSIC_LIMIT = 2**32 - 1
 
 # TIFF field types
 ASCII, SHORT, LONG, RATIONAL, LONG8 = 2, 3, 4, 5, 16
-_TYPE_FORMAT = {ASCII: "s", SHORT: "H", LONG: "I", RATIONAL: "I", LONG8: "Q"}
-_TYPE_SIZE = {ASCII: 1, SHORT: 2, LONG: 4, RATIONAL: 8, LONG8: 8}
+_TYPE_FORMAT = {SHORT: "H", LONG: "I", RATIONAL: "I", LONG8: "Q"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,6 +49,8 @@ class OutputPage:
     yresolution: Fraction | None = None
     resolutionunit: int | None = None
     description: str | None = None
+    #: further tags as (tag, field type, count, little-endian value bytes)
+    extra_tags: tuple[tuple[int, int, int, bytes], ...] = ()
 
     @property
     def planes(self) -> int:
@@ -159,77 +160,73 @@ def _rational(value: Fraction) -> list[int]:
     return [value.numerator, value.denominator]
 
 
-def _entries(page: OutputPage, bigtiff: bool,
-             strip_offsets: list[int] | None) -> list[tuple[int, int, list | bytes]]:
-    """The IFD entries (tag, type, values) of one page, sorted by tag."""
+Entry = tuple[int, int, int, bytes]  # tag, field type, count, little-endian value bytes
+
+
+def _field(tag: int, field_type: int, values: list[int] | bytes) -> Entry:
+    """An IFD entry; ASCII values are given as bytes (NUL included)."""
+    if field_type == ASCII:
+        return tag, ASCII, len(values), bytes(values)
+    data = struct.pack(f"<{len(values)}{_TYPE_FORMAT[field_type]}", *values)
+    count = len(values) // 2 if field_type == RATIONAL else len(values)
+    return tag, field_type, count, data
+
+
+def _entries(page: OutputPage, bigtiff: bool, strip_offsets: list[int] | None) -> list[Entry]:
+    """The IFD entries of one page, sorted by tag."""
     offset_type = LONG8 if bigtiff else LONG
     counts = _strip_bytecounts(page)
     if strip_offsets is None:
         strip_offsets = [0] * len(counts)
-    entries: list[tuple[int, int, list | bytes]] = []
+    entries = [
+        _field(256, LONG, [page.width]),
+        _field(257, LONG, [page.height]),
+        _field(258, SHORT, [page.itemsize * 8] * page.samples),
+        _field(259, SHORT, [1]),
+        _field(262, SHORT, [page.photometric]),
+        _field(273, offset_type, strip_offsets),
+        _field(277, SHORT, [page.samples]),
+        _field(278, LONG, [page.rowsperstrip]),
+        _field(279, offset_type, counts),
+        _field(284, SHORT, [2 if page.planar_separate else 1]),
+        _field(339, SHORT, [page.sampleformat] * page.samples),
+    ]
     if page.subfiletype:
-        entries.append((254, LONG, [page.subfiletype]))
-    entries += [
-        (256, LONG, [page.width]),
-        (257, LONG, [page.height]),
-        (258, SHORT, [page.itemsize * 8] * page.samples),
-        (259, SHORT, [1]),
-        (262, SHORT, [page.photometric]),
-    ]
+        entries.append(_field(254, LONG, [page.subfiletype]))
     if page.description is not None:
-        entries.append((270, ASCII, page.description.encode("ascii", "replace") + b"\0"))
-    entries += [
-        (273, offset_type, strip_offsets),
-        (277, SHORT, [page.samples]),
-        (278, LONG, [page.rowsperstrip]),
-        (279, offset_type, counts),
-    ]
+        entries.append(_field(270, ASCII, page.description.encode("ascii", "replace") + b"\0"))
     if page.xresolution is not None and page.yresolution is not None:
-        entries.append((282, RATIONAL, _rational(page.xresolution)))
-        entries.append((283, RATIONAL, _rational(page.yresolution)))
-    entries.append((284, SHORT, [2 if page.planar_separate else 1]))
+        entries.append(_field(282, RATIONAL, _rational(page.xresolution)))
+        entries.append(_field(283, RATIONAL, _rational(page.yresolution)))
     if page.resolutionunit is not None:
-        entries.append((296, SHORT, [page.resolutionunit]))
+        entries.append(_field(296, SHORT, [page.resolutionunit]))
     if page.colormap is not None:
-        entries.append((320, SHORT, [int(v) for v in page.colormap.reshape(-1)]))
+        entries.append(_field(320, SHORT, [int(v) for v in page.colormap.reshape(-1)]))
     if page.extrasamples:
-        entries.append((338, SHORT, list(page.extrasamples)))
-    entries.append((339, SHORT, [page.sampleformat] * page.samples))
-    return entries
+        entries.append(_field(338, SHORT, list(page.extrasamples)))
+    entries += page.extra_tags
+    return sorted(entries)
 
 
-def _value_bytes(field_type: int, values: list | bytes) -> bytes:
-    if field_type == ASCII:
-        return bytes(values)
-    return struct.pack(f"<{len(values)}{_TYPE_FORMAT[field_type]}", *values)
-
-
-def _count(field_type: int, values: list | bytes) -> int:
-    return len(values) // 2 if field_type == RATIONAL else len(values)
-
-
-def _ifd_size(entries: list, bigtiff: bool) -> int:
+def _ifd_size(entries: list[Entry], bigtiff: bool) -> int:
     entry_size, inline, head, tail = (20, 8, 8, 8) if bigtiff else (12, 4, 2, 4)
     size = head + entry_size * len(entries) + tail
-    for field_type, values in ((t, v) for _, t, v in entries):
-        nbytes = len(_value_bytes(field_type, values))
-        if nbytes > inline:
-            size += _align(nbytes, 8)
+    for _, _, _, data in entries:
+        if len(data) > inline:
+            size += _align(len(data), 8)
     return size
 
 
-def _encode_ifd(entries: list, bigtiff: bool, offset: int, next_ifd: int) -> bytes:
+def _encode_ifd(entries: list[Entry], bigtiff: bool, offset: int, next_ifd: int) -> bytes:
     """One IFD followed by the tag data that does not fit in its entries."""
     entry_size, inline = (20, 8) if bigtiff else (12, 4)
     count_format, offset_format = ("<Q", "<Q") if bigtiff else ("<H", "<I")
     fixed = (8 if bigtiff else 2) + entry_size * len(entries) + (8 if bigtiff else 4)
     table = bytearray(struct.pack(count_format, len(entries)))
     extra = bytearray()
-    for tag, field_type, values in entries:
-        data = _value_bytes(field_type, values)
-        count = _count(field_type, values)
+    for tag, field_type, count, data in entries:
         table += struct.pack("<HH", tag, field_type)
-        table += struct.pack(count_format if bigtiff else "<I", count)
+        table += struct.pack("<Q" if bigtiff else "<I", count)
         if len(data) <= inline:
             table += data + bytes(inline - len(data))
         else:

@@ -1,8 +1,15 @@
-"""Metadata of a view: ImageJ description and physical pixel size. Pure."""
+"""Metadata of a view: ImageJ description and tags, OME-XML, physical pixel size. Pure."""
 
 from __future__ import annotations
 
+import io
+import struct
+import threading
+import xml.etree.ElementTree as ET
 from fractions import Fraction
+from typing import Any
+
+import tifffile
 
 #: ResolutionUnit values and the unit ImageJ shows for them.
 RESOLUTION_UNIT_NAMES = {2: "inch", 3: "cm"}
@@ -57,3 +64,58 @@ def imagej_description(pages: int, source_description: str | None,
 
 def _format_number(value: float) -> str:
     return str(int(value)) if value == int(value) else repr(value)
+
+
+_NAMESPACE_LOCK = threading.Lock()
+
+#: ImageJ metadata (IJMetadata tag) entries that stay valid at any size; ROIs and
+#: overlays hold pixel coordinates and are dropped.
+IMAGEJ_TAG_KEYS = ("Info", "Labels", "Ranges", "LUTs", "Properties")
+
+
+def imagej_tags(imagej_metadata: dict[str, Any] | None) -> tuple[tuple[int, int, int, bytes],
+                                                                   ...]:
+    """IJMetadata and IJMetadataByteCounts tags (display ranges, LUTs, labels...) to keep."""
+    if not imagej_metadata:
+        return ()
+    kept = {key: imagej_metadata[key] for key in IMAGEJ_TAG_KEYS if key in imagej_metadata}
+    if not kept:
+        return ()
+    try:
+        tags = tifffile.imagej_metadata_tag(kept, "<")
+    except (ValueError, TypeError, struct.error):
+        return ()
+    return tuple((code, field_type, count, bytes(value))
+                 for code, field_type, count, value, _ in tags)
+
+
+def ome_xml_for_view(xml: str, factor: int) -> str | None:
+    """The source's OME-XML for a view: SizeX/SizeY reduced, PhysicalSizeX/Y times ``factor``.
+
+    IFD mapping (TiffData) is unchanged, since a view has one page per source page.
+    Returns None when the XML cannot be parsed. Non-ASCII text becomes character
+    references, so the result is plain ASCII.
+    """
+    try:
+        namespaces = [ns for _, ns in ET.iterparse(io.StringIO(xml), events=("start-ns",))]
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    for element in root.iter():
+        if not element.tag.endswith("Pixels"):
+            continue
+        for axis in ("X", "Y"):
+            size = element.get(f"Size{axis}")
+            if size and size.isdigit():
+                element.set(f"Size{axis}", str(-(-int(size) // factor)))
+            physical = element.get(f"PhysicalSize{axis}")
+            if physical:
+                try:
+                    element.set(f"PhysicalSize{axis}", repr(float(physical) * factor))
+                except ValueError:
+                    pass
+    with _NAMESPACE_LOCK:  # ElementTree's prefix registry is global
+        for prefix, uri in namespaces:  # keep the source's prefixes, default one included
+            ET.register_namespace(prefix, uri)
+        text = ET.tostring(root, encoding="us-ascii", xml_declaration=False).decode("ascii")
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + text

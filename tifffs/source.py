@@ -106,13 +106,13 @@ class SourceTiff:
     """
 
     def __init__(self, path: str, fd: int, version: SourceVersion, pages: list[SourcePage],
-                 imagej_description: str | None) -> None:
+                 metadata: "FileMetadata") -> None:
         self.path = path
         self.fd = fd
         self._closer = weakref.finalize(self, os.close, fd)
         self.version = version
         self.pages = pages
-        self.imagej_description = imagej_description
+        self.metadata = metadata
 
     @classmethod
     def open(cls, path: str) -> "SourceTiff":
@@ -128,8 +128,8 @@ class SourceTiff:
                 raise UnsupportedSource("not a regular file")
             if st.st_size == 0:
                 raise BrokenSource("empty file")
-            pages, description = _describe(fd, st.st_size, os.path.basename(path))
-            return cls(path, fd, SourceVersion.of(st), pages, description)
+            pages, metadata = _describe(fd, st.st_size, os.path.basename(path))
+            return cls(path, fd, SourceVersion.of(st), pages, metadata)
         except BaseException:
             os.close(fd)
             raise
@@ -227,8 +227,17 @@ class SourceTiff:
         return segment.reshape(segment.shape[-3:])
 
 
-def _describe(fd: int, file_size: int, name: str) -> tuple[list[SourcePage], str | None]:
-    """Parse all IFDs of the open file; return its pages and ImageJ description."""
+@dataclass(frozen=True)
+class FileMetadata:
+    """File-level metadata that views carry over."""
+
+    imagej_description: str | None = None
+    imagej_metadata: dict[str, Any] | None = None  # parsed, IJMetadata tag included
+    ome_xml: str | None = None
+
+
+def _describe(fd: int, file_size: int, name: str) -> tuple[list[SourcePage], FileMetadata]:
+    """Parse all IFDs of the open file; return its pages and file metadata."""
     # random access for the IFD scan: no readahead of pixel data
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
     try:
@@ -238,7 +247,11 @@ def _describe(fd: int, file_size: int, name: str) -> tuple[list[SourcePage], str
                     byteorder = tif.byteorder
                     pages = [_describe_page(p, i, byteorder, file_size)
                              for i, p in enumerate(tif.pages)]
-                    description = tif.pages.first.description if tif.is_imagej else None
+                    metadata = FileMetadata(
+                        imagej_description=tif.pages.first.description if tif.is_imagej
+                        else None,
+                        imagej_metadata=tif.imagej_metadata if tif.is_imagej else None,
+                        ome_xml=tif.pages.first.description if tif.is_ome else None)
             except (tifffile.TiffFileError, ValueError, struct.error, EOFError,
                     IndexError, KeyError, TypeError, OverflowError, MemoryError) as exc:
                 raise BrokenSource(f"not a readable TIFF: {exc}") from exc
@@ -246,7 +259,7 @@ def _describe(fd: int, file_size: int, name: str) -> tuple[list[SourcePage], str
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_NORMAL)
     if not pages:
         raise BrokenSource("TIFF has no pages")
-    return pages, description
+    return pages, metadata
 
 
 def _describe_page(page: Any, index: int, byteorder: str, file_size: int) -> SourcePage:

@@ -52,10 +52,7 @@ class VirtualTiff:
         self.method = method
         self._cache = cache
         pages = [self._output_page(p) for p in source.pages]
-        if _uniform(source.pages):
-            description = metadata.imagej_description(
-                len(pages), source.imagej_description, source.pages[0].resolutionunit, factor)
-            pages[0] = replace(pages[0], description=description)
+        pages[0] = self._with_file_metadata(pages[0])
         self._plans = [_PagePlan(out, self._band_rows(src, out))
                        for src, out in zip(source.pages, pages)]
         self.layout: Layout = build_layout(pages)
@@ -133,6 +130,21 @@ class VirtualTiff:
             yresolution=metadata.scaled_resolution(src.yresolution, f),
             resolutionunit=src.resolutionunit,
         )
+
+    def _with_file_metadata(self, first: OutputPage) -> OutputPage:
+        """Page 1 with the OME-XML of an OME source, else an ImageJ description and tags."""
+        source, factor = self.source, self.factor
+        if source.metadata.ome_xml:
+            ome = metadata.ome_xml_for_view(source.metadata.ome_xml, factor)
+            if ome:
+                return replace(first, description=ome)
+        if not _uniform(source.pages):
+            return first  # ImageJ shows only stacks of equal pages
+        description = metadata.imagej_description(
+            len(source.pages), source.metadata.imagej_description,
+            source.pages[0].resolutionunit, factor)
+        return replace(first, description=description,
+                       extra_tags=metadata.imagej_tags(source.metadata.imagej_metadata))
 
     def _band_rows(self, src: SourcePage, out: OutputPage) -> int:
         """Output rows per band: bounded source bytes, whole segments when they are decoded."""
