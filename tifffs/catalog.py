@@ -12,6 +12,7 @@ import os
 from tifffs.cache import LruCache
 from tifffs.errors import TifffsError
 from tifffs.source import SourceTiff, SourceVersion
+from tifffs.views import View
 from tifffs.virtual import VirtualTiff
 
 #: Source files kept open and described (each holds one descriptor).
@@ -26,23 +27,23 @@ class Catalog:
         self._sources: LruCache[SourceTiff | TifffsError] = LruCache(max_sources)
         self._views: LruCache[VirtualTiff | TifffsError] = LruCache(4 * max_sources)
 
-    def view(self, path: str, factor: int, method: str) -> VirtualTiff:
+    def view(self, path: str, spec: View) -> VirtualTiff:
         """The view of the current version of ``path``; raises the source's error if any."""
         version = SourceVersion.of(os.stat(path))
-        key = (path, version, factor, method)
-        view = self._views.get(key, lambda: self._build_view(path, version, factor, method))
+        key = (path, version, spec)
+        view = self._views.get(key, lambda: self._build_view(path, version, spec))
         if isinstance(view, TifffsError):
             # a fresh exception each time: re-raising one instance would grow its traceback
             raise type(view)(*view.args)
         return view
 
-    def _build_view(self, path: str, version: SourceVersion, factor: int,
-                    method: str) -> VirtualTiff | TifffsError:
+    def _build_view(self, path: str, version: SourceVersion,
+                    spec: View) -> VirtualTiff | TifffsError:
         source = self._sources.get((path, version), lambda: _open_source(path))
         if isinstance(source, TifffsError):
             return source
         try:
-            return VirtualTiff(source, factor, method, self.bands)
+            return VirtualTiff(source, spec, self.bands)
         except TifffsError as exc:
             return exc
 

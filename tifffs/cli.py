@@ -20,8 +20,9 @@ from typing import Callable
 
 from tifffs import __version__
 from tifffs.config import (DEFAULT_CACHE_BYTES, DEFAULT_FACTORS, DEFAULT_METHOD, ConfigError,
-                           MountConfig, parse_factors, parse_method, parse_size,
+                           MountConfig, parse_factors, parse_method, parse_size, parse_views,
                            split_mount_options)
+from tifffs.methods import METHODS
 
 log = logging.getLogger("tifffs")
 READY = b"\0tifffs-ready\n"
@@ -53,7 +54,10 @@ def _mount_parser() -> argparse.ArgumentParser:
                         help="stay in the foreground; SIGINT/SIGTERM unmount")
     parser.add_argument("--factors", help=f"reduction factors, one directory each "
                         f"(default {','.join(map(str, DEFAULT_FACTORS))})")
-    parser.add_argument("--method", help=f"mean or nearest (default {DEFAULT_METHOD})")
+    parser.add_argument("--views", help="view directories by name, e.g. x4,x4-max,x4z2,fit1000 "
+                        "(added to --factors)")
+    parser.add_argument("--method", help=f"default method: {', '.join(METHODS)} "
+                        f"(default {DEFAULT_METHOD})")
     parser.add_argument("--cache-size", help="memory for rendered pixel bands "
                         f"(default {DEFAULT_CACHE_BYTES >> 20}M)")
     parser.add_argument("--log-file", help="append log lines to this file")
@@ -68,13 +72,15 @@ def _mount_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace) -> MountConfig:
     ours, fuse_options = split_mount_options(args.options)
     factors = args.factors or ours.get("factors")
-    method = args.method or ours.get("method")
+    views = args.views or ours.get("views")
+    method = parse_method(args.method or ours.get("method") or DEFAULT_METHOD)
     cache_size = args.cache_size or ours.get("cache_size")
     return MountConfig(
         source=os.path.abspath(args.source),
         mountpoint=os.path.abspath(args.mountpoint),
-        factors=parse_factors(factors) if factors else DEFAULT_FACTORS,
-        method=parse_method(method) if method else DEFAULT_METHOD,
+        factors=parse_factors(factors) if factors else None,
+        view_names=parse_views(views, method) if views else (),
+        method=method,
         cache_bytes=parse_size(cache_size) if cache_size else DEFAULT_CACHE_BYTES,
         foreground=args.foreground or "foreground" in ours,
         debug=args.debug or "debug" in ours,
@@ -264,7 +270,10 @@ def _render_parser() -> argparse.ArgumentParser:
     parser.add_argument("source", metavar="SOURCE_TIFF")
     parser.add_argument("output", metavar="OUTPUT_TIFF", help="file to write ('-' for stdout)")
     parser.add_argument("--factor", type=int, default=4, help="reduction factor (default 4)")
-    parser.add_argument("--method", default=DEFAULT_METHOD, help="mean or nearest")
+    parser.add_argument("--method", default=DEFAULT_METHOD,
+                        help=f"{', '.join(METHODS)} (default {DEFAULT_METHOD})")
+    parser.add_argument("--view", help="a view name instead of --factor/--method, e.g. "
+                        "x4z2, x8-max, fit1000")
     parser.add_argument("--cache-size", default="64M", help="memory for rendered bands")
     return parser
 
@@ -275,8 +284,10 @@ def _render(args: argparse.Namespace) -> int:
 
     factor = parse_factors(str(args.factor))[0]
     method = parse_method(args.method)
+    view_name = parse_views(args.view, method)[0] if args.view else None
     try:
-        view = open_view(args.source, factor, method, parse_size(args.cache_size))
+        view = open_view(args.source, factor, method, view=view_name,
+                         cache_bytes=parse_size(args.cache_size))
     except (TifffsError, OSError) as exc:
         print(f"tifffs: {args.source}: {exc}", file=sys.stderr)
         return 1

@@ -5,13 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from tifffs.downsample import METHODS
-from tifffs.views import View, views_for_factors
+from tifffs.methods import METHODS
+from tifffs.views import MAX_FACTOR, View, ViewError, parse_view, views_for_factors
 
 DEFAULT_FACTORS = (2, 4, 8)
 DEFAULT_METHOD = "mean"
 DEFAULT_CACHE_BYTES = 256 << 20
-MAX_FACTOR = 1024
 #: ``-o`` options that mount(8) and fstab pass but that mean nothing to tifffs.
 IGNORED_MOUNT_OPTIONS = {"ro", "rw", "defaults", "auto", "noauto", "nofail", "_netdev",
                          "user", "users", "nouser", "exec", "noexec", "atime", "noatime",
@@ -29,7 +28,8 @@ class MountConfig:
 
     source: str
     mountpoint: str
-    factors: tuple[int, ...] = DEFAULT_FACTORS
+    factors: tuple[int, ...] | None = None  # None: the default, unless views are named
+    view_names: tuple[str, ...] = ()
     method: str = DEFAULT_METHOD
     cache_bytes: int = DEFAULT_CACHE_BYTES
     foreground: bool = False
@@ -39,7 +39,15 @@ class MountConfig:
 
     @property
     def views(self) -> tuple[View, ...]:
-        return views_for_factors(self.factors, self.method)
+        """The factor views, then the named views (each name once)."""
+        factors = self.factors
+        if factors is None and not self.view_names:
+            factors = DEFAULT_FACTORS
+        views = list(views_for_factors(factors or (), self.method))
+        for name in self.view_names:
+            if name not in {v.name for v in views}:
+                views.append(parse_view(name, self.method))
+        return tuple(views)
 
 
 def parse_size(text: str) -> int:
@@ -66,6 +74,19 @@ def parse_factors(text: str) -> tuple[int, ...]:
     return tuple(factors)
 
 
+def parse_views(text: str, method: str) -> tuple[str, ...]:
+    """``x4,x4-max,fit1000`` (or ``:``-separated) -> view names, each checked."""
+    names = tuple(part.strip() for part in re.split(r"[,:]", text) if part.strip())
+    if not names:
+        raise ConfigError("no views given: use e.g. --views x4,x4-max,x4z2,fit1000")
+    for name in names:
+        try:
+            parse_view(name, method)
+        except ViewError as exc:
+            raise ConfigError(str(exc)) from None
+    return names
+
+
 def parse_method(text: str) -> str:
     if text not in METHODS:
         raise ConfigError(f"invalid method {text!r}: choose one of {', '.join(METHODS)}")
@@ -75,7 +96,7 @@ def parse_method(text: str) -> str:
 def split_mount_options(options: list[str]) -> tuple[dict[str, str], dict[str, str | bool]]:
     """Split ``-o`` lists into tifffs settings and libfuse options.
 
-    tifffs settings: ``factors``, ``method``, ``cache_size``, ``log_file``, ``debug``,
+    tifffs settings: ``factors``, ``views``, ``method``, ``cache_size``, ``log_file``, ``debug``,
     ``foreground``. Options mount(8) adds (``rw``, ``noauto``, ...) are dropped; all
     others (``allow_other``, ``uid=``...) go to libfuse.
     """
@@ -88,7 +109,8 @@ def split_mount_options(options: list[str]) -> tuple[dict[str, str], dict[str, s
             if not key:
                 continue
             normal = key.replace("-", "_")
-            if normal in ("factors", "method", "cache_size", "log_file", "debug", "foreground"):
+            if normal in ("factors", "views", "method", "cache_size", "log_file", "debug",
+                          "foreground"):
                 ours[normal] = value if sep else "1"
             elif key not in IGNORED_MOUNT_OPTIONS:
                 fuse[key] = value if sep else True

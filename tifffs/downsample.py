@@ -1,20 +1,37 @@
-"""Downsampling kernels: pure numpy, no I/O.
+"""Downsampling kernels: pure numpy and OpenCV, no I/O.
 
 Arrays are ``(rows, columns, samples)``; every sample (channel) is reduced on its own.
+A *block* is ``f x f`` pixels of one slice, or ``f x f x z`` voxels of ``z`` consecutive
+slices; blocks at the right, bottom (and last-slice) edges hold only the pixels that
+exist.
 
-* ``nearest`` keeps the top-left pixel of every ``f x f`` block: ``a[::f, ::f]``.
-* ``mean`` averages each ``f x f`` block; blocks at the right and bottom edges average
-  only the pixels that exist. Integers are summed exactly (no overflow for any integer
-  type) and rounded to the nearest integer, ties upward (towards +infinity), i.e.
+* ``nearest``: the first pixel of every block, ``slice0[::f, ::f]``.
+* ``mean``: the mean of the block. Integers are summed exactly (no overflow for any
+  integer type) and rounded to the nearest integer, ties upward (towards +infinity):
   ``floor(sum / n + 1/2)``. Floats are summed in float64 and rounded once to the source
-  type; a NaN anywhere in a block gives NaN, as do +inf and -inf in the same block.
+  type; a NaN in a block gives NaN, as do +inf and -inf together.
+* ``max``, ``min``: the largest or smallest value of the block; NaN wins.
+* ``median``: the middle value of the sorted block; for an even count, the mean of the
+  two middle values (integers rounded as for ``mean``). A NaN in a block gives NaN.
+* ``mode``: the most frequent value of the block; ties go to the smallest value.
+* ``linear``, ``lanczos``: OpenCV ``cv2.resize`` of the whole page to the output size
+  with ``INTER_LINEAR`` or ``INTER_LANCZOS4``. Types OpenCV cannot resize (int8,
+  (u)int32, (u)int64, float16) are resized as float64 and rounded half up, clipped to
+  the type's range.
+* ``area`` (fit views): exact area averaging to any output size, see ``area_resize``.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Iterator
+
+import cv2
 import numpy as np
 
-METHODS = ("mean", "nearest")
+from tifffs.methods import METHODS  # noqa: F401  (re-exported)
+
+_CV2_INTERPOLATION = {"linear": cv2.INTER_LINEAR, "lanczos": cv2.INTER_LANCZOS4}
+_CV2_RESIZABLE = {np.dtype(t) for t in ("uint8", "uint16", "int16", "float32", "float64")}
 
 
 def output_length(length: int, factor: int) -> int:
@@ -27,52 +44,91 @@ def nearest(rows: np.ndarray, factor: int) -> np.ndarray:
     return rows[:, ::factor]
 
 
-def mean(block_rows: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of every ``factor x factor`` block of ``block_rows`` (rows, columns, samples).
+def reduce_blocks(slices: list[np.ndarray], factor: int, method: str) -> np.ndarray:
+    """Reduce every ``factor x factor x len(slices)`` block of equally shaped slices.
 
-    The result has ``ceil(rows / f)`` rows and ``ceil(columns / f)`` columns and the
-    dtype of the input.
+    ``method`` is one of ``mean``, ``max``, ``min``, ``median``, ``mode``; the result has
+    ``ceil(rows / f)`` rows, ``ceil(columns / f)`` columns and the input's dtype.
     """
-    if factor == 1:
-        return block_rows
-    dtype = block_rows.dtype
-    accumulator = _accumulator_dtype(dtype, factor)
-    sums = _block_sums(block_rows, factor, accumulator)
-    counts = _block_counts(block_rows.shape[0], block_rows.shape[1], factor)
+    if method == "mean":
+        return _mean(slices, factor)
+    if method in ("max", "min"):
+        return _extreme(slices, factor, np.maximum if method == "max" else np.minimum)
+    if method == "median":
+        return _gathered(slices, factor, _median)
+    if method == "mode":
+        return _gathered(slices, factor, _mode)
+    raise ValueError(f"{method!r} is not a block method")
+
+
+def mean(block_rows: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of every ``factor x factor`` block of one slice (see the module docstring)."""
+    return _mean([block_rows], factor)
+
+
+def interpolate(page: np.ndarray, height: int, width: int, method: str) -> np.ndarray:
+    """A whole page resized to ``height x width`` with OpenCV's linear or Lanczos filter."""
+    interpolation = _CV2_INTERPOLATION[method]
+    dtype = page.dtype
+    work = page if dtype in _CV2_RESIZABLE else page.astype(np.float64)
+    resized = cv2.resize(work, (width, height), interpolation=interpolation)
+    resized = resized.reshape(height, width, page.shape[2])
+    if work.dtype == dtype:
+        return resized
+    if dtype.kind == "f":
+        return resized.astype(dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.floor(resized + 0.5), info.min, info.max).astype(dtype)
+
+
+# -- mean, max, min: accumulate the f phases of rows, then of columns
+def _mean(slices: list[np.ndarray], factor: int) -> np.ndarray:
+    dtype = slices[0].dtype
+    height, width = slices[0].shape[:2]
+    if factor == 1 and len(slices) == 1:
+        return slices[0]
+    accumulator = _accumulator_dtype(dtype, factor * factor * len(slices))
+    sums = _block_accumulate(slices[0], factor, accumulator, np.add)
+    for more in slices[1:]:
+        sums += _block_accumulate(more, factor, accumulator, np.add)
+    counts = _block_counts(height, width, factor) * len(slices)
     if dtype.kind == "f":
         return (sums / counts).astype(dtype)
-    if accumulator == np.dtype(object):
-        result = (2 * sums + counts) // (2 * counts)
-    else:
+    if accumulator != np.dtype(object):
         counts = counts.astype(accumulator)
-        result = (2 * sums + counts) // (2 * counts)
-    return result.astype(dtype)
+    return ((2 * sums + counts) // (2 * counts)).astype(dtype)
 
 
-def _accumulator_dtype(dtype: np.dtype, factor: int) -> np.dtype:
-    """Smallest fast type that holds ``2 * sum + count`` of a block exactly."""
+def _extreme(slices: list[np.ndarray], factor: int, combine: np.ufunc) -> np.ndarray:
+    result = _block_accumulate(slices[0], factor, slices[0].dtype, combine)
+    for more in slices[1:]:
+        combine(result, _block_accumulate(more, factor, more.dtype, combine), out=result)
+    return result
+
+
+def _accumulator_dtype(dtype: np.dtype, block: int) -> np.dtype:
+    """Smallest fast type that holds ``2 * sum + count`` of a block of ``block`` values."""
     if dtype.kind == "f":
         return np.dtype(np.float64)
     info = np.iinfo(dtype)
-    block = factor * factor
-    largest = 2 * block * max(abs(info.min), info.max) + block
+    largest = 2 * block * max(abs(int(info.min)), int(info.max)) + block
     for candidate in (np.int32, np.int64):
         if largest <= np.iinfo(candidate).max:
             return np.dtype(candidate)
     return np.dtype(object)  # 64-bit integers: exact Python integers, slower
 
 
-def _block_sums(a: np.ndarray, factor: int, accumulator: np.dtype) -> np.ndarray:
-    # rows first: add the f row phases into one array, then the f column phases
+def _block_accumulate(a: np.ndarray, factor: int, accumulator: np.dtype,
+                      combine: np.ufunc) -> np.ndarray:
     rows = a[0::factor].astype(accumulator)
     for phase in range(1, factor):
         part = a[phase::factor]
-        rows[: part.shape[0]] += part
-    sums = rows[:, 0::factor].copy()
+        combine(rows[: part.shape[0]], part, out=rows[: part.shape[0]])
+    result = rows[:, 0::factor].copy()
     for phase in range(1, factor):
         part = rows[:, phase::factor]
-        sums[:, : part.shape[1]] += part
-    return sums
+        combine(result[:, : part.shape[1]], part, out=result[:, : part.shape[1]])
+    return result
 
 
 def _block_counts(height: int, width: int, factor: int) -> np.ndarray:
@@ -84,3 +140,116 @@ def _block_counts(height: int, width: int, factor: int) -> np.ndarray:
     if row_counts[-1] == factor and col_counts[-1] == factor:
         return np.full((1, 1, 1), factor * factor, dtype=np.int64)
     return (row_counts[:, None] * col_counts[None, :])[:, :, None]
+
+
+# -- median, mode: gather each block's values along a last axis
+def _regions(height: int, width: int, factor: int) -> Iterator[tuple[slice, slice, int, int]]:
+    """Source regions whose blocks all have the same shape: (rows, columns, bh, bw)."""
+    full_h, full_w = height - height % factor, width - width % factor
+    for rows, bh in ((slice(0, full_h), factor), (slice(full_h, height), height % factor)):
+        for cols, bw in ((slice(0, full_w), factor), (slice(full_w, width), width % factor)):
+            if rows.stop > rows.start and cols.stop > cols.start:
+                yield rows, cols, bh, bw
+
+
+def _gathered(slices: list[np.ndarray], factor: int,
+              reducer: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    height, width, samples = slices[0].shape
+    out = np.empty((output_length(height, factor), output_length(width, factor), samples),
+                   dtype=slices[0].dtype)
+    for rows, cols, bh, bw in _regions(height, width, factor):
+        blocks = []
+        for a in slices:
+            region = a[rows, cols]
+            oh, ow = region.shape[0] // bh, region.shape[1] // bw
+            blocks.append(region.reshape(oh, bh, ow, bw, samples)
+                          .transpose(0, 2, 4, 1, 3).reshape(oh, ow, samples, bh * bw))
+        values = np.concatenate(blocks, axis=-1) if len(blocks) > 1 else blocks[0]
+        out[rows.start // factor:, cols.start // factor:][:oh, :ow] = reducer(values)
+    return out
+
+
+def _median(values: np.ndarray) -> np.ndarray:
+    ordered = np.sort(values, axis=-1)
+    n = ordered.shape[-1]
+    low, high = ordered[..., (n - 1) // 2], ordered[..., n // 2]
+    if ordered.dtype.kind == "f":
+        result = ((low.astype(np.float64) + high) / 2).astype(ordered.dtype)
+        result[np.isnan(ordered).any(axis=-1)] = np.nan
+        return result
+    # low + ceil((high - low) / 2): exact, no overflow (differences as unsigned)
+    unsigned = np.dtype(f"u{ordered.dtype.itemsize}")
+    difference = high.astype(unsigned) - low.astype(unsigned)
+    half = difference // 2 + difference % 2
+    return (low.astype(unsigned) + half).astype(ordered.dtype)
+
+
+def _mode(values: np.ndarray) -> np.ndarray:
+    ordered = np.sort(values, axis=-1)
+    n = ordered.shape[-1]
+    index = np.arange(n)
+    starts = np.ones(ordered.shape, dtype=bool)
+    starts[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
+    run_start = np.maximum.accumulate(np.where(starts, index, 0), axis=-1)
+    run_length = index - run_start + 1
+    # argmax finds the first longest run: the smallest of the most frequent values
+    best = np.argmax(run_length, axis=-1)
+    return np.take_along_axis(ordered, best[..., None], axis=-1)[..., 0]
+
+
+# -- area averaging to any size (fit views)
+class AreaAxis:
+    """Exact area weights from ``source`` to ``output`` pixels along one axis.
+
+    Output pixel ``i`` covers source interval ``[i*s, (i+1)*s)`` with ``s = source /
+    output``. Scaled by ``output``, every overlap is an integer and the weights of each
+    output pixel sum to ``source``.
+    """
+
+    def __init__(self, source: int, output: int) -> None:
+        self.source, self.output = source, output
+
+    def source_range(self, first: int, last: int) -> tuple[int, int]:
+        """Source pixels that output pixels ``first:last`` cover."""
+        return (first * self.source) // self.output, -(-(last * self.source) // self.output)
+
+    def taps(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+        """(source indices, integer weights), each (last - first, taps), for outputs."""
+        start, stop = self.source_range(first, last)
+        outputs = np.arange(first, last)[:, None]
+        lo = (outputs * self.source) // self.output
+        taps = -(-self.source // self.output) + 1
+        indices = np.minimum(lo + np.arange(taps)[None, :], stop - 1)
+        overlap = (np.minimum((outputs + 1) * self.source, (indices + 1) * self.output)
+                   - np.maximum(outputs * self.source, indices * self.output))
+        weights = np.clip(overlap, 0, None)
+        weights[:, 1:][indices[:, 1:] == indices[:, :-1]] = 0  # clamped duplicates
+        return indices - start, weights
+
+
+def area_resize(rows: np.ndarray, row_axis: AreaAxis, col_axis: AreaAxis, first: int,
+                last: int) -> np.ndarray:
+    """Output rows ``first:last`` of the exact area average of a page.
+
+    ``rows`` holds the source rows ``row_axis.source_range(first, last)`` and all
+    columns. Integers of up to 16 bits are computed exactly in int64 and rounded half
+    up; other types in float64 (integers then rounded half up and clipped).
+    """
+    dtype = rows.dtype
+    exact = dtype.kind in "iu" and dtype.itemsize <= 2
+    work = np.int64 if exact else np.float64
+    row_index, row_weight = row_axis.taps(first, last)
+    acc = np.zeros((last - first, rows.shape[1], rows.shape[2]), dtype=work)
+    for tap in range(row_index.shape[1]):
+        acc += row_weight[:, tap, None, None] * rows[row_index[:, tap]].astype(work)
+    col_index, col_weight = col_axis.taps(0, col_axis.output)
+    out = np.zeros((acc.shape[0], col_axis.output, acc.shape[2]), dtype=work)
+    for tap in range(col_index.shape[1]):
+        out += col_weight[None, :, tap, None] * acc[:, col_index[:, tap]]
+    total = row_axis.source * col_axis.source
+    if exact:
+        return ((2 * out + total) // (2 * total)).astype(dtype)
+    if dtype.kind == "f":
+        return (out / total).astype(dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.floor(out / total + 0.5), info.min, info.max).astype(dtype)

@@ -17,21 +17,24 @@ RESOLUTION_UNIT_NAMES = {2: "inch", 3: "cm"}
 _DIMENSION_KEYS = ("channels", "slices", "frames")
 
 
-def scaled_resolution(resolution: Fraction | None, factor: int) -> Fraction | None:
-    """Pixels per unit of the view: the source's divided by ``factor``."""
-    return None if resolution is None else resolution / factor
+def scaled_resolution(resolution: Fraction | None, ratio: Fraction) -> Fraction | None:
+    """Pixels per unit of the view: the source's divided by ``ratio`` (source pixels per
+    view pixel)."""
+    return None if resolution is None else resolution / ratio
 
 
 def imagej_description(pages: int, source_description: str | None,
-                       resolution_unit: int | None, factor: int) -> str:
+                       resolution_unit: int | None, ratio_x: Fraction, ratio_y: Fraction,
+                       z_factor: int = 1) -> str:
     """The ImageJ description of a view of ``pages`` uniform pages.
 
     A source ImageJ description is carried over line by line (dimensions, ``spacing``,
     ``unit``, display range, ...); ``images`` is set to ``pages``; ``xorigin``/``yorigin``
-    (in pixels) are divided by ``factor``. Hyperstack dimensions that no longer multiply
-    to ``pages`` are dropped. When no ``unit`` is given but ResolutionUnit is inch or
-    centimetre, the matching ``unit=`` is added, because ImageJ reads the unit of a file
-    with an ImageJ description from the description only.
+    (in pixels) are divided by the ratios of source to view pixels; with ``z_factor``,
+    ``slices`` is reduced and ``spacing`` multiplied. Hyperstack dimensions that no
+    longer multiply to ``pages`` are dropped. When no ``unit`` is given but
+    ResolutionUnit is inch or centimetre, the matching ``unit=`` is added, because
+    ImageJ reads the unit of a file with an ImageJ description from the description only.
     """
     entries: dict[str, str] = {}
     if source_description:
@@ -41,12 +44,12 @@ def imagej_description(pages: int, source_description: str | None,
                 entries[key.strip()] = value.strip()
     entries.pop("ImageJ", None)
     entries["images"] = str(pages)
-    for key in ("xorigin", "yorigin"):
-        if key in entries:
-            try:
-                entries[key] = _format_number(float(entries[key]) / factor)
-            except ValueError:
-                del entries[key]
+    for key, ratio in (("xorigin", ratio_x), ("yorigin", ratio_y)):
+        _scale_entry(entries, key, 1 / ratio)
+    if z_factor > 1:
+        if "slices" in entries and entries["slices"].isdigit():
+            entries["slices"] = str(-(-int(entries["slices"]) // z_factor))
+        _scale_entry(entries, "spacing", z_factor)
     dimensions = 1
     for key in _DIMENSION_KEYS:
         try:
@@ -60,6 +63,15 @@ def imagej_description(pages: int, source_description: str | None,
         entries["unit"] = RESOLUTION_UNIT_NAMES[resolution_unit]
     lines = ["ImageJ=1.11a"] + [f"{key}={value}" for key, value in entries.items()]
     return "\n".join(lines) + "\n"
+
+
+def _scale_entry(entries: dict[str, str], key: str, scale: float | Fraction) -> None:
+    """Multiply a numeric entry in place; drop it if it is not a number."""
+    if key in entries:
+        try:
+            entries[key] = _format_number(float(entries[key]) * float(scale))
+        except ValueError:
+            del entries[key]
 
 
 def _format_number(value: float) -> str:
@@ -90,7 +102,8 @@ def imagej_tags(imagej_metadata: dict[str, Any] | None) -> tuple[tuple[int, int,
 
 
 def ome_xml_for_view(xml: str, factor: int) -> str | None:
-    """The source's OME-XML for a view: SizeX/SizeY reduced, PhysicalSizeX/Y times ``factor``.
+    """The source's OME-XML for an ``x<factor>`` view: SizeX/SizeY reduced (ceil),
+    PhysicalSizeX/Y times ``factor``.
 
     IFD mapping (TiffData) is unchanged, since a view has one page per source page.
     Returns None when the XML cannot be parsed. Non-ASCII text becomes character

@@ -9,6 +9,7 @@ Compressed strips and all tiles are decoded one by one with tifffile's decoder
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import struct
@@ -234,6 +235,9 @@ class FileMetadata:
     imagej_description: str | None = None
     imagej_metadata: dict[str, Any] | None = None  # parsed, IJMetadata tag included
     ome_xml: str | None = None
+    #: axes and shape of the page axes when one series holds all pages (e.g. "TZC")
+    stack_axes: str | None = None
+    stack_shape: tuple[int, ...] | None = None
 
 
 def _describe(fd: int, file_size: int, name: str) -> tuple[list[SourcePage], FileMetadata]:
@@ -251,7 +255,8 @@ def _describe(fd: int, file_size: int, name: str) -> tuple[list[SourcePage], Fil
                         imagej_description=tif.pages.first.description if tif.is_imagej
                         else None,
                         imagej_metadata=tif.imagej_metadata if tif.is_imagej else None,
-                        ome_xml=tif.pages.first.description if tif.is_ome else None)
+                        ome_xml=tif.pages.first.description if tif.is_ome else None,
+                        **_stack_dimensions(tif, len(pages)))
             except (tifffile.TiffFileError, ValueError, struct.error, EOFError,
                     IndexError, KeyError, TypeError, OverflowError, MemoryError) as exc:
                 raise BrokenSource(f"not a readable TIFF: {exc}") from exc
@@ -260,6 +265,19 @@ def _describe(fd: int, file_size: int, name: str) -> tuple[list[SourcePage], Fil
     if not pages:
         raise BrokenSource("TIFF has no pages")
     return pages, metadata
+
+
+def _stack_dimensions(tif: tifffile.TiffFile, pages: int) -> dict[str, Any]:
+    """Page axes of the file's one series (``stack_axes``/``stack_shape``), if it has one."""
+    series = tif.series
+    if len(series) != 1 or len(series[0].pages) != pages:
+        return {}
+    page_axes = len(series[0].keyframe.axes)
+    axes = series[0].axes[:len(series[0].axes) - page_axes]
+    shape = tuple(series[0].shape[:len(axes)])
+    if math.prod(shape) != pages:
+        return {}
+    return {"stack_axes": axes, "stack_shape": shape}
 
 
 def _describe_page(page: Any, index: int, byteorder: str, file_size: int) -> SourcePage:

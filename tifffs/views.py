@@ -1,30 +1,70 @@
-"""Path layout of the mount: ``/<view>/<path relative to SOURCE>``. Pure.
+"""Views and the path layout of the mount: ``/<view>/<path relative to SOURCE>``. Pure.
 
-The root holds one directory per view (``x2``, ``x4``, ...); each mirrors the source
-tree. Files named ``*.tif``/``*.tiff`` (any case) are served as views, other regular
-files unchanged.
+The root holds one directory per view (``x2``, ``x4-max``, ``x4z2``, ``fit1000``...);
+each mirrors the source tree. Files named ``*.tif``/``*.tiff`` (any case) are served as
+views, other regular files unchanged.
+
+View names::
+
+    x<f>[z<zf>][-<method>]   factor f in Y and X (and zf along Z), e.g. x4, x4-max, x4z2
+    fit<n>                   longest side n pixels, aspect kept, area-averaged
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
+from tifffs.methods import INTERPOLATING_METHODS, METHODS
+
 TIFF_SUFFIXES = (".tif", ".tiff")
+MAX_FACTOR = 1024
+MAX_FIT = 1 << 20
+_FACTOR_VIEW = re.compile(r"x(\d+)(?:z(\d+))?(?:-([a-z]+))?")
+_FIT_VIEW = re.compile(r"fit(\d+)")
 
 
 @dataclass(frozen=True)
 class View:
-    """A top-level directory of the mount: sources reduced ``factor`` times by ``method``."""
+    """A top-level directory of the mount: how its files are made from their sources."""
 
     name: str
-    factor: int
-    method: str
+    method: str  # "area" for fit views
+    factor: int = 1  # reduction in Y and X (factor views)
+    z_factor: int = 1  # reduction along Z
+    fit: int | None = None  # longest side in pixels (fit views)
+
+
+class ViewError(ValueError):
+    """An invalid view name; the message says what is expected."""
+
+
+def parse_view(name: str, default_method: str) -> View:
+    """The view named ``name`` (``x4``, ``x4-max``, ``x8z2-nearest``, ``fit1000``)."""
+    match = _FACTOR_VIEW.fullmatch(name)
+    if match:
+        factor, z_factor = int(match.group(1)), int(match.group(2) or 1)
+        method = match.group(3) or default_method
+        if not 1 <= factor <= MAX_FACTOR or not 1 <= z_factor <= MAX_FACTOR:
+            raise ViewError(f"invalid view {name!r}: factors go from 1 to {MAX_FACTOR}")
+        if method not in METHODS:
+            raise ViewError(f"invalid view {name!r}: unknown method {method!r} (choose "
+                            f"from {', '.join(METHODS)})")
+        if z_factor > 1 and method in INTERPOLATING_METHODS:
+            raise ViewError(f"invalid view {name!r}: Z reduction works with block methods "
+                            f"only, not {method}")
+        return View(name, method, factor=factor, z_factor=z_factor)
+    match = _FIT_VIEW.fullmatch(name)
+    if match and 1 <= int(match.group(1)) <= MAX_FIT:
+        return View(name, "area", fit=int(match.group(1)))
+    raise ViewError(f"invalid view {name!r}: use x<factor>[z<factor>][-<method>] or "
+                    "fit<pixels>, e.g. x4, x4-max, x4z2, fit1000")
 
 
 def views_for_factors(factors: tuple[int, ...], method: str) -> tuple[View, ...]:
     """One view ``x<f>`` per factor."""
-    return tuple(View(f"x{f}", f, method) for f in factors)
+    return tuple(View(f"x{f}", method, factor=f) for f in factors)
 
 
 def is_tiff_name(name: str) -> bool:

@@ -1,21 +1,28 @@
-"""``VirtualTiff``: one downsampled view of one source version, readable at any offset."""
+"""``VirtualTiff``: one view of one source version, readable at any offset."""
 
 from __future__ import annotations
 
 import bisect
 import math
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from typing import Hashable
 
 import numpy as np
 
 from tifffs import downsample, metadata
 from tifffs.cache import LruCache
+from tifffs.errors import UnsupportedSource
 from tifffs.layout import Layout, OutputPage, build_layout
+from tifffs.methods import INTERPOLATING_METHODS
 from tifffs.source import SourcePage, SourceTiff
+from tifffs.stacks import z_blocks
+from tifffs.views import View, parse_view
 
 #: A band reads at most about this many source bytes (one output row at least).
 BAND_SOURCE_BYTES = 16 << 20
+#: linear and lanczos resize whole pages: larger pages are refused.
+MAX_WHOLE_PAGE_BYTES = 512 << 20
 PHOTOMETRIC_PALETTE = 3
 
 
@@ -26,10 +33,13 @@ def band_cache(capacity_bytes: int) -> LruCache[bytes]:
 
 @dataclass(frozen=True, eq=False)
 class _PagePlan:
-    """How one output page is cut into bands of ``band_rows`` output rows."""
+    """One output page: the source pages it reduces and its bands of output rows."""
 
     out: OutputPage
+    sources: tuple[int, ...]  # several when the view reduces along Z
     band_rows: int
+    rows: downsample.AreaAxis | None = None  # fit views: area weights per axis
+    columns: downsample.AreaAxis | None = None
 
     @property
     def band_bytes(self) -> int:
@@ -37,26 +47,22 @@ class _PagePlan:
 
 
 class VirtualTiff:
-    """The bytes of a view of ``source`` reduced ``factor`` times with ``method``.
+    """The bytes of ``view`` of ``source``.
 
     ``size`` and the header come from metadata alone; ``read`` renders only the bands
     of rows that the requested range covers, through the shared ``cache``.
     """
 
-    def __init__(self, source: SourceTiff, factor: int, method: str,
-                 cache: LruCache[bytes]) -> None:
-        if method not in downsample.METHODS:
-            raise ValueError(f"unknown method {method!r}")
+    def __init__(self, source: SourceTiff, view: View, cache: LruCache[bytes]) -> None:
         self.source = source
-        self.factor = factor
-        self.method = method
+        self.view = view
         self._cache = cache
-        pages = [self._output_page(p) for p in source.pages]
+        self._plans = [self._plan(group) for group in self._page_groups()]
+        pages = [plan.out for plan in self._plans]
         pages[0] = self._with_file_metadata(pages[0])
-        self._plans = [_PagePlan(out, self._band_rows(src, out))
-                       for src, out in zip(source.pages, pages)]
+        self._plans[0] = replace(self._plans[0], out=pages[0])
         self.layout: Layout = build_layout(pages)
-        self._key_prefix: Hashable = (source.path, source.version, factor, method)
+        self._key_prefix: Hashable = (source.path, source.version, view)
 
     @property
     def size(self) -> int:
@@ -95,29 +101,83 @@ class VirtualTiff:
 
     def _render(self, page: int, plane: int, band: int) -> bytes:
         plan = self._plans[page]
-        src = self.source.pages[page]
-        f = self.factor
         first = band * plan.band_rows
         last = min(first + plan.band_rows, plan.out.height)
-        if self._method_for(src) == "nearest":
-            rows = self.source.read_rows(src, plane, first * f, last * f, step=f)
-            pixels = downsample.nearest(rows, f)
-        else:
-            rows = self.source.read_rows(src, plane, first * f, last * f)
-            pixels = downsample.mean(rows, f)
+        pixels = self._render_rows(plan, plane, first, last)
         # bytes read while the source changed would mix two versions
         self.source.check_unchanged()
         return np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<")).tobytes()
 
-    def _method_for(self, page: SourcePage) -> str:
-        # averaging palette indices gives meaningless colours
-        return "nearest" if page.photometric == PHOTOMETRIC_PALETTE else self.method
+    def _render_rows(self, plan: _PagePlan, plane: int, first: int, last: int) -> np.ndarray:
+        """Output rows ``first:last`` of one plane of a page, from just the rows they need."""
+        source = self.source
+        src = source.pages[plan.sources[0]]
+        if plan.rows is not None and plan.columns is not None:  # fit view
+            if (plan.out.width, plan.out.height) == (src.width, src.height):
+                return source.read_rows(src, plane, first, last)
+            start, stop = plan.rows.source_range(first, last)
+            rows = source.read_rows(src, plane, start, stop)
+            return downsample.area_resize(rows, plan.rows, plan.columns, first, last)
+        method = self._method_for(src)
+        f = self.view.factor
+        if method in INTERPOLATING_METHODS:  # one band holds the whole page
+            page = source.read_rows(src, plane, 0, src.height)
+            return downsample.interpolate(page, plan.out.height, plan.out.width, method)
+        if method == "nearest":
+            rows = source.read_rows(src, plane, first * f, last * f, step=f)
+            return downsample.nearest(rows, f)
+        slices = [source.read_rows(source.pages[i], plane, first * f, last * f)
+                  for i in plan.sources]
+        return downsample.reduce_blocks(slices, f, method)
 
-    def _output_page(self, src: SourcePage) -> OutputPage:
-        f = self.factor
+    def _method_for(self, page: SourcePage) -> str:
+        # averages of palette indices are meaningless colours; the most frequent is fine
+        if page.photometric == PHOTOMETRIC_PALETTE and self.view.method != "mode":
+            return "nearest"
+        return self.view.method
+
+    # -- planning, from metadata only
+    def _page_groups(self) -> list[tuple[int, ...]]:
+        """Source pages of each output page: one each, or runs along Z."""
+        pages = self.source.pages
+        z_factor = self.view.z_factor
+        if z_factor == 1 or len(pages) == 1:
+            return [(i,) for i in range(len(pages))]
+        if not _uniform(pages):
+            raise UnsupportedSource("Z reduction needs pages of one shape and type")
+        info = self.source.metadata
+        if info.stack_axes is not None and info.stack_shape is not None:
+            return z_blocks(info.stack_axes, info.stack_shape, z_factor)
+        return z_blocks("Q", (len(pages),), z_factor)
+
+    def _plan(self, group: tuple[int, ...]) -> _PagePlan:
+        src = self.source.pages[group[0]]
+        view = self.view
+        if view.fit is not None:
+            width, height = fit_size(src.width, src.height, view.fit)
+            rows, columns = (downsample.AreaAxis(src.height, height),
+                             downsample.AreaAxis(src.width, width))
+            out = self._output_page(src, width, height, Fraction(src.width, width),
+                                    Fraction(src.height, height))
+            source_rows_per_row = -(-src.height // height) + 1
+            band_rows = BAND_SOURCE_BYTES // (source_rows_per_row * src.row_bytes)
+            return _PagePlan(out, group, max(1, min(height, band_rows)), rows, columns)
+        f = view.factor
+        out = self._output_page(src, downsample.output_length(src.width, f),
+                                downsample.output_length(src.height, f), Fraction(f),
+                                Fraction(f))
+        if self._method_for(src) in INTERPOLATING_METHODS:
+            if src.height * src.row_bytes > MAX_WHOLE_PAGE_BYTES:
+                raise UnsupportedSource(f"page {src.index} is too large for {view.method} "
+                                        "(it resizes whole pages); use a block method")
+            return _PagePlan(out, group, out.height)
+        return _PagePlan(out, group, self._band_rows(src, out, len(group)))
+
+    def _output_page(self, src: SourcePage, width: int, height: int, ratio_x: Fraction,
+                     ratio_y: Fraction) -> OutputPage:
         return OutputPage(
-            width=downsample.output_length(src.width, f),
-            height=downsample.output_length(src.height, f),
+            width=width,
+            height=height,
             samples=src.samples,
             itemsize=src.dtype.itemsize,
             sampleformat=src.sampleformat,
@@ -126,34 +186,49 @@ class VirtualTiff:
             extrasamples=src.extrasamples,
             colormap=src.colormap,
             subfiletype=src.subfiletype,
-            xresolution=metadata.scaled_resolution(src.xresolution, f),
-            yresolution=metadata.scaled_resolution(src.yresolution, f),
+            xresolution=metadata.scaled_resolution(src.xresolution, ratio_x),
+            yresolution=metadata.scaled_resolution(src.yresolution, ratio_y),
             resolutionunit=src.resolutionunit,
         )
 
     def _with_file_metadata(self, first: OutputPage) -> OutputPage:
         """Page 1 with the OME-XML of an OME source, else an ImageJ description and tags."""
-        source, factor = self.source, self.factor
-        if source.metadata.ome_xml:
-            ome = metadata.ome_xml_for_view(source.metadata.ome_xml, factor)
+        source, view = self.source, self.view
+        plain_factor_view = view.fit is None and view.z_factor == 1
+        if source.metadata.ome_xml and plain_factor_view:
+            ome = metadata.ome_xml_for_view(source.metadata.ome_xml, view.factor)
             if ome:
                 return replace(first, description=ome)
         if not _uniform(source.pages):
             return first  # ImageJ shows only stacks of equal pages
+        src = source.pages[0]
         description = metadata.imagej_description(
-            len(source.pages), source.metadata.imagej_description,
-            source.pages[0].resolutionunit, factor)
+            len(self._plans), source.metadata.imagej_description, src.resolutionunit,
+            Fraction(src.width, first.width) if view.fit else Fraction(view.factor),
+            Fraction(src.height, first.height) if view.fit else Fraction(view.factor),
+            view.z_factor)
         return replace(first, description=description,
                        extra_tags=metadata.imagej_tags(source.metadata.imagej_metadata))
 
-    def _band_rows(self, src: SourcePage, out: OutputPage) -> int:
+    def _band_rows(self, src: SourcePage, out: OutputPage, slices: int) -> int:
         """Output rows per band: bounded source bytes, whole segments when they are decoded."""
-        source_rows = max(self.factor, BAND_SOURCE_BYTES // src.row_bytes)
+        f = self.view.factor
+        source_rows = max(f, BAND_SOURCE_BYTES // (src.row_bytes * slices))
         if src.decode is not None:
-            unit = math.lcm(src.segment_rows, self.factor)
+            unit = math.lcm(src.segment_rows, f)
             if unit * src.row_bytes <= 4 * BAND_SOURCE_BYTES:
                 source_rows = max(1, source_rows // unit) * unit
-        return max(1, min(out.height, source_rows // self.factor))
+        return max(1, min(out.height, source_rows // f))
+
+
+def fit_size(width: int, height: int, longest: int) -> tuple[int, int]:
+    """Size whose longest side is ``longest`` (never larger than the source), aspect kept,
+    the other side rounded to the nearest pixel (halves up), at least 1."""
+    if max(width, height) <= longest:
+        return width, height
+    if width >= height:
+        return longest, max(1, (2 * height * longest + width) // (2 * width))
+    return max(1, (2 * width * longest + height) // (2 * height)), longest
 
 
 def _uniform(pages: list[SourcePage]) -> bool:
@@ -163,11 +238,14 @@ def _uniform(pages: list[SourcePage]) -> bool:
                first.samples, first.dtype) for p in pages)
 
 
-def open_view(path: str, factor: int, method: str = "mean",
+def open_view(path: str, factor: int = 4, method: str = "mean", *, view: str | None = None,
               cache_bytes: int = 64 << 20) -> VirtualTiff:
     """The view of the TIFF at ``path``, without a mount: ``.size`` and ``.read(offset, n)``.
 
-    Raises ``tifffs.errors.TifffsError`` (``BrokenSource``, ``UnsupportedSource``) for
-    files tifffs cannot serve, and ``OSError`` as the OS reports it.
+    ``view`` names any view (``x4z2``, ``x4-max``, ``fit1000``); otherwise ``factor`` and
+    ``method`` give ``x<factor>-<method>``. Raises ``tifffs.errors.TifffsError``
+    (``BrokenSource``, ``UnsupportedSource``) for files tifffs cannot serve,
+    ``tifffs.views.ViewError`` for an invalid view, and ``OSError`` as the OS reports it.
     """
-    return VirtualTiff(SourceTiff.open(path), factor, method, band_cache(cache_bytes))
+    spec = parse_view(view or f"x{factor}-{method}", method)
+    return VirtualTiff(SourceTiff.open(path), spec, band_cache(cache_bytes))
