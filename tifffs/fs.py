@@ -166,8 +166,7 @@ class TifffsOperations(Operations):
         elif not stat.S_ISREG(st.st_mode):
             raise FuseOSError(errno.ENOENT)  # fifos, sockets, devices are not shown
         elif is_tiff_name(mount_path.relative):
-            attrs["st_size"] = self.catalog.view(source, mount_path.view.factor,
-                                                 mount_path.view.method).size
+            attrs["st_size"] = self.catalog.view(source, mount_path.view).size
         attrs["st_blocks"] = -(-attrs["st_size"] // 512)
         return attrs
 
@@ -231,7 +230,7 @@ class TifffsOperations(Operations):
             raise FuseOSError(errno.EISDIR)
         handle: Any
         if is_tiff_name(mount_path.relative):
-            handle = self.catalog.view(source, mount_path.view.factor, mount_path.view.method)
+            handle = self.catalog.view(source, mount_path.view)
             version = handle.source.version
         else:
             handle = _PassthroughFile(source)
