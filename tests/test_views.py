@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from collections import Counter
@@ -292,3 +293,33 @@ def test_imagej_opens_z_fit_and_method_views(views_mount):
             assert report.pixel_width == pytest.approx(src.pixel_width * ratio), view
     fit = reports[views["fit40"]]
     assert fit.unit == "cm" and fit.pixel_width == pytest.approx(0.25 * 47 / 31)
+
+
+def test_use_levels_starts_from_matching_pyramid_levels(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    rng = np.random.default_rng(3)
+    full = rng.integers(0, 4000, (2, 256, 200), dtype=np.uint16)
+    # the scanner's own levels differ from our block means: mean + 1
+    half = (reference_blocks([full[0][:, :, None]], 2, "mean")[:, :, 0] + 1,
+            reference_blocks([full[1][:, :, None]], 2, "mean")[:, :, 0] + 1)
+    quarter = tuple(p[::2, ::2] for p in half)
+    with tifffile.TiffWriter(source / "pyramid.ome.tif", ome=True) as writer:
+        writer.write(full, subifds=2, photometric="minisblack", metadata={"axes": "ZYX"})
+        writer.write(np.stack(half), subfiletype=1, photometric="minisblack")
+        writer.write(np.stack(quarter), subfiletype=1, photometric="minisblack")
+    with mounted(source, tmp_path / "levels", "--views", "x2,x4-nearest,x8",
+                 "--use-levels") as mount:
+        x2 = _pages(mount.path / "x2" / "pyramid.ome.tif")
+        x4 = _pages(mount.path / "x4-nearest" / "pyramid.ome.tif")
+        x8 = _pages(mount.path / "x8" / "pyramid.ome.tif")
+    assert len(x2) == len(x4) == len(x8) == 2
+    for z in range(2):
+        np.testing.assert_array_equal(x2[z][:, :, 0], half[z])  # the level itself
+        np.testing.assert_array_equal(x4[z][:, :, 0], quarter[z])
+        np.testing.assert_array_equal(  # the 4x level, reduced 2x more
+            x8[z], reference_blocks([quarter[z][:, :, None]], 2, "mean"))
+    plain = open_view(str(source / "pyramid.ome.tif"), 2, "mean").read(0, 1 << 30)
+    with tifffile.TiffFile(io.BytesIO(plain)) as tif:  # by default: from full resolution
+        np.testing.assert_array_equal(tif.pages[0].asarray(),
+                                      reference_blocks([full[0][:, :, None]], 2, "mean")[:, :, 0])

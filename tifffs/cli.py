@@ -58,6 +58,9 @@ def _mount_parser() -> argparse.ArgumentParser:
                         "(added to --factors)")
     parser.add_argument("--method", help=f"default method: {', '.join(METHODS)} "
                         f"(default {DEFAULT_METHOD})")
+    parser.add_argument("--use-levels", action="store_true",
+                        help="start from a pyramid level of the source when one is exactly "
+                             "k times smaller, k dividing the factor")
     parser.add_argument("--cache-size", help="memory for rendered pixel bands "
                         f"(default {DEFAULT_CACHE_BYTES >> 20}M)")
     parser.add_argument("--log-file", help="append log lines to this file")
@@ -81,6 +84,7 @@ def _config(args: argparse.Namespace) -> MountConfig:
         factors=parse_factors(factors) if factors else None,
         view_names=parse_views(views, method) if views else (),
         method=method,
+        use_levels=args.use_levels or "use_levels" in ours,
         cache_bytes=parse_size(cache_size) if cache_size else DEFAULT_CACHE_BYTES,
         foreground=args.foreground or "foreground" in ours,
         debug=args.debug or "debug" in ours,
@@ -274,6 +278,8 @@ def _render_parser() -> argparse.ArgumentParser:
                         help=f"{', '.join(METHODS)} (default {DEFAULT_METHOD})")
     parser.add_argument("--view", help="a view name instead of --factor/--method, e.g. "
                         "x4z2, x8-max, fit1000")
+    parser.add_argument("--use-levels", action="store_true",
+                        help="start from a matching pyramid level (as the mount option)")
     parser.add_argument("--cache-size", default="64M", help="memory for rendered bands")
     return parser
 
@@ -287,7 +293,7 @@ def _render(args: argparse.Namespace) -> int:
     view_name = parse_views(args.view, method)[0] if args.view else None
     try:
         view = open_view(args.source, factor, method, view=view_name,
-                         cache_bytes=parse_size(args.cache_size))
+                         use_levels=args.use_levels, cache_bytes=parse_size(args.cache_size))
     except (TifffsError, OSError) as exc:
         print(f"tifffs: {args.source}: {exc}", file=sys.stderr)
         return 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tifffs.methods import METHODS
 from tifffs.views import MAX_FACTOR, View, ViewError, parse_view, views_for_factors
@@ -31,6 +31,7 @@ class MountConfig:
     factors: tuple[int, ...] | None = None  # None: the default, unless views are named
     view_names: tuple[str, ...] = ()
     method: str = DEFAULT_METHOD
+    use_levels: bool = False
     cache_bytes: int = DEFAULT_CACHE_BYTES
     foreground: bool = False
     debug: bool = False
@@ -47,7 +48,7 @@ class MountConfig:
         for name in self.view_names:
             if name not in {v.name for v in views}:
                 views.append(parse_view(name, self.method))
-        return tuple(views)
+        return tuple(replace(v, use_levels=self.use_levels) for v in views)
 
 
 def parse_size(text: str) -> int:
@@ -96,8 +97,8 @@ def parse_method(text: str) -> str:
 def split_mount_options(options: list[str]) -> tuple[dict[str, str], dict[str, str | bool]]:
     """Split ``-o`` lists into tifffs settings and libfuse options.
 
-    tifffs settings: ``factors``, ``views``, ``method``, ``cache_size``, ``log_file``, ``debug``,
-    ``foreground``. Options mount(8) adds (``rw``, ``noauto``, ...) are dropped; all
+    tifffs settings: ``factors``, ``views``, ``method``, ``use_levels``, ``cache_size``,
+    ``log_file``, ``debug``, ``foreground``. Options mount(8) adds (``rw``, ``noauto``, ...) are dropped; all
     others (``allow_other``, ``uid=``...) go to libfuse.
     """
     ours: dict[str, str] = {}
@@ -110,7 +111,7 @@ def split_mount_options(options: list[str]) -> tuple[dict[str, str], dict[str, s
                 continue
             normal = key.replace("-", "_")
             if normal in ("factors", "views", "method", "cache_size", "log_file", "debug",
-                          "foreground"):
+                          "foreground", "use_levels"):
                 ours[normal] = value if sep else "1"
             elif key not in IGNORED_MOUNT_OPTIONS:
                 fuse[key] = value if sep else True

@@ -14,14 +14,14 @@ import os
 import stat
 import struct
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import tifffile
 
-from tifffs.errors import BrokenSource, SourceChanged, UnsupportedSource
+from tifffs.errors import BrokenSource, SourceChanged, TifffsError, UnsupportedSource
 
 #: One row of one source page may not exceed this (a band holds at least factor rows).
 MAX_ROW_BYTES = 64 << 20
@@ -72,6 +72,8 @@ class SourcePage:
     resolutionunit: int | None
     decode: Callable[..., Any] | None  # None for uncompressed strips read directly
     jpegtables: bytes | None = None
+    #: reduced-resolution levels of this page: (k, level) for levels exactly ceil(W/k) wide
+    levels: tuple[tuple[int, "SourcePage"], ...] = ()
 
     @property
     def planes(self) -> int:
@@ -251,6 +253,7 @@ def _describe(fd: int, file_size: int, name: str) -> tuple[list[SourcePage], Fil
                     byteorder = tif.byteorder
                     pages = [_describe_page(p, i, byteorder, file_size)
                              for i, p in enumerate(tif.pages)]
+                    pages = _with_levels(tif, pages, file_size)
                     metadata = FileMetadata(
                         imagej_description=tif.pages.first.description if tif.is_imagej
                         else None,
@@ -265,6 +268,53 @@ def _describe(fd: int, file_size: int, name: str) -> tuple[list[SourcePage], Fil
     if not pages:
         raise BrokenSource("TIFF has no pages")
     return pages, metadata
+
+
+def _with_levels(tif: tifffile.TiffFile, pages: list[SourcePage],
+                 file_size: int) -> list[SourcePage]:
+    """Attach to each page its reduced-resolution levels: its SubIFDs (OME pyramids) and
+    the levels tifffile's series know (SVS, libvips and other main-chain pyramids)."""
+    candidates: dict[int, list[Any]] = {i: [] for i in range(len(pages))}
+    try:
+        for i, page in enumerate(tif.pages):
+            if isinstance(page, tifffile.TiffPage) and page.pages:
+                candidates[i] += list(page.pages)
+        for series in tif.series:
+            for level in series.levels[1:]:
+                for main, reduced in zip(series.levels[0].pages, level.pages):
+                    if (isinstance(getattr(main, "index", None), int)
+                            and main.index in candidates and reduced is not None):
+                        candidates[main.index].append(reduced)
+    except (tifffile.TiffFileError, ValueError, IndexError, KeyError, TypeError):
+        return pages  # levels are optional: a broken pyramid is simply not used
+    result = []
+    for i, page in enumerate(pages):
+        levels = {}
+        for candidate in candidates[i]:
+            level = _level_of(page, candidate, tif.byteorder, file_size)
+            if level is not None:
+                levels.setdefault(level[0], level[1])
+        result.append(replace(page, levels=tuple(sorted(levels.items()))) if levels else page)
+    return result
+
+
+def _level_of(page: SourcePage, candidate: Any, byteorder: str,
+              file_size: int) -> tuple[int, SourcePage] | None:
+    """(k, level) if ``candidate`` is exactly ``page`` reduced k times, else None."""
+    if not isinstance(candidate, tifffile.TiffPage) or not candidate.imagewidth:
+        return None
+    k = round(page.width / candidate.imagewidth)
+    if k < 2 or candidate.imagewidth != -(-page.width // k) or \
+            candidate.imagelength != -(-page.height // k):
+        return None
+    try:
+        level = _describe_page(candidate, page.index, byteorder, file_size)
+    except TifffsError:
+        return None
+    if (level.samples, level.dtype, level.planar_separate) != (page.samples, page.dtype,
+                                                                page.planar_separate):
+        return None
+    return k, level
 
 
 def _stack_dimensions(tif: tifffile.TiffFile, pages: int) -> dict[str, Any]:

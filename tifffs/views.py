@@ -34,6 +34,7 @@ class View:
     factor: int = 1  # reduction in Y and X (factor views)
     z_factor: int = 1  # reduction along Z
     fit: int | None = None  # longest side in pixels (fit views)
+    use_levels: bool = False  # start from a pyramid level that matches the factor
 
 
 class ViewError(ValueError):

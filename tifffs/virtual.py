@@ -40,6 +40,8 @@ class _PagePlan:
     band_rows: int
     rows: downsample.AreaAxis | None = None  # fit views: area weights per axis
     columns: downsample.AreaAxis | None = None
+    level: SourcePage | None = None  # a pyramid level to start from (``use_levels``)
+    level_factor: int = 1  # how much smaller than the source page that level is
 
     @property
     def band_bytes(self) -> int:
@@ -119,15 +121,17 @@ class VirtualTiff:
             rows = source.read_rows(src, plane, start, stop)
             return downsample.area_resize(rows, plan.rows, plan.columns, first, last)
         method = self._method_for(src)
-        f = self.view.factor
+        f = self.view.factor // plan.level_factor
+        if plan.level is not None:
+            src = plan.level
         if method in INTERPOLATING_METHODS:  # one band holds the whole page
             page = source.read_rows(src, plane, 0, src.height)
             return downsample.interpolate(page, plan.out.height, plan.out.width, method)
         if method == "nearest":
             rows = source.read_rows(src, plane, first * f, last * f, step=f)
             return downsample.nearest(rows, f)
-        slices = [source.read_rows(source.pages[i], plane, first * f, last * f)
-                  for i in plan.sources]
+        pages = [src] if plan.level is not None else [source.pages[i] for i in plan.sources]
+        slices = [source.read_rows(page, plane, first * f, last * f) for page in pages]
         return downsample.reduce_blocks(slices, f, method)
 
     def _method_for(self, page: SourcePage) -> str:
@@ -171,7 +175,17 @@ class VirtualTiff:
                 raise UnsupportedSource(f"page {src.index} is too large for {view.method} "
                                         "(it resizes whole pages); use a block method")
             return _PagePlan(out, group, out.height)
-        return _PagePlan(out, group, self._band_rows(src, out, len(group)))
+        level_factor, level = self._level_for(src) if len(group) == 1 else (1, None)
+        read = level or src
+        return _PagePlan(out, group, self._band_rows(read, out, f // level_factor, len(group)),
+                         level=level, level_factor=level_factor)
+
+    def _level_for(self, src: SourcePage) -> tuple[int, SourcePage | None]:
+        """The most reduced pyramid level whose reduction k divides the factor."""
+        if not self.view.use_levels:
+            return 1, None
+        usable = [(k, level) for k, level in src.levels if self.view.factor % k == 0]
+        return max(usable, key=lambda item: item[0]) if usable else (1, None)
 
     def _output_page(self, src: SourcePage, width: int, height: int, ratio_x: Fraction,
                      ratio_y: Fraction) -> OutputPage:
@@ -210,9 +224,9 @@ class VirtualTiff:
         return replace(first, description=description,
                        extra_tags=metadata.imagej_tags(source.metadata.imagej_metadata))
 
-    def _band_rows(self, src: SourcePage, out: OutputPage, slices: int) -> int:
+    @staticmethod
+    def _band_rows(src: SourcePage, out: OutputPage, f: int, slices: int) -> int:
         """Output rows per band: bounded source bytes, whole segments when they are decoded."""
-        f = self.view.factor
         source_rows = max(f, BAND_SOURCE_BYTES // (src.row_bytes * slices))
         if src.decode is not None:
             unit = math.lcm(src.segment_rows, f)
@@ -239,13 +253,14 @@ def _uniform(pages: list[SourcePage]) -> bool:
 
 
 def open_view(path: str, factor: int = 4, method: str = "mean", *, view: str | None = None,
-              cache_bytes: int = 64 << 20) -> VirtualTiff:
+              use_levels: bool = False, cache_bytes: int = 64 << 20) -> VirtualTiff:
     """The view of the TIFF at ``path``, without a mount: ``.size`` and ``.read(offset, n)``.
 
     ``view`` names any view (``x4z2``, ``x4-max``, ``fit1000``); otherwise ``factor`` and
-    ``method`` give ``x<factor>-<method>``. Raises ``tifffs.errors.TifffsError``
+    ``method`` give ``x<factor>-<method>``; ``use_levels`` starts from a matching
+    pyramid level of the source when there is one. Raises ``tifffs.errors.TifffsError``
     (``BrokenSource``, ``UnsupportedSource``) for files tifffs cannot serve,
     ``tifffs.views.ViewError`` for an invalid view, and ``OSError`` as the OS reports it.
     """
-    spec = parse_view(view or f"x{factor}-{method}", method)
+    spec = replace(parse_view(view or f"x{factor}-{method}", method), use_levels=use_levels)
     return VirtualTiff(SourceTiff.open(path), spec, band_cache(cache_bytes))
