@@ -61,6 +61,9 @@ def _mount_parser() -> argparse.ArgumentParser:
     parser.add_argument("--use-levels", action="store_true",
                         help="start from a pyramid level of the source when one is exactly "
                              "k times smaller, k dividing the factor")
+    parser.add_argument("--imagej-large", action="store_true",
+                        help="write views over 4 GiB in ImageJ's format (one IFD, contiguous "
+                             "pages) instead of BigTIFF, for ImageJ 1.x")
     parser.add_argument("--cache-size", help="memory for rendered pixel bands "
                         f"(default {DEFAULT_CACHE_BYTES >> 20}M)")
     parser.add_argument("--log-file", help="append log lines to this file")
@@ -85,6 +88,7 @@ def _config(args: argparse.Namespace) -> MountConfig:
         view_names=parse_views(views, method) if views else (),
         method=method,
         use_levels=args.use_levels or "use_levels" in ours,
+        imagej_large=args.imagej_large or "imagej_large" in ours,
         cache_bytes=parse_size(cache_size) if cache_size else DEFAULT_CACHE_BYTES,
         foreground=args.foreground or "foreground" in ours,
         debug=args.debug or "debug" in ours,
@@ -280,6 +284,8 @@ def _render_parser() -> argparse.ArgumentParser:
                         "x4z2, x8-max, fit1000")
     parser.add_argument("--use-levels", action="store_true",
                         help="start from a matching pyramid level (as the mount option)")
+    parser.add_argument("--imagej-large", action="store_true",
+                        help="views over 4 GiB in ImageJ's format (as the mount option)")
     parser.add_argument("--cache-size", default="64M", help="memory for rendered bands")
     return parser
 
@@ -293,7 +299,8 @@ def _render(args: argparse.Namespace) -> int:
     view_name = parse_views(args.view, method)[0] if args.view else None
     try:
         view = open_view(args.source, factor, method, view=view_name,
-                         use_levels=args.use_levels, cache_bytes=parse_size(args.cache_size))
+                         use_levels=args.use_levels, imagej_large=args.imagej_large,
+                         cache_bytes=parse_size(args.cache_size))
     except (TifffsError, OSError) as exc:
         print(f"tifffs: {args.source}: {exc}", file=sys.stderr)
         return 1

@@ -32,6 +32,7 @@ class MountConfig:
     view_names: tuple[str, ...] = ()
     method: str = DEFAULT_METHOD
     use_levels: bool = False
+    imagej_large: bool = False
     cache_bytes: int = DEFAULT_CACHE_BYTES
     foreground: bool = False
     debug: bool = False
@@ -48,7 +49,8 @@ class MountConfig:
         for name in self.view_names:
             if name not in {v.name for v in views}:
                 views.append(parse_view(name, self.method))
-        return tuple(replace(v, use_levels=self.use_levels) for v in views)
+        return tuple(replace(v, use_levels=self.use_levels, imagej_large=self.imagej_large)
+                     for v in views)
 
 
 def parse_size(text: str) -> int:
@@ -97,7 +99,8 @@ def parse_method(text: str) -> str:
 def split_mount_options(options: list[str]) -> tuple[dict[str, str], dict[str, str | bool]]:
     """Split ``-o`` lists into tifffs settings and libfuse options.
 
-    tifffs settings: ``factors``, ``views``, ``method``, ``use_levels``, ``cache_size``,
+    tifffs settings: ``factors``, ``views``, ``method``, ``use_levels``, ``imagej_large``,
+    ``cache_size``,
     ``log_file``, ``debug``, ``foreground``. Options mount(8) adds (``rw``, ``noauto``, ...) are dropped; all
     others (``allow_other``, ``uid=``...) go to libfuse.
     """
@@ -111,7 +114,7 @@ def split_mount_options(options: list[str]) -> tuple[dict[str, str], dict[str, s
                 continue
             normal = key.replace("-", "_")
             if normal in ("factors", "views", "method", "cache_size", "log_file", "debug",
-                          "foreground", "use_levels"):
+                          "foreground", "use_levels", "imagej_large"):
                 ours[normal] = value if sep else "1"
             elif key not in IGNORED_MOUNT_OPTIONS:
                 fuse[key] = value if sep else True

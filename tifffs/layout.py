@@ -89,40 +89,48 @@ class Layout:
         return self.page_offsets[0]
 
 
-def build_layout(pages: list[OutputPage]) -> Layout:
-    """Compute the layout of a view with ``pages``: classic TIFF if it fits, else BigTIFF."""
-    layout = _build(pages, bigtiff=False)
-    if layout.size > CLASSIC_LIMIT:
-        layout = _build(pages, bigtiff=True)
-    return layout
+def build_layout(pages: list[OutputPage], imagej_large: bool = False) -> Layout:
+    """Compute the layout of a view with ``pages``: classic TIFF if it fits, else BigTIFF.
+
+    With ``imagej_large``, a view over 4 GiB whose first page has an ImageJ description
+    follows ImageJ's own convention instead: classic TIFF with the first IFD only, the
+    description's ``images=`` telling ImageJ (and tifffile) that the other pages follow
+    contiguously. Other readers then see one page.
+    """
+    bigtiff, ifd_pages = False, len(pages)
+    if _offsets(pages, bigtiff, ifd_pages)[2] > CLASSIC_LIMIT:
+        if imagej_large and (pages[0].description or "").startswith("ImageJ="):
+            ifd_pages = 1
+        else:
+            bigtiff = True
+    return _encode(pages, bigtiff, ifd_pages)
 
 
-def _build(pages: list[OutputPage], bigtiff: bool) -> Layout:
-    header_size = 16 if bigtiff else 8
-    entries = [_entries(page, bigtiff, strip_offsets=None) for page in pages]
-    ifd_sizes = [_ifd_size(e, bigtiff) for e in entries]
+def _offsets(pages: list[OutputPage], bigtiff: bool,
+             ifd_pages: int) -> tuple[list[int], list[int], int]:
+    """Offsets of the IFDs and of each page's pixels, and the file size."""
+    position = 16 if bigtiff else 8
     ifd_offsets = []
-    position = header_size
-    for size in ifd_sizes:
+    for page in pages[:ifd_pages]:
         ifd_offsets.append(position)
-        position += size
-    pixel_start = _align(position, PIXEL_ALIGNMENT)
+        position += _ifd_size(_entries(page, bigtiff, strip_offsets=None), bigtiff)
+    position = _align(position, PIXEL_ALIGNMENT)
     page_offsets = []
-    position = pixel_start
     for page in pages:
         page_offsets.append(position)
         position += page.page_bytes
-    total = position
+    return ifd_offsets, page_offsets, position
 
+
+def _encode(pages: list[OutputPage], bigtiff: bool, ifd_pages: int) -> Layout:
+    ifd_offsets, page_offsets, total = _offsets(pages, bigtiff, ifd_pages)
     head = bytearray(_header(bigtiff, ifd_offsets[0]))
-    for i, page in enumerate(pages):
-        next_ifd = ifd_offsets[i + 1] if i + 1 < len(pages) else 0
+    for i, page in enumerate(pages[:ifd_pages]):
+        next_ifd = ifd_offsets[i + 1] if i + 1 < ifd_pages else 0
         strip_offsets = _strip_offsets(page, page_offsets[i])
-        block = _encode_ifd(_entries(page, bigtiff, strip_offsets), bigtiff,
-                            ifd_offsets[i], next_ifd)
-        assert len(block) == ifd_sizes[i]
-        head += block
-    head += bytes(pixel_start - len(head))
+        head += _encode_ifd(_entries(page, bigtiff, strip_offsets), bigtiff, ifd_offsets[i],
+                            next_ifd)
+    head += bytes(page_offsets[0] - len(head))
     return Layout(bytes(head), tuple(page_offsets), total, bigtiff)
 
 
@@ -153,11 +161,14 @@ def _strip_bytecounts(page: OutputPage) -> list[int]:
 
 
 def _rational(value: Fraction) -> list[int]:
-    """A positive fraction as RATIONAL numerator and denominator that fit 32 bits."""
-    value = value.limit_denominator(CLASSIC_LIMIT)
-    if value.numerator > CLASSIC_LIMIT:  # very large: lose precision in the numerator
-        value = Fraction(CLASSIC_LIMIT, max(1, round(CLASSIC_LIMIT / value)))
-    return [value.numerator, value.denominator]
+    """A positive fraction as the nearest RATIONAL whose terms fit 32 bits (clamped)."""
+    if value >= CLASSIC_LIMIT:
+        return [CLASSIC_LIMIT, 1]
+    if value <= Fraction(1, CLASSIC_LIMIT):
+        return [1, CLASSIC_LIMIT]
+    # the largest denominator that keeps the numerator within 32 bits
+    approximation = value.limit_denominator(min(CLASSIC_LIMIT, int(CLASSIC_LIMIT / value)))
+    return [max(1, approximation.numerator), approximation.denominator]
 
 
 Entry = tuple[int, int, int, bytes]  # tag, field type, count, little-endian value bytes

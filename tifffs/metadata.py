@@ -29,7 +29,8 @@ def imagej_description(pages: int, source_description: str | None,
     """The ImageJ description of a view of ``pages`` uniform pages.
 
     A source ImageJ description is carried over line by line (dimensions, ``spacing``,
-    ``unit``, display range, ...); ``images`` is set to ``pages``; ``xorigin``/``yorigin``
+    ``unit``, display range, ...); ``images`` is set to ``pages`` (and ``slices`` too for
+    a plain stack); ``xorigin``/``yorigin``
     (in pixels) are divided by the ratios of source to view pixels; with ``z_factor``,
     ``slices`` is reduced and ``spacing`` multiplied. Hyperstack dimensions that no
     longer multiply to ``pages`` are dropped. When no ``unit`` is given but
@@ -59,6 +60,8 @@ def imagej_description(pages: int, source_description: str | None,
     if dimensions != pages:
         for key in (*_DIMENSION_KEYS, "hyperstack"):
             entries.pop(key, None)
+        if pages > 1:  # a plain stack, as ImageJ and tifffile write it
+            entries["slices"] = str(pages)
     if "unit" not in entries and resolution_unit in RESOLUTION_UNIT_NAMES:
         entries["unit"] = RESOLUTION_UNIT_NAMES[resolution_unit]
     lines = ["ImageJ=1.11a"] + [f"{key}={value}" for key, value in entries.items()]

@@ -35,6 +35,7 @@ class View:
     z_factor: int = 1  # reduction along Z
     fit: int | None = None  # longest side in pixels (fit views)
     use_levels: bool = False  # start from a pyramid level that matches the factor
+    imagej_large: bool = False  # views over 4 GiB in ImageJ's format instead of BigTIFF
 
 
 class ViewError(ValueError):

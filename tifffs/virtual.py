@@ -63,7 +63,7 @@ class VirtualTiff:
         pages = [plan.out for plan in self._plans]
         pages[0] = self._with_file_metadata(pages[0])
         self._plans[0] = replace(self._plans[0], out=pages[0])
-        self.layout: Layout = build_layout(pages)
+        self.layout: Layout = build_layout(pages, imagej_large=view.imagej_large)
         self._key_prefix: Hashable = (source.path, source.version, view)
 
     @property
@@ -253,14 +253,17 @@ def _uniform(pages: list[SourcePage]) -> bool:
 
 
 def open_view(path: str, factor: int = 4, method: str = "mean", *, view: str | None = None,
-              use_levels: bool = False, cache_bytes: int = 64 << 20) -> VirtualTiff:
+              use_levels: bool = False, imagej_large: bool = False,
+              cache_bytes: int = 64 << 20) -> VirtualTiff:
     """The view of the TIFF at ``path``, without a mount: ``.size`` and ``.read(offset, n)``.
 
     ``view`` names any view (``x4z2``, ``x4-max``, ``fit1000``); otherwise ``factor`` and
     ``method`` give ``x<factor>-<method>``; ``use_levels`` starts from a matching
-    pyramid level of the source when there is one. Raises ``tifffs.errors.TifffsError``
+    pyramid level of the source when there is one; ``imagej_large`` writes views over
+    4 GiB in ImageJ's format instead of BigTIFF. Raises ``tifffs.errors.TifffsError``
     (``BrokenSource``, ``UnsupportedSource``) for files tifffs cannot serve,
     ``tifffs.views.ViewError`` for an invalid view, and ``OSError`` as the OS reports it.
     """
-    spec = replace(parse_view(view or f"x{factor}-{method}", method), use_levels=use_levels)
+    spec = replace(parse_view(view or f"x{factor}-{method}", method), use_levels=use_levels,
+                   imagej_large=imagej_large)
     return VirtualTiff(SourceTiff.open(path), spec, band_cache(cache_bytes))

@@ -1,0 +1,64 @@
+"""Views over 4 GiB: BigTIFF by default, ImageJ's own format with --imagej-large."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import mounted
+
+PAGES, SIDE = 70, 8000  # 70 x 64 MB = 4.48 GB > 4 GiB, stored sparse but the last page
+PROBE = Path(__file__).with_name("ImageJVirtualProbe.java")
+IMAGEJ_JAR = "/usr/share/java/ij.jar"
+
+
+@pytest.fixture(scope="module")
+def large_source(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    root = tmp_path_factory.mktemp("large")
+    stack = tifffile.memmap(root / "large.tif", shape=(PAGES, SIDE, SIDE), dtype=np.uint8,
+                            photometric="minisblack")
+    last = np.random.default_rng(0).integers(0, 255, (SIDE, SIDE), dtype=np.uint8)
+    stack[-1] = last
+    stack.flush()
+    del stack
+    return root, last
+
+
+def _last_page_bytes(view: Path, data_offset: int) -> np.ndarray:
+    with open(view, "rb") as handle:
+        handle.seek(data_offset + (PAGES - 1) * SIDE * SIDE)
+        return np.frombuffer(handle.read(SIDE * SIDE), dtype=np.uint8).reshape(SIDE, SIDE)
+
+
+@pytest.mark.parametrize("imagej_large", [False, True])
+def test_views_over_4_gib(large_source, tmp_path, imagej_large):
+    root, last = large_source
+    options = ["--views", "x1-nearest"] + (["--imagej-large"] if imagej_large else [])
+    before = (root / "large.tif").stat()
+    # not hashed before and after like smaller sources: 4.5 GB would take most of the time
+    with mounted(root, tmp_path, *options, source_is_constant=False) as mount:
+        view = mount.path / "x1-nearest" / "large.tif"
+        assert view.stat().st_size > 2**32
+        with tifffile.TiffFile(view) as tif:
+            assert tif.is_bigtiff != imagej_large
+            assert len(tif.pages) == (1 if imagej_large else PAGES)
+            assert tif.series[0].shape == (PAGES, SIDE, SIDE)
+            offset = tif.pages.first.dataoffsets[0]
+        np.testing.assert_array_equal(_last_page_bytes(view, offset), last)
+        if imagej_large:
+            java = shutil.which("java")
+            assert java, "java is missing: run scripts/test"
+            result = subprocess.run([java, "-Xmx512m", "-Djava.awt.headless=true", "-cp",
+                                     IMAGEJ_JAR, str(PROBE), str(view)], capture_output=True,
+                                    text=True, timeout=300)
+            assert result.returncode == 0, result.stdout + result.stderr
+            width, height, slices, total = map(int, result.stdout.split()[-4:])
+            assert (width, height, slices) == (SIDE, SIDE, PAGES)
+            assert total == int(last.sum(dtype=np.int64))
+    after = (root / "large.tif").stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
