@@ -165,25 +165,31 @@ class SourceTiff:
         return out
 
     def _pread_rows(self, page: SourcePage, plane: int, rows: range, out: np.ndarray) -> None:
-        flat = out.reshape(len(rows), -1).view(np.uint8)
+        """Fill ``out`` with ``rows`` of uncompressed strips: one read per run of adjacent
+        rows in one strip (one per row when rows are skipped)."""
+        if not rows:
+            return
         row_bytes = page.row_bytes
         rps = page.segment_rows
-        strip0 = plane * page.segments_per_plane
-        i = 0
-        while i < len(rows):
-            row = rows[i]
-            strip = row // rps
-            # with step 1, all rows of the same strip are one contiguous read
-            run = 1
-            if rows.step == 1:
-                run = min(len(rows) - i, (strip + 1) * rps - row)
-            offset = int(page.offsets[strip0 + strip]) + (row - strip * rps) * row_bytes
-            buffer = flat[i:i + run].reshape(-1)
-            got = os.preadv(self.fd, [buffer], offset)
-            if got != buffer.nbytes:
+        strip_offsets = page.offsets[plane * page.segments_per_plane:]
+        buffer = memoryview(out.reshape(-1).view(np.uint8))
+        if rows.step == 1:  # runs: the parts of the row range in each strip
+            first_strip, last_strip = rows.start // rps, (rows.stop - 1) // rps
+            starts = [max(rows.start, s * rps) for s in range(first_strip, last_strip + 1)]
+            ends = [min(rows.stop, (s + 1) * rps) for s in range(first_strip, last_strip + 1)]
+        else:
+            starts = list(rows)
+            ends = [r + 1 for r in starts]
+        row_array = np.asarray(starts, dtype=np.int64)
+        file_offsets = (strip_offsets[row_array // rps].astype(np.int64)
+                        + (row_array % rps) * row_bytes).tolist()
+        position = 0
+        for start, end, offset in zip(starts, ends, file_offsets):
+            size = (end - start) * row_bytes
+            if os.preadv(self.fd, [buffer[position:position + size]], offset) != size:
                 raise SourceChanged(
-                    f"source ends before page {page.index} row {row} (file shrank?)")
-            i += run
+                    f"source ends before page {page.index} row {start} (file shrank?)")
+            position += size
 
     def _decode_rows(self, page: SourcePage, plane: int, rows: range, out: np.ndarray) -> None:
         """Fill ``out`` with ``rows`` from the strips or tiles that hold them."""
