@@ -78,6 +78,24 @@ class LruCache(Generic[V]):
                 del self._pending[key]
             pending.done.set()
 
+    def prefetch(self, key: Hashable, compute: Callable[[], V],
+                 submit: Callable[[Callable[[], None]], object]) -> None:
+        """Have ``submit`` compute ``key`` in the background unless it is held or in flight.
+
+        Errors of a prefetch are dropped: a later ``get`` computes again and raises.
+        """
+        with self._lock:
+            if key in self._items or key in self._pending:
+                return
+
+        def run() -> None:
+            try:
+                self.get(key, compute)
+            except Exception:  # noqa: BLE001  (the reader that needs it will see it)
+                pass
+
+        submit(run)
+
     def _store(self, key: Hashable, value: V) -> None:
         weight = self._weigh(value)
         if weight > self.capacity:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Hashable
+from typing import Callable, Hashable
 
 import numpy as np
 
@@ -24,6 +27,33 @@ BAND_SOURCE_BYTES = 16 << 20
 #: linear and lanczos resize whole pages: larger pages are refused.
 MAX_WHOLE_PAGE_BYTES = 512 << 20
 PHOTOMETRIC_PALETTE = 3
+
+
+class _Prefetcher:
+    """A small pool of threads that render bands ahead of sequential readers.
+
+    Started on first use (after the daemon has forked); at most ``limit`` bands wait.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self._workers = workers
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(2 * workers)
+        self._lock = threading.Lock()
+
+    def submit(self, task: Callable[[], None]) -> None:
+        if not self._slots.acquire(blocking=False):
+            return  # enough work queued already
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="prefetch")
+        try:
+            self._pool.submit(task).add_done_callback(lambda _: self._slots.release())
+        except RuntimeError:  # shutting down
+            self._slots.release()
+
+
+PREFETCHER = _Prefetcher(workers=max(1, min(4, os.cpu_count() or 1)))
 
 
 def band_cache(capacity_bytes: int) -> LruCache[bytes]:
@@ -65,6 +95,7 @@ class VirtualTiff:
         self._plans[0] = replace(self._plans[0], out=pages[0])
         self.layout: Layout = build_layout(pages, imagej_large=view.imagej_large)
         self._key_prefix: Hashable = (source.path, source.version, view)
+        self._sequential_end = -1  # where the last read ended
 
     @property
     def size(self) -> int:
@@ -95,7 +126,24 @@ class VirtualTiff:
             piece = data[position - band_start:end - band_start]
             pieces.append(piece)
             position += len(piece)
+        if offset == self._sequential_end:  # a sequential reader: render ahead of it
+            self._prefetch_after(page, plane, band)
+        self._sequential_end = end
         return b"".join(pieces)
+
+    def _prefetch_after(self, page: int, plane: int, band: int) -> None:
+        """Start rendering the band that follows (page, plane, band) in the file."""
+        plan = self._plans[page]
+        if (band + 1) * plan.band_rows < plan.out.height:
+            band += 1
+        elif plane + 1 < plan.out.planes:
+            plane, band = plane + 1, 0
+        elif page + 1 < len(self._plans):
+            page, plane, band = page + 1, 0, 0
+        else:
+            return
+        key = (self._key_prefix, page, plane, band)
+        self._cache.prefetch(key, lambda: self._render(page, plane, band), PREFETCHER.submit)
 
     def _band(self, page: int, plane: int, band: int) -> bytes:
         key = (self._key_prefix, page, plane, band)
