@@ -10,7 +10,7 @@ ImageJ 1.x, libvips, GDAL, tifffile), all under one SOURCE tree, mounted once wi
   read every view (factors 2 and 4) and must see its pages, sizes and pixels
   (``readers.py`` says what each reader must see). A reader is excused for a kind only
   where ``EXCUSES`` says so *and* it fails on the source too (checked here, every run); an
-  excuse that no longer holds fails as well, so docs/reader-matrix.md stays true.
+  excuse that no longer holds fails as well, so the README's reader matrix stays true.
   ``TIFFFS_READER_MATRIX=FILE`` writes the matrix observed in this run to FILE (markdown).
 * OME-XML: the view of an OME source carries OME-XML (validated with ome-types) with the
   same images, sizes divided and physical pixel sizes multiplied by the factor.
@@ -280,7 +280,7 @@ def test_reader_reads_every_view(matrix, reader, name):
     excuse = EXCUSES.get((reader, name))
     if not failing:
         assert excuse is None, (f"{reader} now reads the views of {name}: drop the excuse "
-                                f"({excuse!r}) here and in docs/reader-matrix.md")
+                                f"({excuse!r}) here and in the README's reader matrix")
         return
     report = "\n".join(f"  x{f}: {'; '.join(p)}" for f, p in failing.items())
     assert excuse is not None, (
