@@ -32,7 +32,8 @@ PHOTOMETRIC_PALETTE = 3
 class _Prefetcher:
     """A small pool of threads that render bands ahead of sequential readers.
 
-    Started on first use (after the daemon has forked); at most ``limit`` bands wait.
+    Started on first use (after the daemon has forked); at most two bands per worker
+    wait, further requests are dropped (the reader then renders its band itself).
     """
 
     def __init__(self, workers: int) -> None:
