@@ -14,6 +14,7 @@ each plane its rows top to bottom, cut into strips of ``rowsperstrip`` rows.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
@@ -98,7 +99,7 @@ def build_layout(pages: list[OutputPage], imagej_large: bool = False) -> Layout:
     contiguously. Other readers then see one page.
     """
     bigtiff, ifd_pages = False, len(pages)
-    if _offsets(pages, bigtiff, ifd_pages)[2] > CLASSIC_LIMIT:
+    if _pixel_end(pages, _ifd_sizes(pages, bigtiff, ifd_pages), bigtiff) > CLASSIC_LIMIT:
         if imagej_large and (pages[0].description or "").startswith("ImageJ="):
             ifd_pages = 1
         else:
@@ -106,32 +107,64 @@ def build_layout(pages: list[OutputPage], imagej_large: bool = False) -> Layout:
     return _encode(pages, bigtiff, ifd_pages)
 
 
-def _offsets(pages: list[OutputPage], bigtiff: bool,
-             ifd_pages: int) -> tuple[list[int], list[int], int]:
-    """Offsets of the IFDs and of each page's pixels, and the file size."""
-    position = 16 if bigtiff else 8
+def _ifd_sizes(pages: list[OutputPage], bigtiff: bool, ifd_pages: int) -> list[int]:
+    entries = _EntryMaker(bigtiff)
+    return [_ifd_size(entries(page, None), bigtiff) for page in pages[:ifd_pages]]
+
+
+def _pixel_end(pages: list[OutputPage], ifd_sizes: list[int], bigtiff: bool) -> int:
+    return _align((16 if bigtiff else 8) + sum(ifd_sizes), PIXEL_ALIGNMENT) + \
+        sum(page.page_bytes for page in pages)
+
+
+def _encode(pages: list[OutputPage], bigtiff: bool, ifd_pages: int) -> Layout:
+    entries = _EntryMaker(bigtiff)
     ifd_offsets = []
+    position = 16 if bigtiff else 8
     for page in pages[:ifd_pages]:
         ifd_offsets.append(position)
-        position += _ifd_size(_entries(page, bigtiff, strip_offsets=None), bigtiff)
+        position += _ifd_size(entries(page, None), bigtiff)
     position = _align(position, PIXEL_ALIGNMENT)
     page_offsets = []
     for page in pages:
         page_offsets.append(position)
         position += page.page_bytes
-    return ifd_offsets, page_offsets, position
-
-
-def _encode(pages: list[OutputPage], bigtiff: bool, ifd_pages: int) -> Layout:
-    ifd_offsets, page_offsets, total = _offsets(pages, bigtiff, ifd_pages)
     head = bytearray(_header(bigtiff, ifd_offsets[0]))
     for i, page in enumerate(pages[:ifd_pages]):
         next_ifd = ifd_offsets[i + 1] if i + 1 < ifd_pages else 0
-        strip_offsets = _strip_offsets(page, page_offsets[i])
-        head += _encode_ifd(_entries(page, bigtiff, strip_offsets), bigtiff, ifd_offsets[i],
-                            next_ifd)
+        head += _encode_ifd(entries(page, page_offsets[i]), bigtiff, ifd_offsets[i], next_ifd)
     head += bytes(page_offsets[0] - len(head))
-    return Layout(bytes(head), tuple(page_offsets), total, bigtiff)
+    return Layout(bytes(head), tuple(page_offsets), position, bigtiff)
+
+
+class _EntryMaker:
+    """Builds IFD entries; the tags that do not depend on offsets are built once for all
+    pages that share them (a stack's pages usually do)."""
+
+    def __init__(self, bigtiff: bool) -> None:
+        self.bigtiff = bigtiff
+        self._static: dict[tuple, list[Entry]] = {}
+
+    def __call__(self, page: OutputPage, pixel_offset: int | None) -> list[Entry]:
+        """All entries of ``page``, sorted; strip offsets are 0 when ``pixel_offset`` is None."""
+        key = _signature(page)
+        static = self._static.get(key)
+        if static is None:
+            static = self._static[key] = _static_entries(page, self.bigtiff)
+        offsets = _strip_offsets(page, pixel_offset or 0)
+        if pixel_offset is None:
+            offsets = [0] * len(offsets)
+        strip_offsets = _field(273, LONG8 if self.bigtiff else LONG, offsets)
+        return sorted([*static, strip_offsets])
+
+
+def _signature(page: OutputPage) -> tuple:
+    """Everything of a page that its static tags depend on."""
+    colormap = None if page.colormap is None else page.colormap.tobytes()
+    return (page.width, page.height, page.samples, page.itemsize, page.sampleformat,
+            page.photometric, page.planar_separate, page.extrasamples, colormap,
+            page.subfiletype, page.xresolution, page.yresolution, page.resolutionunit,
+            page.description, page.extra_tags)
 
 
 def _align(value: int, alignment: int) -> int:
@@ -160,15 +193,16 @@ def _strip_bytecounts(page: OutputPage) -> list[int]:
     return counts * page.planes
 
 
-def _rational(value: Fraction) -> list[int]:
+@functools.lru_cache(maxsize=256)
+def _rational(value: Fraction) -> tuple[int, int]:
     """A positive fraction as the nearest RATIONAL whose terms fit 32 bits (clamped)."""
     if value >= CLASSIC_LIMIT:
-        return [CLASSIC_LIMIT, 1]
+        return CLASSIC_LIMIT, 1
     if value <= Fraction(1, CLASSIC_LIMIT):
-        return [1, CLASSIC_LIMIT]
+        return 1, CLASSIC_LIMIT
     # the largest denominator that keeps the numerator within 32 bits
     approximation = value.limit_denominator(min(CLASSIC_LIMIT, int(CLASSIC_LIMIT / value)))
-    return [max(1, approximation.numerator), approximation.denominator]
+    return max(1, approximation.numerator), approximation.denominator
 
 
 Entry = tuple[int, int, int, bytes]  # tag, field type, count, little-endian value bytes
@@ -183,22 +217,18 @@ def _field(tag: int, field_type: int, values: list[int] | bytes) -> Entry:
     return tag, field_type, count, data
 
 
-def _entries(page: OutputPage, bigtiff: bool, strip_offsets: list[int] | None) -> list[Entry]:
-    """The IFD entries of one page, sorted by tag."""
+def _static_entries(page: OutputPage, bigtiff: bool) -> list[Entry]:
+    """The IFD entries of one page, except StripOffsets."""
     offset_type = LONG8 if bigtiff else LONG
-    counts = _strip_bytecounts(page)
-    if strip_offsets is None:
-        strip_offsets = [0] * len(counts)
     entries = [
         _field(256, LONG, [page.width]),
         _field(257, LONG, [page.height]),
         _field(258, SHORT, [page.itemsize * 8] * page.samples),
         _field(259, SHORT, [1]),
         _field(262, SHORT, [page.photometric]),
-        _field(273, offset_type, strip_offsets),
         _field(277, SHORT, [page.samples]),
         _field(278, LONG, [page.rowsperstrip]),
-        _field(279, offset_type, counts),
+        _field(279, offset_type, _strip_bytecounts(page)),
         _field(284, SHORT, [2 if page.planar_separate else 1]),
         _field(339, SHORT, [page.sampleformat] * page.samples),
     ]
@@ -207,8 +237,8 @@ def _entries(page: OutputPage, bigtiff: bool, strip_offsets: list[int] | None) -
     if page.description is not None:
         entries.append(_field(270, ASCII, page.description.encode("ascii", "replace") + b"\0"))
     if page.xresolution is not None and page.yresolution is not None:
-        entries.append(_field(282, RATIONAL, _rational(page.xresolution)))
-        entries.append(_field(283, RATIONAL, _rational(page.yresolution)))
+        entries.append(_field(282, RATIONAL, list(_rational(page.xresolution))))
+        entries.append(_field(283, RATIONAL, list(_rational(page.yresolution))))
     if page.resolutionunit is not None:
         entries.append(_field(296, SHORT, [page.resolutionunit]))
     if page.colormap is not None:
@@ -216,7 +246,7 @@ def _entries(page: OutputPage, bigtiff: bool, strip_offsets: list[int] | None) -
     if page.extrasamples:
         entries.append(_field(338, SHORT, list(page.extrasamples)))
     entries += page.extra_tags
-    return sorted(entries)
+    return entries
 
 
 def _ifd_size(entries: list[Entry], bigtiff: bool) -> int:

@@ -54,7 +54,11 @@ class _Prefetcher:
             self._slots.release()
 
 
-PREFETCHER = _Prefetcher(workers=max(1, min(4, os.cpu_count() or 1)))
+CORES = max(1, os.cpu_count() or 1)
+PREFETCHER = _Prefetcher(workers=min(4, CORES))
+#: Bands rendered at once, whatever the number of readers: more would not run faster
+#: (numpy and OpenCV already use the cores) and each holds its source rows in memory.
+RENDER_SLOTS = threading.BoundedSemaphore(CORES)
 
 
 def band_cache(capacity_bytes: int) -> LruCache[bytes]:
@@ -154,7 +158,8 @@ class VirtualTiff:
         plan = self._plans[page]
         first = band * plan.band_rows
         last = min(first + plan.band_rows, plan.out.height)
-        pixels = self._render_rows(plan, plane, first, last)
+        with RENDER_SLOTS:
+            pixels = self._render_rows(plan, plane, first, last)
         # bytes read while the source changed would mix two versions
         self.source.check_unchanged()
         return np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<")).tobytes()
