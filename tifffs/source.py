@@ -13,8 +13,9 @@ import math
 import os
 import stat
 import struct
+import threading
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Callable, NamedTuple
 
@@ -72,8 +73,6 @@ class SourcePage:
     resolutionunit: int | None
     decode: Callable[..., Any] | None  # None for uncompressed strips read directly
     jpegtables: bytes | None = None
-    #: reduced-resolution levels of this page: (k, level) for levels exactly ceil(W/k) wide
-    levels: tuple[tuple[int, "SourcePage"], ...] = ()
 
     @property
     def planes(self) -> int:
@@ -116,6 +115,8 @@ class SourceTiff:
         self.version = version
         self.pages = pages
         self.metadata = metadata
+        self._series: SeriesInfo | None = None
+        self._series_lock = threading.Lock()
 
     @classmethod
     def open(cls, path: str) -> "SourceTiff":
@@ -140,6 +141,17 @@ class SourceTiff:
     def close(self) -> None:
         """Close the descriptor now (it is also closed when the object is collected)."""
         self._closer()
+
+    def series_info(self) -> SeriesInfo:
+        """Stack dimensions and pyramid levels. tifffile's series cost a second pass over
+        the IFDs, so they are read on first use: only Z views and ``use_levels`` ask."""
+        with self._series_lock:
+            if self._series is None:
+                info = _read_series_info(self.fd, self.version.size,
+                                         os.path.basename(self.path), self.pages)
+                self.check_unchanged()
+                self._series = info
+            return self._series
 
     def check_unchanged(self) -> None:
         """Raise ``SourceChanged`` if the open file no longer is the version described."""
@@ -243,9 +255,17 @@ class FileMetadata:
     imagej_description: str | None = None
     imagej_metadata: dict[str, Any] | None = None  # parsed, IJMetadata tag included
     ome_xml: str | None = None
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """What tifffile's series tell: stack dimensions and pyramid levels."""
+
     #: axes and shape of the page axes when one series holds all pages (e.g. "TZC")
     stack_axes: str | None = None
     stack_shape: tuple[int, ...] | None = None
+    #: page index -> its reduced-resolution levels (k, level), exactly ceil(W/k) wide
+    levels: dict[int, tuple[tuple[int, SourcePage], ...]] = field(default_factory=dict)
 
 
 def _describe(fd: int, file_size: int, name: str) -> tuple[list[SourcePage], FileMetadata]:
@@ -259,13 +279,11 @@ def _describe(fd: int, file_size: int, name: str) -> tuple[list[SourcePage], Fil
                     byteorder = tif.byteorder
                     pages = [_describe_page(p, i, byteorder, file_size)
                              for i, p in enumerate(tif.pages)]
-                    pages = _with_levels(tif, pages, file_size)
                     metadata = FileMetadata(
                         imagej_description=tif.pages.first.description if tif.is_imagej
                         else None,
                         imagej_metadata=tif.imagej_metadata if tif.is_imagej else None,
-                        ome_xml=tif.pages.first.description if tif.is_ome else None,
-                        **_stack_dimensions(tif, len(pages)))
+                        ome_xml=tif.pages.first.description if tif.is_ome else None)
             except (tifffile.TiffFileError, ValueError, struct.error, EOFError,
                     IndexError, KeyError, TypeError, OverflowError, MemoryError) as exc:
                 raise BrokenSource(f"not a readable TIFF: {exc}") from exc
@@ -276,10 +294,25 @@ def _describe(fd: int, file_size: int, name: str) -> tuple[list[SourcePage], Fil
     return pages, metadata
 
 
-def _with_levels(tif: tifffile.TiffFile, pages: list[SourcePage],
-                 file_size: int) -> list[SourcePage]:
-    """Attach to each page its reduced-resolution levels: its SubIFDs (OME pyramids) and
-    the levels tifffile's series know (SVS, libvips and other main-chain pyramids)."""
+def _read_series_info(fd: int, file_size: int, name: str,
+                      pages: list[SourcePage]) -> SeriesInfo:
+    """Stack dimensions and pyramid levels from tifffile's series of the open file."""
+    with open(fd, "rb", closefd=False) as fh:
+        fh.seek(0)  # the descriptor is shared; pixel reads use pread and ignore its position
+        try:
+            with tifffile.TiffFile(fh, name=name) as tif:
+                # levels first: series turn the pages they group into TiffFrames
+                levels = _levels(tif, pages, file_size)
+                return SeriesInfo(**_stack_dimensions(tif, len(pages)), levels=levels)
+        except (tifffile.TiffFileError, ValueError, struct.error, EOFError, IndexError,
+                KeyError, TypeError, OverflowError, MemoryError) as exc:
+            raise BrokenSource(f"not a readable TIFF: {exc}") from exc
+
+
+def _levels(tif: tifffile.TiffFile, pages: list[SourcePage],
+            file_size: int) -> dict[int, tuple[tuple[int, SourcePage], ...]]:
+    """Each page's reduced-resolution levels: its SubIFDs (OME pyramids) and the levels
+    tifffile's series know (SVS, libvips and other main-chain pyramids)."""
     candidates: dict[int, list[Any]] = {i: [] for i in range(len(pages))}
     try:
         for i, page in enumerate(tif.pages):
@@ -292,15 +325,16 @@ def _with_levels(tif: tifffile.TiffFile, pages: list[SourcePage],
                             and main.index in candidates and reduced is not None):
                         candidates[main.index].append(reduced)
     except (tifffile.TiffFileError, ValueError, IndexError, KeyError, TypeError):
-        return pages  # levels are optional: a broken pyramid is simply not used
-    result = []
+        return {}  # levels are optional: a broken pyramid is simply not used
+    result = {}
     for i, page in enumerate(pages):
-        levels = {}
+        levels: dict[int, SourcePage] = {}
         for candidate in candidates[i]:
             level = _level_of(page, candidate, tif.byteorder, file_size)
             if level is not None:
                 levels.setdefault(level[0], level[1])
-        result.append(replace(page, levels=tuple(sorted(levels.items()))) if levels else page)
+        if levels:
+            result[i] = tuple(sorted(levels.items()))
     return result
 
 

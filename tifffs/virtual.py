@@ -203,7 +203,7 @@ class VirtualTiff:
             return [(i,) for i in range(len(pages))]
         if not _uniform(pages):
             raise UnsupportedSource("Z reduction needs pages of one shape and type")
-        info = self.source.metadata
+        info = self.source.series_info()
         if info.stack_axes is not None and info.stack_shape is not None:
             return z_blocks(info.stack_axes, info.stack_shape, z_factor)
         return z_blocks("Q", (len(pages),), z_factor)
@@ -238,7 +238,8 @@ class VirtualTiff:
         """The most reduced pyramid level whose reduction k divides the factor."""
         if not self.view.use_levels:
             return 1, None
-        usable = [(k, level) for k, level in src.levels if self.view.factor % k == 0]
+        levels = self.source.series_info().levels.get(src.index, ())
+        usable = [(k, level) for k, level in levels if self.view.factor % k == 0]
         return max(usable, key=lambda item: item[0]) if usable else (1, None)
 
     def _output_page(self, src: SourcePage, width: int, height: int, ratio_x: Fraction,
