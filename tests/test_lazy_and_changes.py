@@ -16,7 +16,6 @@ import pytest
 import tifffile
 
 from conftest import mounted, wait_for
-from reference import reference_page
 from tifffs import open_view
 
 LIGHTSHEET_SHAPE = (101, 2048, 2048)
