@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from conftest import sample_array
+
 INSTALL_HINT = ("run scripts/test, which installs libtiff-tools, imagej, Java, libvips-tools, "
                 "gdal-bin and imagemagick")
 IMAGEJ_JAR = Path("/usr/share/java/ij.jar")
@@ -53,14 +55,7 @@ def run(*command: str | Path) -> subprocess.CompletedProcess:
 
 
 # -- generated pixels
-def noise(dtype: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
-    """Random pixels over the whole range of integer types; dyadic floats (exact sums)."""
-    rng = np.random.default_rng(seed)
-    dt = np.dtype(dtype)
-    if dt.kind == "f":
-        return (rng.integers(-4096, 4096, shape) / 64).astype(dt)
-    info = np.iinfo(dt)
-    return rng.integers(info.min, info.max, shape, dtype=dt, endpoint=True)
+noise = sample_array  # random pixels over the whole range; dyadic floats (exact sums)
 
 
 def smooth_rgb(shape: tuple[int, int], seed: int) -> np.ndarray:
