@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import os
 import threading
@@ -137,18 +138,21 @@ class VirtualTiff:
         return b"".join(pieces)
 
     def _prefetch_after(self, page: int, plane: int, band: int) -> None:
-        """Start rendering the band that follows (page, plane, band) in the file."""
-        plan = self._plans[page]
-        if (band + 1) * plan.band_rows < plan.out.height:
-            band += 1
-        elif plane + 1 < plan.out.planes:
-            plane, band = plane + 1, 0
-        elif page + 1 < len(self._plans):
-            page, plane, band = page + 1, 0, 0
-        else:
-            return
-        key = (self._key_prefix, page, plane, band)
-        self._cache.prefetch(key, lambda: self._render(page, plane, band), PREFETCHER.submit)
+        """Start rendering the bands that follow (page, plane, band) in the file: one per
+        core, so that they render side by side while the reader takes this one."""
+        for _ in range(CORES):
+            plan = self._plans[page]
+            if (band + 1) * plan.band_rows < plan.out.height:
+                band += 1
+            elif plane + 1 < plan.out.planes:
+                plane, band = plane + 1, 0
+            elif page + 1 < len(self._plans):
+                page, plane, band = page + 1, 0, 0
+            else:
+                return
+            key = (self._key_prefix, page, plane, band)
+            self._cache.prefetch(key, functools.partial(self._render, page, plane, band),
+                                 PREFETCHER.submit)
 
     def _band(self, page: int, plane: int, band: int) -> bytes:
         key = (self._key_prefix, page, plane, band)
