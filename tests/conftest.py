@@ -32,9 +32,18 @@ def fusermount() -> str:
     raise RuntimeError("neither fusermount nor fusermount3 found: install fuse3")
 
 
+def is_mounted(mountpoint: Path) -> bool:
+    """True while something is mounted there, also a dead FUSE mount (which
+    ``os.path.ismount`` misses: its stat fails with ENOTCONN)."""
+    target = os.path.realpath(mountpoint)
+    with open("/proc/self/mounts") as mounts:
+        return any(line.split()[1].encode().decode("unicode_escape") == target
+                   for line in mounts if len(line.split()) > 1)
+
+
 def unmount(mountpoint: Path) -> None:
     """Unmount, lazily if a reader still holds it; a no-op when nothing is mounted."""
-    if os.path.ismount(mountpoint):
+    if is_mounted(mountpoint):
         result = subprocess.run([fusermount(), "-u", str(mountpoint)], capture_output=True)
         if result.returncode != 0:
             subprocess.run([fusermount(), "-uz", str(mountpoint)], capture_output=True)

@@ -8,9 +8,10 @@ version: its error is cached like a value.
 from __future__ import annotations
 
 import os
+import stat
 
 from tifffs.cache import LruCache
-from tifffs.errors import TifffsError
+from tifffs.errors import TifffsError, UnsupportedSource
 from tifffs.source import SourceTiff, SourceVersion
 from tifffs.views import View
 from tifffs.virtual import VirtualTiff
@@ -29,7 +30,10 @@ class Catalog:
 
     def view(self, path: str, spec: View) -> VirtualTiff:
         """The view of the current version of ``path``; raises the source's error if any."""
-        version = SourceVersion.of(os.stat(path))
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # opening a fifo would block
+            raise UnsupportedSource("not a regular file")
+        version = SourceVersion.of(st)
         key = (path, version, spec)
         view = self._views.get(key, lambda: self._build_view(path, version, spec))
         if isinstance(view, TifffsError):

@@ -13,6 +13,7 @@ import logging.handlers
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -70,7 +71,9 @@ def _mount_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT]",
                         help="mount options: factors=2:4, method=, cache_size=, log_file=, "
                              "debug, plus libfuse options such as allow_other")
-    parser.add_argument("-v", "--debug", action="store_true", help="verbose log")
+    parser.add_argument("-v", "--debug", action="store_true",
+                        help="verbose log, with a trace of every request (operation, path, "
+                             "offset and size, result, duration)")
     parser.add_argument("--version", action="version", version=f"tifffs {__version__}")
     return parser
 
@@ -180,8 +183,22 @@ def _mount(config: MountConfig) -> int:
     check_mount_preconditions(config)
     if config.foreground:
         _setup_logging(config, background=False)
-        return _serve(config, on_ready=None)
+        return _serve(config, on_ready=_notify_systemd if os.environ.get("NOTIFY_SOCKET")
+                      else None)
     return _serve_in_background(config)
+
+
+def _notify_systemd() -> None:
+    """Tell systemd (a ``Type=notify`` unit) that the mount is usable: ``READY=1``."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(b"READY=1\nSTATUS=serving")
+    except OSError as exc:
+        log.warning("could not notify systemd at %s: %s", address, exc)
 
 
 def _serve_in_background(config: MountConfig) -> int:
@@ -264,10 +281,11 @@ def _setup_logging(config: MountConfig, background: bool) -> None:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if config.debug else logging.INFO)
+    # fusepy logs a traceback for every errno it returns; tifffs traces requests itself
+    logging.getLogger("fuse").setLevel(logging.WARNING)
     if not config.debug:
         # tifffile warns about oddities it works around; problems are logged by tifffs
         logging.getLogger("tifffile").setLevel(logging.ERROR)
-        logging.getLogger("fuse").setLevel(logging.WARNING)
 
 
 # -- render

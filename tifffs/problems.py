@@ -1,4 +1,7 @@
-"""Reporting of problems with source files: one log line per file and cause."""
+"""Reporting of problems with source files: one log line per file and cause.
+
+Paths and causes are made printable first: any file name gives exactly one line.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,17 @@ log = logging.getLogger("tifffs")
 MAX_REMEMBERED = 10000
 
 
+def printable(text: str) -> str:
+    """``text`` as one printable line: bytes that are not UTF-8 (surrogate escapes from
+    ``os.fsdecode``) as ``\\xNN``, newlines and other control characters escaped, so a
+    file name can neither break a log line nor forge one."""
+    if text.isprintable():
+        return text
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
 class ProblemLog:
     """Logs each (file, cause) once; counts every occurrence per file."""
 
@@ -22,6 +36,7 @@ class ProblemLog:
 
     def report(self, path: str, cause: str, errno_name: str) -> None:
         """Record a problem with ``path``; log it unless this cause was logged before."""
+        path, cause = printable(path), printable(cause)
         key = (path, cause)
         with self._lock:
             self._errors_per_file[path] = self._errors_per_file.get(path, 0) + 1

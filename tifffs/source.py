@@ -12,12 +12,11 @@ from __future__ import annotations
 import math
 import os
 import stat
-import struct
 import threading
 import weakref
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import tifffile
@@ -127,7 +126,9 @@ class SourceTiff:
         Raises ``BrokenSource``/``UnsupportedSource`` for files tifffs cannot serve,
         ``PermissionError``/``FileNotFoundError`` as the OS reports them.
         """
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a fifo in the file's place must not block the open; regular files
+        # ignore the flag
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -295,20 +296,39 @@ def _describe(fd: int, file_size: int, name: str) -> tuple[list[SourcePage], Fil
                 with tifffile.TiffFile(fh, name=name) as tif:
                     byteorder = tif.byteorder
                     pages = [_describe_page(p, i, byteorder, file_size)
-                             for i, p in enumerate(tif.pages)]
+                             for i, p in enumerate(_main_chain(tif))]
                     metadata = FileMetadata(
                         imagej_description=tif.pages.first.description if tif.is_imagej
                         else None,
                         imagej_metadata=tif.imagej_metadata if tif.is_imagej else None,
                         ome_xml=tif.pages.first.description if tif.is_ome else None)
-            except (tifffile.TiffFileError, ValueError, struct.error, EOFError,
-                    IndexError, KeyError, TypeError, OverflowError, MemoryError) as exc:
-                raise BrokenSource(f"not a readable TIFF: {exc}") from exc
+            except TifffsError:
+                raise
+            except Exception as exc:  # tifffile raises many kinds on corrupt files
+                raise BrokenSource(f"not a readable TIFF: {_cause(exc)}") from exc
     finally:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_NORMAL)
     if not pages:
         raise BrokenSource("TIFF has no pages")
     return pages, metadata
+
+
+def _main_chain(tif: tifffile.TiffFile) -> Iterator[Any]:
+    """The pages of the main IFD chain; a chain that loops back is a broken file."""
+    seen: set[int] = set()
+    for page in tif.pages:
+        offset = getattr(page, "offset", None)
+        if offset in seen:
+            raise BrokenSource(f"the IFD chain loops back to offset {offset}")
+        seen.add(offset)
+        yield page
+
+
+def _cause(exc: Exception) -> str:
+    """An exception as a short cause for a log line."""
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, (tifffile.TiffFileError, ValueError)) else \
+        f"{type(exc).__name__}: {text}"
 
 
 def _read_series_info(fd: int, file_size: int, name: str,
@@ -321,9 +341,10 @@ def _read_series_info(fd: int, file_size: int, name: str,
                 # levels first: series turn the pages they group into TiffFrames
                 levels = _levels(tif, pages, file_size)
                 return SeriesInfo(**_stack_dimensions(tif, len(pages)), levels=levels)
-        except (tifffile.TiffFileError, ValueError, struct.error, EOFError, IndexError,
-                KeyError, TypeError, OverflowError, MemoryError) as exc:
-            raise BrokenSource(f"not a readable TIFF: {exc}") from exc
+        except TifffsError:
+            raise
+        except Exception as exc:  # tifffile raises many kinds on corrupt files
+            raise BrokenSource(f"not a readable TIFF: {_cause(exc)}") from exc
 
 
 def _levels(tif: tifffile.TiffFile, pages: list[SourcePage],
@@ -341,8 +362,8 @@ def _levels(tif: tifffile.TiffFile, pages: list[SourcePage],
                     if (isinstance(getattr(main, "index", None), int)
                             and main.index in candidates and reduced is not None):
                         candidates[main.index].append(reduced)
-    except (tifffile.TiffFileError, ValueError, IndexError, KeyError, TypeError):
-        return {}  # levels are optional: a broken pyramid is simply not used
+    except Exception:  # noqa: BLE001  (levels are optional: a broken pyramid is not used)
+        return {}
     result = {}
     for i, page in enumerate(pages):
         levels: dict[int, SourcePage] = {}
@@ -395,6 +416,9 @@ def _describe_page(page: Any, index: int, byteorder: str, file_size: int) -> Sou
     if page.imagewidth < 1 or page.imagelength < 1:
         raise BrokenSource(f"{where}: empty image ({page.imagewidth} x {page.imagelength})")
     width, height = int(page.imagewidth), int(page.imagelength)
+    if page.samplesperpixel < 1 or (page.is_tiled and (page.tilewidth < 1 or
+                                                       page.tilelength < 1)):
+        raise BrokenSource(f"{where}: no samples per pixel or empty tiles")
     dtype = np.dtype(byteorder + page.dtype.char)
     planar_separate = int(page.planarconfig) == PLANAR_SEPARATE and page.samplesperpixel > 1
     samples_per_pixel_in_plane = 1 if planar_separate else int(page.samplesperpixel)

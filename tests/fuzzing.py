@@ -1,0 +1,330 @@
+"""A fuzzer of the metadata and render path: hypothesis mutates valid TIFFs written by
+tifffile and drives ``tifffs.open_view(path, factor, method)`` -> ``.size``, ``.read``.
+
+What must hold for every input:
+
+* ``open_view`` and ``read`` raise nothing but ``tifffs.errors.TifffsError`` (what the
+  mount maps to an errno) or ``OSError``; no other exception, no crash, no hang (an
+  alarm fires after ``--hang-seconds``);
+* a read returns exactly ``min(n, size - offset)`` bytes, the same bytes every time,
+  and a whole view (when small) is a TIFF that tifffile reads;
+* memory stays bounded: the peak RSS grows by less than ``--max-growth-mib`` over the
+  run (address space is capped as well, so a runaway allocation fails fast), and no
+  file descriptor leaks.
+
+Run by ``tests/test_fuzz.py`` for a fixed number of examples in CI, and by hand for
+as long as you like::
+
+    scripts/fuzz 3600                 # one hour, random seed, findings in ./fuzz-findings
+    scripts/fuzz 600 --seed 7         # reproducible
+    .venv/bin/python tests/fuzzing.py --examples 3000 --seed 0  # what CI runs
+
+Each failing input is saved to the findings directory with the traceback; the input
+being tried is always in ``current.tif`` there, so a crash (SIGSEGV in a codec) or a
+hang leaves its reproducer behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import io
+import os
+import random
+import resource
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import logging
+
+import numpy as np
+import tifffile
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).parent))
+from crafted import ifd_chain  # noqa: E402
+
+import tifffs  # noqa: E402
+from tifffs.errors import TifffsError  # noqa: E402
+
+FACTORS = (1, 2, 3, 4, 7)
+METHODS = ("mean", "nearest", "max", "median", "mode")
+#: A whole view up to this size is read and parsed with tifffile.
+WHOLE_READ_LIMIT = 4 << 20
+
+
+class Hang(Exception):
+    """An example ran longer than the hang limit (raised by SIGALRM)."""
+
+
+class Finding(AssertionError):
+    """An input broke a rule; the message says which."""
+
+
+def seeds() -> dict[str, bytes]:
+    """Small valid TIFFs of many kinds, written by tifffile (the fuzzer's corpus)."""
+    rng = np.random.default_rng(0)
+
+    def write(array: np.ndarray, **kwargs: Any) -> bytes:
+        buffer = io.BytesIO()
+        kwargs.setdefault("photometric", "minisblack")
+        tifffile.imwrite(buffer, array, **kwargs)
+        return buffer.getvalue()
+
+    u8 = rng.integers(0, 255, (3, 37, 29), dtype=np.uint8)
+    u16 = rng.integers(0, 65535, (2, 40, 33), dtype=np.uint16)
+    rgb = rng.integers(0, 255, (30, 26, 3), dtype=np.uint8)
+    f32 = rng.standard_normal((2, 21, 19)).astype(np.float32)
+    pyramid = io.BytesIO()
+    with tifffile.TiffWriter(pyramid) as writer:
+        writer.write(rng.integers(0, 255, (64, 48), dtype=np.uint8), subifds=1,
+                     photometric="minisblack", tile=(16, 16))
+        writer.write(rng.integers(0, 255, (32, 24), dtype=np.uint8),
+                     photometric="minisblack", subfiletype=1, tile=(16, 16))
+    return {
+        "u8_strips.tif": write(u8, rowsperstrip=5),
+        "u16_lzw.tif": write(u16, compression="lzw", rowsperstrip=7),
+        "u16_deflate_predictor.tif": write(u16, compression="zlib", predictor=True),
+        "u8_packbits.tif": write(u8, compression="packbits", rowsperstrip=9),
+        "u16_tiles_zstd.tif": write(u16, tile=(16, 16), compression="zstd"),
+        "rgb_planar.tif": write(rgb.transpose(2, 0, 1), photometric="rgb",
+                                planarconfig="separate"),
+        "rgb_jpeg.tif": write(rgb, photometric="rgb", compression="jpeg"),
+        "f32_float_predictor.tif": write(f32, compression="zlib", predictor=3),
+        "palette.tif": write(u8[0], photometric="palette",
+                             colormap=np.arange(768, dtype=np.uint16).reshape(3, 256)),
+        "imagej_hyperstack.tif": write(rng.integers(0, 65535, (2, 3, 20, 18),
+                                                    dtype=np.uint16), imagej=True,
+                                       metadata={"axes": "ZCYX", "spacing": 2.0,
+                                                 "unit": "um"}, resolution=(4.0, 4.0)),
+        "ome.tif": write(u8, ome=True, metadata={"axes": "ZYX"}),
+        "bigendian.tif": write(u16, byteorder=">"),
+        "bigtiff.tif": write(u8, bigtiff=True),
+        "pyramid_subifds.tif": pyramid.getvalue(),
+    }
+
+
+def _fields(data: bytes) -> list[tuple[int, int]]:
+    """(offset, width) of the structural fields of a classic little-endian TIFF: the
+    first-IFD offset, each entry's type, count and value, and each next-IFD pointer."""
+    if data[:4] != b"II*\0":
+        return [(4, 4)] if len(data) >= 8 else []
+    fields = [(4, 4)]
+    for ifd in ifd_chain(data):
+        fields.append((ifd.offset, 2))
+        for at, _, _, _ in ifd.entries.values():
+            fields += [(at + 2, 2), (at + 4, 4), (at + 8, 4)]
+        fields.append((ifd.next_field, 4))
+    return fields
+
+
+def _interesting(data: bytes) -> list[int]:
+    """Values worth writing into a structural field."""
+    values = [0, 1, 2, 3, 7, 8, 16, 255, 256, 4095, 0x7FFF, 0x8000, 0xFFFF, 0x10000,
+              2**31 - 1, 2**31, 2**32 - 1, len(data) - 1, len(data), len(data) + 1]
+    if data[:4] == b"II*\0":
+        values += [ifd.offset for ifd in ifd_chain(data)]
+    return values
+
+
+SEEDS = seeds()
+FIELDS = {name: _fields(data) for name, data in SEEDS.items()}
+INTERESTING = {name: _interesting(data) for name, data in SEEDS.items()}
+
+
+@st.composite
+def mutated_tiffs(draw: Callable[..., Any]) -> tuple[str, bytes]:
+    """A seed with 1 to 8 mutations: structural fields set to interesting values, bytes
+    set, ranges copied over others, the end cut off."""
+    name = draw(st.sampled_from(sorted(SEEDS)))
+    data = bytearray(SEEDS[name])
+    fields, interesting = FIELDS[name], INTERESTING[name]
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(["field", "field", "byte", "copy", "truncate"]))
+        if kind == "field" and fields:
+            at, width = draw(st.sampled_from(fields))
+            value = draw(st.sampled_from(interesting) | st.integers(0, 2**32 - 1))
+            data[at:at + width] = (value % (1 << 8 * width)).to_bytes(width, "little")
+        elif kind == "byte" and data:
+            at = draw(st.integers(0, len(data) - 1))
+            data[at] = draw(st.integers(0, 255))
+        elif kind == "copy" and len(data) > 8:
+            start = draw(st.integers(0, len(data) - 1))
+            length = draw(st.integers(1, min(64, len(data) - start)))
+            to = draw(st.integers(0, len(data) - length))
+            data[to:to + length] = data[start:start + length]
+        elif kind == "truncate":
+            del data[draw(st.integers(0, len(data))):]
+    return name, bytes(data)
+
+
+class Fuzzer:
+    """Checks one input at a time; keeps the memory baseline and the findings."""
+
+    def __init__(self, workdir: Path, findings: Path, hang_seconds: float,
+                 max_growth_mib: int) -> None:
+        self.current = workdir / "current.tif"
+        self.findings = findings
+        self.hang_seconds = hang_seconds
+        self.max_growth_kib = max_growth_mib << 10
+        self.examples = 0
+        self.refused = 0
+        signal.signal(signal.SIGALRM, self._alarm)
+        for data in SEEDS.values():  # warm up every codec before the baseline
+            self.current.write_bytes(data)
+            try:
+                self._exercise(2, "mean", random.Random(0))
+            except (TifffsError, OSError):
+                pass
+        gc.collect()
+        self.baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.baseline_fds = len(os.listdir("/proc/self/fd"))
+
+    @staticmethod
+    def _alarm(signum: int, frame: Any) -> None:
+        raise Hang("no result within the hang limit")
+
+    def check(self, name: str, data: bytes, factor: int, method: str, read_seed: int) -> None:
+        """Run one input; raise ``Finding`` (after saving the input) if a rule breaks."""
+        self.current.write_bytes(data)
+        self.examples += 1
+        signal.setitimer(signal.ITIMER_REAL, self.hang_seconds)
+        try:
+            self._exercise(factor, method, random.Random(read_seed))
+        except (TifffsError, OSError):
+            self.refused += 1
+        except BaseException as exc:  # noqa: BLE001 - anything else is a finding
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            self._save(name, data, factor, method, exc)
+            raise Finding(f"{type(exc).__name__} from a mutation of {name}, "
+                          f"view x{factor}-{method}: {exc}") from exc
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self.baseline_kib
+        if grown > self.max_growth_kib:
+            error = Finding(f"peak RSS grew by {grown >> 10} MiB (limit "
+                            f"{self.max_growth_kib >> 10} MiB)")
+            self._save(name, data, factor, method, error)
+            raise error
+
+    def _exercise(self, factor: int, method: str, rng: random.Random) -> None:
+        view = tifffs.open_view(str(self.current), factor, method)
+        size = view.size
+        if not isinstance(size, int) or size < 8:
+            raise Finding(f"size {size!r}")
+        ranges = [(0, 8), (0, 65536), (size - 1, 10), (size, 5)]
+        ranges += [(rng.randrange(size), rng.choice([1, 3, 4096, 100000]))
+                   for _ in range(4)]
+        for offset, length in ranges:
+            first = view.read(offset, length)
+            if len(first) != max(0, min(length, size - offset)):
+                raise Finding(f"read({offset}, {length}) of a {size}-byte view gave "
+                              f"{len(first)} bytes")
+            if view.read(offset, length) != first:
+                raise Finding(f"read({offset}, {length}) gave other bytes the second time")
+        if size <= WHOLE_READ_LIMIT:
+            whole = view.read(0, size)
+            with tifffile.TiffFile(io.BytesIO(whole)) as tif:
+                for page in tif.pages:
+                    page.asarray()
+
+    def _save(self, name: str, data: bytes, factor: int, method: str,
+              error: BaseException) -> None:
+        self.findings.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(data).hexdigest()[:12]
+        stem = self.findings / f"{type(error).__name__}-{Path(name).stem}-{digest}"
+        stem.with_suffix(".tif").write_bytes(data)
+        stem.with_suffix(".txt").write_text(
+            f"seed file {name}, tifffs.open_view(path, {factor}, {method!r})\n\n"
+            + "".join(traceback.format_exception(error)))
+
+    def check_leaks(self) -> None:
+        gc.collect()
+        fds = len(os.listdir("/proc/self/fd"))
+        if fds > self.baseline_fds + 8:
+            raise Finding(f"{fds - self.baseline_fds} file descriptors leaked")
+
+
+def run(fuzzer: Fuzzer, examples: int, first_seed: int, shrink: bool) -> None:
+    """``examples`` examples from hypothesis, seeded with ``first_seed``."""
+    phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
+
+    @seed(first_seed)
+    @settings(max_examples=examples, deadline=None, database=None, phases=phases,
+              suppress_health_check=list(HealthCheck), print_blob=True)
+    @given(mutated_tiffs(), st.sampled_from(FACTORS), st.sampled_from(METHODS),
+           st.integers(0, 2**32))
+    def one(mutated: tuple[str, bytes], factor: int, method: str, read_seed: int) -> None:
+        name, data = mutated
+        fuzzer.check(name, data, factor, method, read_seed)
+
+    one()
+    fuzzer.check_leaks()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--seconds", type=float, help="run batches until this much time")
+    budget.add_argument("--examples", type=int, help="run exactly this many examples")
+    parser.add_argument("--seed", type=int, help="first hypothesis seed (default: random)")
+    parser.add_argument("--findings", type=Path, default=Path("fuzz-findings"))
+    parser.add_argument("--hang-seconds", type=float, default=20.0)
+    parser.add_argument("--max-growth-mib", type=int, default=1536)
+    parser.add_argument("--max-address-space-gib", type=int, default=8)
+    parser.add_argument("--shrink", action="store_true",
+                        help="let hypothesis shrink a failing input (slow for hangs)")
+    args = parser.parse_args(argv)
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # it logs what it repairs
+    limit = args.max_address_space_gib << 30
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    first_seed = args.seed if args.seed is not None else random.randrange(2**31)
+    args.findings.mkdir(parents=True, exist_ok=True)
+    fuzzer = Fuzzer(args.findings, args.findings, args.hang_seconds, args.max_growth_mib)
+    started = time.monotonic()
+    print(f"fuzzing tifffs.open_view, seed {first_seed}, findings in {args.findings}",
+          flush=True)
+    findings: dict[str, Finding] = {}
+    batch = 0
+    while not findings or args.examples is None:
+        if args.examples is None and time.monotonic() - started >= args.seconds:
+            break
+        try:  # with --seconds, go on after a finding (a new batch, a new seed)
+            run(fuzzer, args.examples or 200, first_seed + batch, args.shrink)
+        except Finding as finding:
+            key = _where(finding)
+            if key not in findings:
+                print(f"FINDING after {fuzzer.examples} examples at {key}: {finding}",
+                      flush=True)
+            findings.setdefault(key, finding)
+        batch += 1
+        if args.examples is not None:
+            break
+    print(f"{len(findings)} distinct findings (saved in {args.findings}); {fuzzer.examples} "
+          f"examples, {fuzzer.refused} refused with an errno, in "
+          f"{time.monotonic() - started:.0f} s; peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10} MiB", flush=True)
+    return 1 if findings else 0
+
+
+def _where(finding: Finding) -> str:
+    """Where a finding comes from: the innermost frame of its cause in tifffs or tifffile."""
+    cause = finding.__cause__ or finding
+    frames = [f for f in traceback.extract_tb(cause.__traceback__)
+              if "tifffs" in f.filename or "tifffile" in f.filename]
+    if isinstance(cause, Hang):  # caught anywhere in a loop: name the loop's caller
+        ours = [f for f in frames if "/tifffs/" in f.filename]
+        return "Hang in " + " > ".join(f.name for f in ours[:3])
+    place = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+    return f"{type(cause).__name__} at {place}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
