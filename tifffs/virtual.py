@@ -101,7 +101,11 @@ class VirtualTiff:
         self._plans[0] = replace(self._plans[0], out=pages[0])
         self.layout: Layout = build_layout(pages, imagej_large=view.imagej_large)
         self._key_prefix: Hashable = (source.path, source.version, view)
-        self._sequential_end = -1  # where the last read ended
+        # a reader going through the file in order: where its last read ended, the last
+        # band it read and how many bands it has read in a row (races are harmless)
+        self._sequential_end = -1
+        self._last_band = (-1, -1, -1)
+        self._bands_in_run = 0
 
     @property
     def size(self) -> int:
@@ -132,10 +136,20 @@ class VirtualTiff:
             piece = data[position - band_start:end - band_start]
             pieces.append(piece)
             position += len(piece)
-        if offset == self._sequential_end:  # a sequential reader: render ahead of it
-            self._prefetch_after(page, plane, band)
-        self._sequential_end = end
+        self._follow_reader(offset, end, (page, plane, band))
         return b"".join(pieces)
+
+    def _follow_reader(self, offset: int, end: int, last_band: tuple[int, int, int]) -> None:
+        """Render ahead of a reader that has read on through two bands (a copy, not a
+        look at one page: kernel read-ahead alone reaches into the next band)."""
+        if offset != self._sequential_end:
+            self._bands_in_run = 0
+        if last_band != self._last_band:
+            self._bands_in_run += 1
+            self._last_band = last_band
+        self._sequential_end = end
+        if self._bands_in_run > 2:
+            self._prefetch_after(*last_band)
 
     def _prefetch_after(self, page: int, plane: int, band: int) -> None:
         """Start rendering the bands that follow (page, plane, band) in the file: one per
