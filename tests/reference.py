@@ -8,6 +8,7 @@ int64 arithmetic, float means are computed in float64.
 from __future__ import annotations
 
 import numpy as np
+import tifffile
 
 
 def reference_page(page: np.ndarray, factor: int, method: str) -> np.ndarray:
@@ -38,3 +39,16 @@ def reference_stack(stack: np.ndarray, factor: int, method: str, pages_axis: boo
     if not pages_axis:
         return reference_page(stack, factor, method)
     return np.stack([reference_page(p, factor, method) for p in stack])
+
+
+def read_pages(path) -> list[np.ndarray]:
+    """Every page of the main IFD chain as tifffile decodes it, as (rows, columns,
+    samples), whatever its planar configuration."""
+    pages = []
+    with tifffile.TiffFile(path) as tif:
+        for page in tif.pages:
+            array = page.asarray()
+            if page.planarconfig == 2 and page.samplesperpixel > 1:
+                array = np.moveaxis(array, 0, -1)
+            pages.append(array.reshape(page.imagelength, page.imagewidth, -1))
+    return pages

@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from conftest import SOURCE_KINDS
-from reference import reference_page
+from reference import read_pages, reference_page
 from tifffs import open_view
 
 FACTORS = (2, 4, 8)
@@ -28,26 +28,14 @@ def _method_for(path: Path, method: str) -> str:
         return "nearest" if tif.pages.first.photometric == 3 else method
 
 
-def _pages(path: Path) -> list[np.ndarray]:
-    """Every page as (rows, columns, samples), whatever its planar configuration."""
-    pages = []
-    with tifffile.TiffFile(path) as tif:
-        for page in tif.pages:
-            array = page.asarray()
-            if page.planarconfig == 2 and page.samplesperpixel > 1:
-                array = np.moveaxis(array, 0, -1)
-            pages.append(array)
-    return pages
-
-
 @pytest.mark.parametrize("name", GOOD_FILES)
 @pytest.mark.parametrize("factor", FACTORS)
 @pytest.mark.parametrize("method", ["mean", "nearest"])
 def test_view_pixels_equal_reference(sources, mount, mount_nearest, name, factor, method):
     root, _ = sources
     view = (mount if method == "mean" else mount_nearest).path / f"x{factor}" / name
-    source_pages = _pages(root / name)
-    view_pages = _pages(view)
+    source_pages = read_pages(root / name)
+    view_pages = read_pages(view)
     assert len(view_pages) == len(source_pages)
     method = _method_for(root / name, method)
     for source_page, view_page in zip(source_pages, view_pages):

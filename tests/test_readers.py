@@ -15,18 +15,17 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
+from readers import ImageJReport, run_imagej
+
 pytestmark = pytest.mark.mount
 
 FACTORS = (2, 4, 8)
-IMAGEJ_JAR = Path("/usr/share/java/ij.jar")
-PROBE = Path(__file__).with_name("ImageJProbe.java")
 INSTALL_HINT = "run scripts/test, which installs libtiff-tools, imagej and Java"
 #: Views checked with ImageJ at every factor: all kinds whose source ImageJ 1.x opens.
 #: u16_zstd.tif: ImageJ cannot decode the Zstd source; its view is checked in
@@ -150,58 +149,7 @@ def test_tiffinfo_reads_every_view_cleanly(mount, sources, factor):
     assert not problems, "\n".join(problems)
 
 
-# -- ImageJ
-@dataclass(frozen=True)
-class ImageJReport:
-    """What ImageJ 1.x sees in one file (slice sums: one value per channel, RGB three)."""
-
-    width: int
-    height: int
-    channels: int
-    slices: int
-    frames: int
-    stack_size: int
-    bit_depth: int
-    unit: str
-    pixel_width: float
-    pixel_height: float
-    pixel_depth: float
-    slice_sums: list[list[int | float]]
-
-    @classmethod
-    def parse(cls, fields: dict[str, str]) -> "ImageJReport":
-        number = float if fields["bit_depth"] == "32" else int
-        sums = [[number(v) for v in fields[f"sum{i}"].split(",")]
-                for i in range(1, int(fields["stack_size"]) + 1)]
-        return cls(*(int(fields[k]) for k in ("width", "height", "channels", "slices",
-                                              "frames", "stack_size", "bit_depth")),
-                   fields["unit"], float(fields["pixel_width"]),
-                   float(fields["pixel_height"]), float(fields["pixel_depth"]), sums)
-
-
-def run_imagej(paths: list[Path]) -> dict[Path, ImageJReport | str]:
-    """Open all ``paths`` in one headless ImageJ JVM; a report or an error per path."""
-    java = require_tool("java")
-    if not IMAGEJ_JAR.is_file():
-        pytest.fail(f"{IMAGEJ_JAR} not found: {INSTALL_HINT}", pytrace=False)
-    command = [java, "-Djava.awt.headless=true", "-cp", str(IMAGEJ_JAR), str(PROBE),
-               *map(str, paths)]
-    result = subprocess.run(command, capture_output=True, timeout=TOOL_TIMEOUT)
-    stdout = result.stdout.decode("utf-8", "replace")
-    reports: dict[Path, ImageJReport | str] = {}
-    for line in stdout.splitlines():
-        if line.startswith("PROBE\t"):
-            fields = dict(field.split("=", 1) for field in line.split("\t")[1:])
-            path = Path(fields["path"])
-            reports[path] = fields["error"] if "error" in fields else \
-                ImageJReport.parse(fields)
-    if result.returncode != 0 or set(reports) != set(paths):
-        pytest.fail(f"the ImageJ probe failed (exit {result.returncode}; {INSTALL_HINT}):\n"
-                    f"{' '.join(command[:5])} ...\n{stdout}\n"
-                    f"{result.stderr.decode('utf-8', 'replace')}", pytrace=False)
-    return reports
-
-
+# -- ImageJ (the probe runner and its report are shared with the reader matrix)
 @pytest.fixture(scope="module")
 def imagej(mount, sources) -> dict[Path, ImageJReport | str]:
     """ImageJ's reports of the checked views at every factor and of their sources."""

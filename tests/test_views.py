@@ -6,7 +6,6 @@ import io
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import tifffile
 
 from conftest import mounted
+from reference import read_pages
 from tifffs import downsample, open_view
 from tifffs.views import ViewError, parse_view
 from tifffs.virtual import fit_size
@@ -163,11 +163,6 @@ def views_mount(tmp_path_factory):
         yield mount, arrays
 
 
-def _pages(path: Path) -> list[np.ndarray]:
-    with tifffile.TiffFile(path) as tif:
-        return [p.asarray().reshape(p.shaped[2], p.shaped[3], p.shaped[4]) for p in tif.pages]
-
-
 def test_mount_lists_the_named_views(views_mount):
     mount, _ = views_mount
     names = sorted(p.name for p in mount.path.iterdir() if not p.name.startswith("."))
@@ -180,8 +175,8 @@ def test_mount_lists_the_named_views(views_mount):
 def test_block_views_equal_the_reference(views_mount, view, name):
     mount, _ = views_mount
     spec = parse_view(view, "mean")
-    source = _pages(mount.source / name)
-    result = _pages(mount.path / view / name)
+    source = read_pages(mount.source / name)
+    result = read_pages(mount.path / view / name)
     groups = [source[i:i + spec.z_factor] for i in range(0, len(source), spec.z_factor)]
     assert len(result) == len(groups)
     for got, slices in zip(result, groups):
@@ -193,7 +188,7 @@ def test_block_views_equal_the_reference(views_mount, view, name):
 def test_interpolating_views_equal_opencv_resize_of_the_page(views_mount, view, name):
     mount, _ = views_mount
     flag = cv2.INTER_LINEAR if view.endswith("linear") else cv2.INTER_LANCZOS4
-    for source, got in zip(_pages(mount.source / name), _pages(mount.path / view / name),
+    for source, got in zip(read_pages(mount.source / name), read_pages(mount.path / view / name),
                            strict=True):
         h, w = -(-source.shape[0] // 4), -(-source.shape[1] // 4)
         expected = cv2.resize(source, (w, h), interpolation=flag).reshape(h, w, -1)
@@ -223,7 +218,7 @@ def test_z_views_reduce_slices_of_the_same_channel_and_time(views_mount, view):
 
 def test_fit_views_equal_exact_area_average_with_scaled_pixel_size(views_mount):
     mount, _ = views_mount
-    source = _pages(mount.source / "stack.tif")
+    source = read_pages(mount.source / "stack.tif")
     with tifffile.TiffFile(mount.path / "fit40" / "stack.tif") as tif:
         got = [p.asarray()[:, :, None] for p in tif.pages]
         x_num, x_den = tif.pages.first.tags["XResolution"].value
@@ -266,7 +261,7 @@ def test_invalid_view_at_mount_time_is_named(tmp_path):
 
 
 def test_imagej_opens_z_fit_and_method_views(views_mount):
-    from test_readers import run_imagej
+    from readers import run_imagej
 
     mount, _ = views_mount
     source = mount.source / "hyper.tif"
@@ -310,9 +305,9 @@ def test_use_levels_starts_from_matching_pyramid_levels(tmp_path):
         writer.write(np.stack(quarter), subfiletype=1, photometric="minisblack")
     with mounted(source, tmp_path / "levels", "--views", "x2,x4-nearest,x8",
                  "--use-levels") as mount:
-        x2 = _pages(mount.path / "x2" / "pyramid.ome.tif")
-        x4 = _pages(mount.path / "x4-nearest" / "pyramid.ome.tif")
-        x8 = _pages(mount.path / "x8" / "pyramid.ome.tif")
+        x2 = read_pages(mount.path / "x2" / "pyramid.ome.tif")
+        x4 = read_pages(mount.path / "x4-nearest" / "pyramid.ome.tif")
+        x8 = read_pages(mount.path / "x8" / "pyramid.ome.tif")
     assert len(x2) == len(x4) == len(x8) == 2
     for z in range(2):
         np.testing.assert_array_equal(x2[z][:, :, 0], half[z])  # the level itself
