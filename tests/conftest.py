@@ -88,6 +88,8 @@ def mounted(source: Path, workdir: Path, *options: str,
     mountpoint = workdir / "mnt"
     mountpoint.mkdir(parents=True, exist_ok=True)
     log = workdir / "tifffs.log"
+    if not any(o.startswith(("--index-dir", "--no-index")) or "index" in o for o in options):
+        options = ("--index-dir", str(workdir / "index"), *options)  # private to the mount
     command = [sys.executable, "-m", "tifffs", str(source), str(mountpoint), "-f",
                "--log-file", str(log), *options]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

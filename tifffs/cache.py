@@ -35,7 +35,7 @@ class _Pending:
 class LruCache(Generic[V]):
     """LRU mapping of keys to values whose total ``weigh(value)`` stays <= ``capacity``.
 
-    A value heavier than the capacity is returned but not kept.
+    A value heavier than the capacity is kept alone, until the next one comes.
     """
 
     def __init__(self, capacity: int, weigh: Callable[[V], int] = lambda value: 1) -> None:
@@ -96,14 +96,22 @@ class LruCache(Generic[V]):
 
         submit(run)
 
+    def put(self, key: Hashable, value: V) -> None:
+        """Keep ``value`` for ``key`` (replacing any)."""
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._stats.weight -= old[1]
+        self._store(key, value)
+
     def _store(self, key: Hashable, value: V) -> None:
+        """Keep ``value``, evicting the least recently used; a value heavier than the
+        whole capacity is kept alone (readers of it go on hitting it)."""
         weight = self._weigh(value)
-        if weight > self.capacity:
-            return
         with self._lock:
             self._items[key] = (value, weight)
             self._stats.weight += weight
-            while self._stats.weight > self.capacity:
+            while self._stats.weight > self.capacity and len(self._items) > 1:
                 _, (_, dropped) = self._items.popitem(last=False)
                 self._stats.weight -= dropped
                 self._stats.evictions += 1

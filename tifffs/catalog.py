@@ -1,59 +1,227 @@
-"""The catalog: source path + current version -> cached ``SourceTiff`` and ``VirtualTiff``.
+"""The catalog: source path + stat -> description, view sizes, and open views.
 
-Entries are keyed by the source's (device, inode, size, mtime), so a source that
-changes is described anew, and a broken source is parsed (and reported) once per
-version: its error is cached like a value.
+Descriptions and view sizes come from memory, else from the index on disk, else from
+the file itself (opened, described, closed at once: a ``stat`` or a listing leaves no
+descriptor open). A source is held open only while a handle reads it: handles of one
+version share one descriptor, closed with the last of them, so a replaced or deleted
+source is never held once nobody reads it. Errors are cached per version like values,
+so a broken source is parsed and reported once.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import stat
+import threading
+from dataclasses import dataclass
+
+import numpy as np
 
 from tifffs.cache import LruCache
-from tifffs.errors import TifffsError, UnsupportedSource
-from tifffs.source import SourceTiff, SourceVersion
+from tifffs.describe import describe
+from tifffs.errors import BrokenSource, TifffsError, UnsupportedSource
+from tifffs.index import Index
+from tifffs.pages import FileDescription, SourceVersion
+from tifffs.pixels import SourceFile
+from tifffs.plan import ViewPlan, plan_view
+from tifffs.problems import printable
+from tifffs.render import RenderPool
+from tifffs.series import SeriesInfo, series_of
+from tifffs.sources import open_regular
 from tifffs.views import View
-from tifffs.virtual import VirtualTiff
+from tifffs.virtual import ViewReader, VirtualTiff
 
-#: Source files kept open and described (each holds one descriptor).
-DEFAULT_MAX_SOURCES = 128
+log = logging.getLogger("tifffs")
+
+#: Descriptions kept in memory (the index keeps all of them on disk).
+MAX_DESCRIPTIONS = 1024
+#: View sizes kept in memory: a few listings of large folders.
+MAX_SIZES = 65536
+#: View plans (layout and page plans) kept in memory.
+MAX_PLANS = 256
+_ERRORS = {cls.__name__: cls for cls in (BrokenSource, UnsupportedSource, TifffsError)}
+
+
+@dataclass
+class _Held:
+    source: SourceFile
+    handles: int = 0
 
 
 class Catalog:
-    """Finds the view of a source file for its current version."""
+    """Finds descriptions, sizes and views of source files for their current version."""
 
-    def __init__(self, bands: LruCache[bytes], max_sources: int = DEFAULT_MAX_SOURCES) -> None:
+    def __init__(self, bands: LruCache[np.ndarray], pool: RenderPool,
+                 index: Index | None = None, inside: str | None = None) -> None:
         self.bands = bands
-        self._sources: LruCache[SourceTiff | TifffsError] = LruCache(max_sources)
-        self._views: LruCache[VirtualTiff | TifffsError] = LruCache(4 * max_sources)
+        self.inside = inside  # every source opened must lie in this resolved folder
+        self.pool = pool
+        self.index = index
+        self._descriptions: LruCache[FileDescription | TifffsError] = \
+            LruCache(MAX_DESCRIPTIONS)
+        self._sizes: LruCache[int] = LruCache(MAX_SIZES)
+        self._plans: LruCache[ViewPlan] = LruCache(MAX_PLANS)
+        self._series: LruCache[SeriesInfo] = LruCache(MAX_PLANS)
+        self._held: dict[tuple[str, SourceVersion], _Held] = {}
+        self._lock = threading.Lock()
 
-    def view(self, path: str, spec: View) -> VirtualTiff:
-        """The view of the current version of ``path``; raises the source's error if any."""
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):  # opening a fifo would block
-            raise UnsupportedSource("not a regular file")
+    # -- metadata, without holding the file
+    def size(self, path: str, st: os.stat_result, view: View) -> int:
+        """The exact size of ``view`` of the source at ``path`` whose stat is ``st``."""
         version = SourceVersion.of(st)
-        key = (path, version, spec)
-        view = self._views.get(key, lambda: self._build_view(path, version, spec))
-        if isinstance(view, TifffsError):
+        return self._sizes.get((path, version, view.name),
+                               lambda: self._size(path, version, view))
+
+    def _size(self, path: str, version: SourceVersion, view: View) -> int:
+        if self.index is not None:
+            size = self.index.lookup_size(path, version, view.name)
+            if size is not None:
+                return size
+        description = self.description(path, version)
+        if view.z_factor > 1 or view.use_levels:  # their plan needs the series
+            plan = self._plan_with_file(path, version, view)
+        else:
+            plan = self._plans.get((path, version, view), lambda: plan_view(
+                description, view, _no_series))
+        if self.index is not None:
+            self.index.put_size(path, version, view.name, plan.size)
+        return plan.size
+
+    def preload(self, directory: str, view: View) -> None:
+        """Bring the index's sizes of ``view`` for every file of ``directory`` into memory
+        (one query instead of one per ``stat`` of a listing)."""
+        if self.index is None:
+            return
+        for path, version, size in self.index.sizes_in(directory, view.name):
+            self._sizes.put((path, version, view.name), size)
+
+    def description(self, path: str, version: SourceVersion,
+                    fd: int | None = None) -> FileDescription:
+        """The description of ``path`` at ``version`` (raises the source's error)."""
+        value = self._descriptions.get((path, version),
+                                       lambda: self._describe(path, version, fd))
+        if isinstance(value, TifffsError):
             # a fresh exception each time: re-raising one instance would grow its traceback
-            raise type(view)(*view.args)
-        return view
+            raise type(value)(*value.args)
+        return value
 
-    def _build_view(self, path: str, version: SourceVersion,
-                    spec: View) -> VirtualTiff | TifffsError:
-        source = self._sources.get((path, version), lambda: _open_source(path))
-        if isinstance(source, TifffsError):
-            return source
+    def _describe(self, path: str, version: SourceVersion,
+                  fd: int | None) -> FileDescription | TifffsError:
+        if self.index is not None:
+            entry = self.index.lookup(path, version)
+            if entry is not None:
+                if entry.error is not None:
+                    kind, _, message = entry.error.partition(":")
+                    return _ERRORS.get(kind, TifffsError)(message)
+                try:
+                    return FileDescription.from_bytes(entry.description or b"")
+                except ValueError:
+                    pass  # described anew below
         try:
-            return VirtualTiff(source, spec, self.bands)
+            description = self._describe_file(path, version, fd)
         except TifffsError as exc:
+            if self.index is not None:
+                self.index.put(path, version, None, f"{type(exc).__name__}:{exc}")
             return exc
+        if self.index is not None:
+            self.index.put(path, version, description.to_bytes(), None)
+        if description.truncated:
+            log.warning("%s: %s: serving the %d pages before it", printable(path),
+                        description.truncated, len(description.pages))
+        return description
+
+    def _describe_file(self, path: str, version: SourceVersion,
+                       fd: int | None) -> FileDescription:
+        own = fd is None
+        if own:
+            fd = open_regular(path, self.inside)
+        try:
+            if SourceVersion.of(os.fstat(fd)) != version:
+                raise BrokenSource("the source changed while it was being read; retry")
+            return describe(fd, version.size, os.path.basename(path))
+        finally:
+            if own:
+                os.close(fd)
+
+    def _plan_with_file(self, path: str, version: SourceVersion, view: View) -> ViewPlan:
+        source = self._hold(path)
+        try:
+            if source.version != version:
+                raise BrokenSource("the source changed while it was being read; retry")
+            return self._plan(source, view)
+        finally:
+            self._release(source)
+
+    def _plan(self, source: SourceFile, view: View) -> ViewPlan:
+        key = (source.path, source.version)
+
+        def series() -> SeriesInfo:
+            return self._series.get(key, lambda: series_of(source.fd, source.path,
+                                                           source.pages))
+
+        return self._plans.get((*key, view), lambda: plan_view(source.description, view,
+                                                                  series))
+
+    # -- open views, holding the file
+    def open(self, path: str, view: View) -> ViewReader:
+        """A reader of ``view`` of the current version of ``path``; ``close`` it."""
+        source = self._hold(path)
+        try:
+            virtual = VirtualTiff(source, view, self._plan(source, view), self.bands,
+                                  self.pool)
+        except BaseException:
+            self._release(source)
+            raise
+        return virtual.reader()
+
+    def close(self, reader: ViewReader) -> None:
+        """Let go of the source a reader held (closed with the last reader)."""
+        self._release(reader.view.source)
+
+    def _hold(self, path: str) -> SourceFile:
+        fd = open_regular(path, self.inside)
+        try:
+            version = SourceVersion.of(os.fstat(fd))
+            with self._lock:
+                held = self._held.get((path, version))
+                if held is not None:
+                    held.handles += 1
+                    os.close(fd)
+                    return held.source
+            description = self.description(path, version, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        # tifffs reads exactly the rows it renders and renders ahead itself: the kernel's
+        # read-ahead past them would only load pages that a look at one page never needs
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        with self._lock:
+            held = self._held.get((path, version))
+            if held is None:
+                held = self._held[(path, version)] = _Held(SourceFile(path, fd, version,
+                                                                      description))
+            else:
+                os.close(fd)  # another thread opened it meanwhile
+            held.handles += 1
+            return held.source
+
+    def _release(self, source: SourceFile) -> None:
+        key = (source.path, source.version)
+        with self._lock:
+            held = self._held.get(key)
+            if held is None or held.source is not source:
+                return
+            held.handles -= 1
+            if held.handles > 0:
+                return
+            del self._held[key]
+        source.close()
+
+    def held_sources(self) -> int:
+        """Source files open now (for the stats file and tests)."""
+        with self._lock:
+            return len(self._held)
 
 
-def _open_source(path: str) -> SourceTiff | TifffsError:
-    try:
-        return SourceTiff.open(path)
-    except TifffsError as exc:
-        return exc
+def _no_series() -> SeriesInfo:
+    raise AssertionError("plain factor views do not read series")

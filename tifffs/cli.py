@@ -21,8 +21,8 @@ from typing import Callable
 
 from tifffs import __version__
 from tifffs.config import (DEFAULT_CACHE_BYTES, DEFAULT_FACTORS, DEFAULT_METHOD, ConfigError,
-                           MountConfig, parse_factors, parse_method, parse_size, parse_views,
-                           split_mount_options)
+                           MountConfig, cache_size_at_least_a_band, parse_factors,
+                           parse_method, parse_size, parse_views, split_mount_options)
 from tifffs.methods import METHODS
 
 log = logging.getLogger("tifffs")
@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["render"]:
             return _render(_render_parser().parse_args(argv[1:]))
+        if argv[:1] == ["index"]:
+            from tifffs.indexing import index_command
+
+            return index_command(argv[1:])
         return _mount(_config(_mount_parser().parse_args(argv)))
     except ConfigError as exc:
         print(f"tifffs: error: {exc}", file=sys.stderr)
@@ -68,6 +72,10 @@ def _mount_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-size", help="memory for rendered pixel bands "
                         f"(default {DEFAULT_CACHE_BYTES >> 20}M)")
     parser.add_argument("--log-file", help="append log lines to this file")
+    parser.add_argument("--index-dir", help="folder of the metadata index (default "
+                        "$XDG_CACHE_HOME/tifffs, else ~/.cache/tifffs)")
+    parser.add_argument("--no-index", action="store_true",
+                        help="keep no index on disk (metadata is kept in memory only)")
     parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT]",
                         help="mount options: factors=2:4, method=, cache_size=, log_file=, "
                              "debug, plus libfuse options such as allow_other")
@@ -84,6 +92,10 @@ def _config(args: argparse.Namespace) -> MountConfig:
     views = args.views or ours.get("views")
     method = parse_method(args.method or ours.get("method") or DEFAULT_METHOD)
     cache_size = args.cache_size or ours.get("cache_size")
+    cache_bytes, message = cache_size_at_least_a_band(
+        parse_size(cache_size) if cache_size else DEFAULT_CACHE_BYTES)
+    if message:
+        print(f"tifffs: {message}", file=sys.stderr)
     return MountConfig(
         source=os.path.abspath(args.source),
         mountpoint=os.path.abspath(args.mountpoint),
@@ -92,7 +104,9 @@ def _config(args: argparse.Namespace) -> MountConfig:
         method=method,
         use_levels=args.use_levels or "use_levels" in ours,
         imagej_large=args.imagej_large or "imagej_large" in ours,
-        cache_bytes=parse_size(cache_size) if cache_size else DEFAULT_CACHE_BYTES,
+        cache_bytes=cache_bytes,
+        index_dir=args.index_dir or ours.get("index_dir"),
+        no_index=args.no_index or "no_index" in ours,
         foreground=args.foreground or "foreground" in ours,
         debug=args.debug or "debug" in ours,
         log_file=args.log_file or ours.get("log_file"),
@@ -243,15 +257,17 @@ def _serve_in_background(config: MountConfig) -> int:
 
 
 def _serve(config: MountConfig, on_ready: Callable[[], None] | None) -> int:
-    from tifffs.catalog import Catalog
     from tifffs.fs import TifffsOperations, mount
-    from tifffs.virtual import band_cache
+    from tifffs.setup import build_tree, raise_descriptor_limit
 
-    catalog = Catalog(band_cache(config.cache_bytes))
-    operations = TifffsOperations(config.source, config.views, catalog, on_ready=on_ready)
-    log.info("mounting %s on %s (views %s, method %s, cache %d MiB)", config.source,
-             config.mountpoint, ",".join(v.name for v in config.views), config.method,
-             config.cache_bytes >> 20)
+    raise_descriptor_limit()
+    tree = build_tree(config.source, config.views, config.cache_bytes,
+                      None if config.no_index else config.index_dir or "")
+    operations = TifffsOperations(tree, on_ready=on_ready)
+    index = tree.catalog.index
+    log.info("mounting %s on %s (views %s, method %s, cache %d MiB, index %s)",
+             config.source, config.mountpoint, ",".join(v.name for v in config.views),
+             config.method, config.cache_bytes >> 20, index.path if index else "none")
     # libfuse handles SIGINT/SIGTERM only if they are at their default
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:

@@ -37,6 +37,8 @@ class MountConfig:
     foreground: bool = False
     debug: bool = False
     log_file: str | None = None
+    index_dir: str | None = None  # None: $XDG_CACHE_HOME/tifffs or ~/.cache/tifffs
+    no_index: bool = False
     fuse_options: dict[str, str | bool] = field(default_factory=dict)
 
     @property
@@ -51,6 +53,19 @@ class MountConfig:
                 views.append(parse_view(name, self.method))
         return tuple(replace(v, use_levels=self.use_levels, imagej_large=self.imagej_large)
                      for v in views)
+
+
+#: The largest band: a band reads at most 16 MiB of source rows (x1 views keep them all).
+LARGEST_BAND_BYTES = 16 << 20
+
+
+def cache_size_at_least_a_band(size: int) -> tuple[int, str | None]:
+    """``size``, and a message when it is smaller than the largest band: the cache then
+    keeps only the band read last (so a sequential reader still renders each band once)."""
+    if size >= LARGEST_BAND_BYTES:
+        return size, None
+    return size, (f"--cache-size {size} bytes is less than the largest band "
+                  f"({LARGEST_BAND_BYTES >> 20}M): larger bands are kept one at a time")
 
 
 def parse_size(text: str) -> int:
@@ -100,7 +115,7 @@ def split_mount_options(options: list[str]) -> tuple[dict[str, str], dict[str, s
     """Split ``-o`` lists into tifffs settings and libfuse options.
 
     tifffs settings: ``factors``, ``views``, ``method``, ``use_levels``, ``imagej_large``,
-    ``cache_size``, ``log_file``, ``debug``, ``foreground``. Options mount(8) adds
+    ``cache_size``, ``log_file``, ``debug``, ``foreground``, ``index_dir``, ``no_index``. Options mount(8) adds
     (``rw``, ``noauto``, ...) are dropped; all others (``allow_other``, ``uid=``...) go to
     libfuse.
     """
@@ -114,7 +129,8 @@ def split_mount_options(options: list[str]) -> tuple[dict[str, str], dict[str, s
                 continue
             normal = key.replace("-", "_")
             if normal in ("factors", "views", "method", "cache_size", "log_file", "debug",
-                          "foreground", "use_levels", "imagej_large"):
+                          "foreground", "use_levels", "imagej_large", "index_dir",
+                          "no_index"):
                 ours[normal] = value if sep else "1"
             elif key not in IGNORED_MOUNT_OPTIONS:
                 fuse[key] = value if sep else True

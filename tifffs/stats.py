@@ -18,23 +18,28 @@ class ReadCounters:
 
     started: float = field(default_factory=time.monotonic)
     opens: int = 0
+    getattrs: int = 0
     reads: int = 0
     bytes_served: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, opens: int = 0, reads: int = 0, bytes_served: int = 0) -> None:
+    def add(self, opens: int = 0, reads: int = 0, bytes_served: int = 0,
+            getattrs: int = 0) -> None:
         with self._lock:
             self.opens += opens
+            self.getattrs += getattrs
             self.reads += reads
             self.bytes_served += bytes_served
 
 
 def format_stats(counters: ReadCounters, bands: CacheStats, band_capacity: int,
-                 errors_per_file: dict[str, int]) -> str:
+                 errors_per_file: dict[str, int],
+                 more: dict[str, int] | None = None) -> str:
     """The stats file: ``name value`` lines, then one ``error <count> <file>`` per file."""
     lines = [
         f"uptime_seconds {time.monotonic() - counters.started:.0f}",
         f"opens {counters.opens}",
+        f"getattrs {counters.getattrs}",
         f"reads {counters.reads}",
         f"bytes_served {counters.bytes_served}",
         f"band_cache_hits {bands.hits}",
@@ -43,6 +48,7 @@ def format_stats(counters: ReadCounters, bands: CacheStats, band_capacity: int,
         f"band_cache_bytes {bands.weight}",
         f"band_cache_capacity_bytes {band_capacity}",
         f"band_cache_entries {bands.entries}",
+        *(f"{name} {value}" for name, value in (more or {}).items()),
         f"errors {sum(errors_per_file.values())}",
     ]
     lines += [f"error {count} {path}" for path, count in sorted(errors_per_file.items())]

@@ -1,0 +1,251 @@
+"""The persistent index: source descriptions and view sizes kept in SQLite.
+
+Like ratarmount's index of an archive, it spares a new mount (or a new listing) the
+parse of every source file. Each row is keyed by the source's path and is used only
+when the whole stat key (device, inode, size, mtime, ctime) still matches and it was
+written by this very format of tifffs: a stale, foreign or damaged row is a miss, never
+wrong bytes. Rows of another tifffs version are ignored and overwritten, so mounts of
+different versions can share one index (each re-describes what the other wrote).
+
+SQLite in WAL mode: readers never wait for the writer; several threads, mounts and
+``tifffs index`` runs may use one file at once. Writes go through one background thread
+in batches. A database that cannot be opened, is corrupt or becomes unusable is set
+aside or bypassed with one log line: the mount works without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from typing import Iterable, NamedTuple
+
+from tifffs import __version__
+from tifffs.pages import FORMAT, SourceVersion
+
+log = logging.getLogger("tifffs")
+
+SCHEMA = 1
+FILE_NAME = f"index-v{SCHEMA}.sqlite"
+ENTRY_FORMAT = f"{FORMAT}/{__version__}"
+_BATCH = 512
+_SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS files (
+    path BLOB PRIMARY KEY, dir BLOB NOT NULL, dev INTEGER, ino INTEGER, size INTEGER,
+    mtime_ns INTEGER, ctime_ns INTEGER, format TEXT, description BLOB, error TEXT);
+CREATE INDEX IF NOT EXISTS files_by_dir ON files (dir);
+CREATE TABLE IF NOT EXISTS sizes (
+    path BLOB, view TEXT, dir BLOB NOT NULL, dev INTEGER, ino INTEGER, size INTEGER,
+    mtime_ns INTEGER, ctime_ns INTEGER, format TEXT, view_size INTEGER,
+    PRIMARY KEY (path, view));
+CREATE INDEX IF NOT EXISTS sizes_by_dir ON sizes (dir, view);
+"""
+
+
+def default_directory() -> str:
+    """``$XDG_CACHE_HOME/tifffs``, else ``~/.cache/tifffs``."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                             ".cache")
+    return os.path.join(cache, "tifffs")
+
+
+class Entry(NamedTuple):
+    """A usable row: a serialised description, or the error the source gave."""
+
+    description: bytes | None
+    error: str | None
+
+
+class IndexUnavailable(Exception):
+    """The index cannot be used; the message says why."""
+
+
+class Index:
+    """Descriptions and view sizes of source files, keyed by path and stat."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, FILE_NAME)
+        self._local = threading.local()
+        self._writes: queue.SimpleQueue[tuple[str, tuple] | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
+        self._failed = False
+        self._setup(directory)
+
+    # -- set-up and failure
+    def _setup(self, directory: str) -> None:
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            self._connect().executescript(_SCHEMA_SQL)
+        except sqlite3.DatabaseError as exc:
+            if not _is_corrupt(exc):
+                raise IndexUnavailable(f"index {self.path}: {exc}") from None
+            self._set_aside(exc)
+        except OSError as exc:
+            raise IndexUnavailable(f"index folder {directory}: {exc.strerror}") from None
+
+    def _set_aside(self, exc: Exception) -> None:
+        """Move a corrupt database out of the way and start a new one."""
+        self._local.__dict__.clear()
+        aside = f"{self.path}.corrupt-{int(time.time())}"
+        log.warning("index %s is corrupt (%s): moved to %s, building a new one", self.path,
+                    exc, aside)
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(self.path + suffix):
+                    os.replace(self.path + suffix, aside + suffix)
+            self._connect().executescript(_SCHEMA_SQL)
+        except (OSError, sqlite3.DatabaseError) as again:
+            raise IndexUnavailable(f"index {self.path}: {again}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, timeout=5, isolation_level=None,
+                                         check_same_thread=True)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._local.connection = connection
+        return connection
+
+    def _fail(self, exc: Exception) -> None:
+        if not self._failed:
+            self._failed = True
+            log.warning("index %s is not usable (%s): going on without it", self.path, exc)
+
+    @property
+    def usable(self) -> bool:
+        return not self._failed
+
+    # -- reads
+    def lookup(self, path: str, version: SourceVersion) -> Entry | None:
+        """The entry of ``path`` if it was written for this version and format."""
+        row = self._query_one(
+            "SELECT description, error FROM files WHERE path=? AND dev=? AND ino=? AND "
+            "size=? AND mtime_ns=? AND ctime_ns=? AND format=?",
+            (os.fsencode(path), *version, ENTRY_FORMAT))
+        return None if row is None else Entry(row[0], row[1])
+
+    def lookup_size(self, path: str, version: SourceVersion, view: str) -> int | None:
+        row = self._query_one(
+            "SELECT view_size FROM sizes WHERE path=? AND view=? AND dev=? AND ino=? AND "
+            "size=? AND mtime_ns=? AND ctime_ns=? AND format=?",
+            (os.fsencode(path), view, *version, ENTRY_FORMAT))
+        return None if row is None else int(row[0])
+
+    def sizes_in(self, directory: str, view: str) -> list[tuple[str, SourceVersion, int]]:
+        """(path, version, size) of every file of ``directory`` with a size of ``view``."""
+        rows = self._query_all(
+            "SELECT path, dev, ino, size, mtime_ns, ctime_ns, view_size FROM sizes "
+            "WHERE dir=? AND view=? AND format=?",
+            (os.fsencode(directory), view, ENTRY_FORMAT))
+        return [(os.fsdecode(r[0]), SourceVersion(*r[1:6]), int(r[6])) for r in rows]
+
+    def _query_one(self, sql: str, args: tuple) -> tuple | None:
+        rows = self._query_all(sql, args, limit_one=True)
+        return rows[0] if rows else None
+
+    def _query_all(self, sql: str, args: tuple, limit_one: bool = False) -> list[tuple]:
+        if self._failed:
+            return []
+        try:
+            cursor = self._connect().execute(sql, args)
+            return [row] if limit_one and (row := cursor.fetchone()) else \
+                ([] if limit_one else cursor.fetchall())
+        except sqlite3.OperationalError as exc:  # locked too long, disk I/O: a miss
+            log.debug("index lookup failed: %s", exc)
+            return []
+        except sqlite3.DatabaseError as exc:
+            self._fail(exc)
+            return []
+
+    # -- writes, in the background
+    def put(self, path: str, version: SourceVersion, description: bytes | None,
+            error: str | None) -> None:
+        """Record a description (or the error) of ``path`` at ``version``."""
+        self._queue("file", (os.fsencode(path), os.fsencode(os.path.dirname(path)),
+                             *version, ENTRY_FORMAT, description, error))
+
+    def put_size(self, path: str, version: SourceVersion, view: str, size: int) -> None:
+        self._queue("size", (os.fsencode(path), view, os.fsencode(os.path.dirname(path)),
+                             *version, ENTRY_FORMAT, size))
+
+    def _queue(self, kind: str, row: tuple) -> None:
+        if self._failed:
+            return
+        self._writes.put((kind, row))
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="index-writer",
+                                                daemon=True)
+                self._writer.start()
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._writes.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < _BATCH:
+                try:
+                    more = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._write(batch)
+                    return
+                batch.append(more)
+            self._write(batch)
+
+    def _write(self, batch: Iterable[tuple[str, tuple]]) -> None:
+        if self._failed:
+            return
+        files = [row for kind, row in batch if kind == "file"]
+        sizes = [row for kind, row in batch if kind == "size"]
+        try:
+            connection = self._connect()
+            with connection:
+                connection.execute("BEGIN IMMEDIATE")
+                connection.executemany(
+                    "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)", files)
+                connection.executemany(
+                    "INSERT OR REPLACE INTO sizes VALUES (?,?,?,?,?,?,?,?,?,?)", sizes)
+        except sqlite3.OperationalError as exc:  # locked, read-only, disk full
+            log.debug("index write of %d rows dropped: %s", len(files) + len(sizes), exc)
+        except sqlite3.DatabaseError as exc:
+            self._fail(exc)
+
+    def flush(self) -> None:
+        """Wait until every queued write is committed (or dropped)."""
+        with self._writer_lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            self._writes.put(None)
+            writer.join()
+
+    def close(self) -> None:
+        self.flush()
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text or "corrupt" in text
+
+
+def open_index(directory: str | None) -> Index | None:
+    """The index in ``directory`` (default: the user's cache), or None with one log line
+    when it cannot be used."""
+    directory = directory or default_directory()
+    try:
+        return Index(directory)
+    except IndexUnavailable as exc:
+        log.warning("%s: going on without an index (use --index-dir DIR to choose a "
+                    "writable folder, or --no-index)", exc)
+        return None

@@ -1,0 +1,89 @@
+"""``tifffs index SOURCE``: build or refresh the metadata index ahead of a mount."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+from tifffs.config import (DEFAULT_METHOD, ConfigError, MountConfig, parse_factors,
+                           parse_method, parse_views)
+from tifffs.errors import TifffsError
+from tifffs.index import default_directory
+from tifffs.pages import SourceVersion
+from tifffs.problems import printable
+from tifffs.views import is_tiff_name
+
+if TYPE_CHECKING:
+    from tifffs.tree import ViewTree
+
+
+def index_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tifffs index",
+        description="Describe every TIFF under SOURCE into the metadata index, with the "
+                    "sizes of its views, so that a later mount lists them at once. Safe "
+                    "to run while mounts use the index.")
+    parser.add_argument("source", metavar="SOURCE", help="directory of TIFF files")
+    parser.add_argument("--index-dir", help="folder of the index (default "
+                        f"{default_directory()})")
+    parser.add_argument("--factors", help="the factors the mount will show (default 2,4,8)")
+    parser.add_argument("--views", help="named views the mount will show, e.g. x4-max,fit1000")
+    parser.add_argument("--method", help=f"default method (default {DEFAULT_METHOD})")
+    return parser
+
+
+def index_command(argv: list[str]) -> int:
+    """Run ``tifffs index``; returns the exit status (1 when a file failed)."""
+    args = index_parser().parse_args(argv)
+    method = parse_method(args.method or DEFAULT_METHOD)
+    source = os.path.abspath(args.source)
+    if not os.path.isdir(source):
+        raise ConfigError(f"SOURCE {source} is not a directory: give the directory of "
+                          "your TIFFs")
+    views = MountConfig(source, "", parse_factors(args.factors) if args.factors else None,
+                        parse_views(args.views, method) if args.views else (),
+                        method).views
+    from tifffs.setup import build_tree
+
+    tree = build_tree(source, views, 32 << 20, args.index_dir or "")
+    index = tree.catalog.index
+    if index is None:
+        return 1  # open_index has said why
+    return _index_files(tree, list(_tiffs(source)), index.path)
+
+
+def _tiffs(root: str) -> Iterator[str]:
+    for folder, _, names in os.walk(root):
+        for name in sorted(names):
+            if is_tiff_name(name):
+                yield os.path.join(folder, name)
+
+
+def _index_files(tree: "ViewTree", files: list[str], index_path: str) -> int:
+    catalog = tree.catalog
+    started = time.monotonic()
+    pages = failures = 0
+    for path in _progress(files):
+        try:
+            st = os.stat(path)
+            for view in tree.views.values():
+                catalog.size(path, st, view)
+            pages += len(catalog.description(path, SourceVersion.of(st)).pages)
+        except (TifffsError, OSError) as exc:
+            failures += 1
+            print(f"tifffs index: {printable(path)}: {exc}", file=sys.stderr)
+    catalog.index.flush()
+    print(f"tifffs index: {len(files)} files, {pages} pages, {failures} failures in "
+          f"{time.monotonic() - started:.1f} s; index {index_path}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _progress(files: list[str]) -> Iterable[str]:
+    if not sys.stderr.isatty():
+        return files
+    from tqdm import tqdm
+
+    return tqdm(files, unit="file", desc="tifffs index", file=sys.stderr)

@@ -1,0 +1,138 @@
+"""The rules a source page must meet, and the ``SourcePage`` made of its raw tag values."""
+
+from __future__ import annotations
+
+import copy
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import tifffile
+from tifffile import COMPRESSION, PHOTOMETRIC
+
+from tifffs.errors import BrokenSource, UnsupportedSource
+from tifffs.pages import SourcePage, ceil_div
+
+#: One row of one source page may not exceed this (a band holds at least factor rows).
+MAX_ROW_BYTES = 64 << 20
+#: A compressed strip or tile may not decode to more than this.
+MAX_SEGMENT_BYTES = 512 << 20
+
+
+def check_supported(where: str, *, compression: int, photometric: int, dtype: Any, bits: Any,
+                    sampleformat: int, imagedepth: int = 1) -> None:
+    """Raise ``UnsupportedSource`` naming what tifffs cannot serve."""
+    if imagedepth != 1:
+        raise UnsupportedSource(f"{where}: volumetric (ImageDepth) pages are not supported")
+    if compression != COMPRESSION.NONE and compression not in tifffile.TIFF.DECOMPRESSORS:
+        name = getattr(COMPRESSION(compression), "name", compression) \
+            if compression in COMPRESSION._value2member_map_ else compression
+        raise UnsupportedSource(f"{where}: no decoder for compression {name} "
+                                "(install or upgrade imagecodecs)")
+    if dtype is None or np.dtype(dtype).kind not in "uif" or \
+            np.dtype(dtype).itemsize * 8 != bits:
+        raise UnsupportedSource(
+            f"{where}: {bits}-bit samples (sample format {sampleformat}) are not supported "
+            "yet")
+    if photometric == PHOTOMETRIC.YCBCR and compression != COMPRESSION.JPEG:
+        raise UnsupportedSource(f"{where}: YCbCr pixels without JPEG are not supported yet")
+
+
+def make_page(f: dict[str, Any], file_size: int) -> SourcePage:
+    """Validate the fields read from one IFD and build its ``SourcePage``.
+
+    ``f`` holds the raw tag values (``tile`` as (length, width), ``rowsperstrip``,
+    ``direct_candidate`` for fill order 1 and no predictor).
+    """
+    where = f"page {f['index']}"
+    width, height, samples = f["width"], f["height"], f["samples"]
+    if width < 1 or height < 1:
+        raise BrokenSource(f"{where}: empty image ({width} x {height})")
+    tile_rows, tile_width = f["tile"]
+    if samples < 1 or (f["tiled"] and (tile_rows < 1 or tile_width < 1)):
+        raise BrokenSource(f"{where}: no samples per pixel or empty tiles")
+    planar_separate = f["planar_separate"] and samples > 1
+    dtype = np.dtype(f["dtype"])
+    row_bytes = width * (1 if planar_separate else samples) * dtype.itemsize
+    if row_bytes > MAX_ROW_BYTES:
+        raise UnsupportedSource(f"{where}: rows of {row_bytes} bytes are too wide")
+    if f["tiled"]:
+        segment_rows, segment_width = tile_rows, tile_width
+    else:
+        segment_rows, segment_width = max(1, min(f["rowsperstrip"] or height, height)), width
+    direct = (f["compression"] == COMPRESSION.NONE and not f["tiled"]
+              and f["direct_candidate"])
+    if not direct:
+        decoded = segment_rows * segment_width * (row_bytes // width)
+        if decoded > MAX_SEGMENT_BYTES:
+            raise UnsupportedSource(f"{where}: strips or tiles of {decoded} bytes are too "
+                                    "large to decode")
+    photometric = f["photometric"]
+    if photometric == PHOTOMETRIC.YCBCR:  # JPEG: tifffile decodes YCbCr to RGB
+        photometric = int(PHOTOMETRIC.RGB)
+    colormap = f["colormap"]
+    page = SourcePage(
+        index=f["index"], ifd_offset=f["ifd_offset"], width=width, height=height,
+        samples=samples, planar_separate=planar_separate, dtype=dtype,
+        sampleformat=f["sampleformat"], photometric=photometric,
+        compression=f["compression"], tiled=f["tiled"], segment_rows=segment_rows,
+        segment_width=segment_width, extrasamples=f["extrasamples"],
+        colormap=None if colormap is None else np.asarray(colormap, dtype=np.uint16),
+        subfiletype=f["subfiletype"], offsets=_EMPTY, bytecounts=_EMPTY,
+        xresolution=f["xresolution"], yresolution=f["yresolution"],
+        resolutionunit=f["resolutionunit"], direct=direct)
+    return with_segments(page, page.index, page.ifd_offset, f["offsets"], f["bytecounts"],
+                         file_size)
+
+
+_EMPTY = np.zeros(0, dtype=np.uint64)
+
+
+def with_segments(page: SourcePage, index: int, ifd_offset: int, offsets: Any,
+                  bytecounts: Any, file_size: int) -> SourcePage:
+    """``page`` as page ``index`` with these strip or tile offsets, checked against its
+    geometry and the file size (a stack's pages share all but their segments)."""
+    where = f"page {index}"
+    segments = page.segments_per_plane * page.planes
+    if len(offsets) != segments or len(bytecounts) != segments:
+        raise BrokenSource(f"{where}: has {len(offsets)} strip or tile offsets, "
+                           f"expected {segments}")
+    if segments == 1:  # the common contiguous page, without numpy's overhead
+        end = _segment_end(page, int(offsets[0]), int(bytecounts[0]))
+        offsets, bytecounts = np.array(offsets, np.uint64), np.array(bytecounts, np.uint64)
+    else:
+        offsets = np.asarray(offsets, dtype=np.uint64).reshape(-1)
+        bytecounts = np.asarray(bytecounts, dtype=np.uint64).reshape(-1)
+        end = _segments_end(page, offsets, bytecounts)
+    if end > file_size:
+        raise BrokenSource(f"{where}: pixel data lies past the end of the file "
+                           f"({end} > {file_size} bytes)")
+    page = copy.copy(page)  # faster than dataclasses.replace for a page per IFD
+    for name, value in (("index", index), ("ifd_offset", ifd_offset), ("offsets", offsets),
+                        ("bytecounts", bytecounts)):
+        object.__setattr__(page, name, value)
+    return page
+
+
+def _segment_end(page: SourcePage, offset: int, bytecount: int) -> int:
+    if page.direct:
+        return offset + page.height * page.row_bytes
+    return offset + bytecount if offset else 0
+
+
+def _segments_end(page: SourcePage, offsets: np.ndarray, bytecounts: np.ndarray) -> int:
+    """Where the last strip or tile ends (the rows a direct strip must hold, for those)."""
+    if page.direct:  # every strip must hold all its rows inside the file
+        down = ceil_div(page.height, page.segment_rows)
+        rows_in_strip = np.full(down, page.segment_rows, dtype=np.uint64)
+        rows_in_strip[-1] = page.height - page.segment_rows * (down - 1)
+        return int((offsets + np.tile(rows_in_strip, page.planes)
+                    * np.uint64(page.row_bytes)).max())
+    return int(np.where(offsets > 0, offsets + bytecounts, 0).max())
+
+
+def positive_fraction(numerator: int, denominator: int) -> Fraction | None:
+    """``numerator / denominator`` when both are positive, else None."""
+    if numerator > 0 and denominator > 0:
+        return Fraction(numerator, denominator)
+    return None

@@ -1,0 +1,209 @@
+"""The plain description of a source TIFF: its pages and the metadata views carry over.
+
+Pure data, no file handles: a description is built once per source version (see
+``describe``), kept in the index on disk (``FileDescription.to_bytes``) and is all that
+``stat`` and the layout of any view need.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import zlib
+from dataclasses import asdict, dataclass, fields
+from fractions import Fraction
+from typing import Any, NamedTuple
+
+import numpy as np
+import tifffile
+from tifffile import PHOTOMETRIC, PLANARCONFIG
+
+#: Version of the serialised form; an index entry of another format is described anew.
+FORMAT = 1
+
+
+def ceil_div(a: int, b: int) -> int:
+    """``ceil(a / b)`` for positive integers, exactly."""
+    return -(-a // b)
+
+
+class SourceVersion(NamedTuple):
+    """Identity of one version of a source file; a change of any field is a new version."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: Any) -> "SourceVersion":
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def same_content(self, st: Any) -> bool:
+        """True when ``st`` (of an open descriptor) still has this version's bytes: the
+        ctime is left out, since renaming or deleting the file changes it."""
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == self[:4]
+
+
+@dataclass(frozen=True, eq=False)
+class SourcePage:
+    """What tifffs needs to know of one source page (IFD)."""
+
+    index: int
+    ifd_offset: int
+    width: int
+    height: int
+    samples: int
+    planar_separate: bool
+    dtype: np.dtype  # with the file's byte order
+    sampleformat: int
+    photometric: int
+    compression: int
+    tiled: bool
+    segment_rows: int  # rows per strip, or tile length
+    segment_width: int  # the image width for strips, or tile width
+    extrasamples: tuple[int, ...]
+    colormap: np.ndarray | None
+    subfiletype: int
+    offsets: np.ndarray  # uint64, one per strip or tile
+    bytecounts: np.ndarray
+    xresolution: Fraction | None
+    yresolution: Fraction | None
+    resolutionunit: int | None
+    #: uncompressed strips read with ``pread`` as they are; otherwise tifffile decodes
+    direct: bool
+
+    @property
+    def planes(self) -> int:
+        """Number of sample planes stored one after another (1 unless planar separate)."""
+        return self.samples if self.planar_separate else 1
+
+    @property
+    def samples_per_row_pixel(self) -> int:
+        """Samples stored per pixel within one plane."""
+        return 1 if self.planar_separate else self.samples
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row of one plane."""
+        return self.width * self.samples_per_row_pixel * self.dtype.itemsize
+
+    @property
+    def segments_across(self) -> int:
+        """Strips or tiles per row of segments."""
+        return ceil_div(self.width, self.segment_width)
+
+    @property
+    def segments_per_plane(self) -> int:
+        return ceil_div(self.height, self.segment_rows) * self.segments_across
+
+    @property
+    def is_palette(self) -> bool:
+        return self.photometric == PHOTOMETRIC.PALETTE
+
+    def shape_key(self) -> tuple:
+        """What pages of one ImageJ stack or Z run must share."""
+        return self.width, self.height, self.samples, self.dtype
+
+    def to_json(self) -> dict[str, Any]:
+        record = {f.name: getattr(self, f.name) for f in fields(self)}
+        record["dtype"] = self.dtype.str
+        record["colormap"] = None if self.colormap is None else _array_text(self.colormap)
+        record["offsets"] = _array_text(self.offsets)
+        record["bytecounts"] = _array_text(self.bytecounts)
+        for name in ("xresolution", "yresolution"):
+            value = record[name]
+            record[name] = None if value is None else [value.numerator, value.denominator]
+        return record
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> "SourcePage":
+        record = dict(record)
+        record["dtype"] = np.dtype(record["dtype"])
+        record["extrasamples"] = tuple(record["extrasamples"])
+        record["colormap"] = (None if record["colormap"] is None
+                              else _array_of(record["colormap"]))
+        record["offsets"] = _array_of(record["offsets"])
+        record["bytecounts"] = _array_of(record["bytecounts"])
+        for name in ("xresolution", "yresolution"):
+            value = record[name]
+            record[name] = None if value is None else Fraction(*value)
+        return cls(**record)
+
+
+@dataclass(frozen=True)
+class FileMetadata:
+    """File-level metadata that views carry over (raw; parsed where it is used)."""
+
+    imagej_description: str | None = None
+    ome_xml: str | None = None
+    #: IJMetadata (50839) and IJMetadataByteCounts (50838) of the first page, raw
+    imagej_tag: bytes | None = None
+    imagej_tag_counts: tuple[int, ...] = ()
+    byteorder: str = "<"
+
+    def imagej_metadata(self) -> dict[str, Any] | None:
+        """The IJMetadata tag parsed by tifffile (ranges, LUTs, labels...), or None."""
+        if not self.imagej_tag or not self.imagej_tag_counts:
+            return None
+        try:
+            # not exported at tifffile's top level, but stable for years
+            return tifffile.tifffile.imagej_metadata(self.imagej_tag, self.imagej_tag_counts,
+                                                     self.byteorder)
+        except (ValueError, struct.error, IndexError, UnicodeDecodeError):
+            return None
+
+
+@dataclass(frozen=True, eq=False)
+class FileDescription:
+    """All pages of the main IFD chain and the file's metadata."""
+
+    pages: tuple[SourcePage, ...]
+    metadata: FileMetadata
+    #: why the description stops before the end of the IFD chain (a loop, a broken IFD)
+    truncated: str | None = None
+
+    @property
+    def uniform(self) -> bool:
+        """True when all pages share shape and type, as an ImageJ stack requires."""
+        first = self.pages[0].shape_key()
+        return all(page.shape_key() == first for page in self.pages)
+
+    def to_bytes(self) -> bytes:
+        metadata = asdict(self.metadata)
+        if self.metadata.imagej_tag is not None:
+            metadata["imagej_tag"] = base64.b64encode(self.metadata.imagej_tag).decode()
+        record = {"format": FORMAT, "pages": [p.to_json() for p in self.pages],
+                  "metadata": metadata, "truncated": self.truncated}
+        return zlib.compress(json.dumps(record, separators=(",", ":")).encode(), 1)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "FileDescription":
+        """Raise ``ValueError`` for anything that is not a description of this format."""
+        try:
+            record = json.loads(zlib.decompress(data))
+            if record.get("format") != FORMAT:
+                raise ValueError("another format")
+            metadata = dict(record["metadata"])
+            if metadata["imagej_tag"] is not None:
+                metadata["imagej_tag"] = base64.b64decode(metadata["imagej_tag"])
+            metadata["imagej_tag_counts"] = tuple(metadata["imagej_tag_counts"])
+            pages = tuple(SourcePage.from_json(p) for p in record["pages"])
+            return cls(pages, FileMetadata(**metadata), record["truncated"])
+        except (zlib.error, KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"not a tifffs description: {exc}") from None
+
+
+def _array_text(array: np.ndarray) -> list:
+    little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return [little.dtype.str, list(little.shape), base64.b64encode(little.tobytes()).decode()]
+
+
+def _array_of(record: list) -> np.ndarray:
+    dtype, shape, data = record
+    return np.frombuffer(base64.b64decode(data), dtype=np.dtype(dtype)).reshape(shape)
+
+
+PLANAR_SEPARATE = int(PLANARCONFIG.SEPARATE)

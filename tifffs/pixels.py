@@ -1,0 +1,255 @@
+"""Pixel I/O of one open source version: rows of a page as numpy arrays.
+
+Pixels are read with ``os.pread``/``os.preadv`` on a read-only descriptor, never
+through a memory map: a map of a file that shrinks kills the process with SIGBUS,
+while a short read is an ordinary error (``SourceChanged``) the mount reports as EIO.
+Uncompressed strips are read in place into the caller's buffer; compressed strips and
+tiles are decoded by tifffile (imagecodecs), only those that hold a wanted row, their
+bytes fetched with one read per run of neighbouring segments.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import tifffile
+
+from tifffs.errors import BrokenSource, SourceChanged
+from tifffs.pages import FileDescription, SourcePage, SourceVersion, ceil_div
+
+#: Rows read one by one with gaps up to this are read as one span (``nearest``).
+SMALL_GAP_BYTES = 256 << 10
+#: At most this many buffers in one ``preadv`` (Linux's IOV_MAX is 1024).
+MAX_IOVECS = 1024
+
+
+class SourceFile:
+    """One version of a source TIFF, open read-only, and its description.
+
+    The descriptor is kept while the object lives (a handle reads it), so a source that
+    is renamed over or deleted keeps serving the version that was opened; a source that
+    is truncated or rewritten in place is detected by ``check_unchanged``.
+    """
+
+    def __init__(self, path: str, fd: int, version: SourceVersion,
+                 description: FileDescription) -> None:
+        self.path = path
+        self.fd = fd
+        self._closer = weakref.finalize(self, os.close, fd)
+        self.version = version
+        self.description = description
+        self._decoders: dict[int, Callable[..., Any]] = {}
+        self._decoder_lock = threading.Lock()
+
+    @property
+    def pages(self) -> tuple[SourcePage, ...]:
+        return self.description.pages
+
+    def close(self) -> None:
+        """Close the descriptor now (it is also closed when the object is collected)."""
+        self._closer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._closer.alive
+
+    def check_unchanged(self) -> None:
+        """Raise ``SourceChanged`` if the open file no longer is the version described."""
+        if not self.version.same_content(os.fstat(self.fd)):
+            raise SourceChanged("source changed while its view was open; reopen the view")
+
+    def read_rows(self, page: SourcePage, plane: int, start: int, stop: int, step: int = 1,
+                  out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``start:stop:step`` of one plane as a little-endian array (rows, width,
+        samples), written into ``out`` when given (it must have that shape and dtype)."""
+        rows = range(start, min(stop, page.height), step)
+        shape = (len(rows), page.width, page.samples_per_row_pixel)
+        if out is None:
+            out = np.empty(shape, dtype=page.dtype)
+        elif out.shape != shape or out.dtype != page.dtype:
+            raise ValueError(f"out has shape {out.shape} {out.dtype}, needs {shape}")
+        if rows:
+            if page.direct:
+                self._pread_rows(page, plane, rows, out)
+            else:
+                self._decode_rows(page, plane, rows, out)
+        if out.dtype.byteorder == ">":
+            out = out.byteswap().view(out.dtype.newbyteorder("<"))
+        return out
+
+    def _pread_rows(self, page: SourcePage, plane: int, rows: range, out: np.ndarray) -> None:
+        """Fill ``out`` with ``rows`` of uncompressed strips: one ``preadv`` per run of
+        rows in one strip; rows skipped by ``step`` go to a scratch buffer when the gap
+        is small (one contiguous read beats many small ones), else rows are read apart."""
+        row_bytes = page.row_bytes
+        target = memoryview(out.reshape(-1).view(np.uint8))
+        gap = (rows.step - 1) * row_bytes
+        scratch = _scratch(gap) if 0 < gap <= SMALL_GAP_BYTES else None
+        for offset, buffers, size in _runs(page, plane, rows, target, scratch):
+            if os.preadv(self.fd, buffers, offset) != size:
+                raise SourceChanged(
+                    f"source ends before page {page.index} row {rows.start} (file shrank?)")
+
+    def _decode_rows(self, page: SourcePage, plane: int, rows: range, out: np.ndarray) -> None:
+        """Fill ``out`` with ``rows`` from the strips or tiles that hold them."""
+        seg_rows, seg_width = page.segment_rows, page.segment_width
+        for seg_y in range(rows[0] // seg_rows, rows[-1] // seg_rows + 1):
+            top = seg_y * seg_rows
+            # the part of ``rows`` inside this row of segments, as out[i0:i1]
+            i0 = max(0, ceil_div(top - rows.start, rows.step))
+            i1 = min(len(rows), ceil_div(top + seg_rows - rows.start, rows.step))
+            if i0 >= i1:
+                continue
+            local = slice(rows[i0] - top, rows[i1 - 1] - top + 1, rows.step)
+            first = plane * page.segments_per_plane + seg_y * page.segments_across
+            for seg_x, segment in enumerate(self._segments(page, first, page.segments_across)):
+                left = seg_x * seg_width
+                right = min(left + seg_width, page.width)
+                if segment is None:  # a segment that was never written: zeros
+                    out[i0:i1, left:right] = 0
+                    continue
+                if segment.shape[0] < local.stop or segment.shape[1] < right - left:
+                    raise BrokenSource(f"page {page.index} segment {first + seg_x} is too "
+                                       "small")
+                out[i0:i1, left:right] = segment[local, :right - left]
+
+    def _segments(self, page: SourcePage, first: int,
+                  count: int) -> Iterator[np.ndarray | None]:
+        """Decoded segments ``first:first+count`` of a page, (rows, columns, samples) each,
+        None for a segment never written; neighbours in the file are read at once."""
+        decode = self._decoder(page)
+        for start, data in self._read_segment_bytes(page, first, count):
+            index = start
+            for chunk in data:
+                if chunk is None:
+                    yield None
+                else:
+                    yield _decoded(page, decode, chunk, index)
+                index += 1
+
+    def _read_segment_bytes(self, page: SourcePage, first: int,
+                            count: int) -> Iterator[tuple[int, list[bytes | None]]]:
+        offsets = page.offsets[first:first + count].tolist()
+        counts = page.bytecounts[first:first + count].tolist()
+        i = 0
+        while i < count:
+            if not offsets[i] or not counts[i]:
+                yield first + i, [None]
+                i += 1
+                continue
+            j = i + 1  # extend the run while the next segment follows in the file
+            while j < count and counts[j] and offsets[j] == offsets[j - 1] + counts[j - 1]:
+                j += 1
+            size = offsets[j - 1] + counts[j - 1] - offsets[i]
+            data = os.pread(self.fd, size, offsets[i])
+            if len(data) != size:
+                raise SourceChanged(f"source ends inside segment {first + i} of page "
+                                    f"{page.index}")
+            view = memoryview(data)
+            chunks: list[bytes | None] = []
+            for k in range(i, j):
+                begin = offsets[k] - offsets[i]
+                chunks.append(bytes(view[begin:begin + counts[k]]))
+            yield first + i, chunks
+            i = j
+
+    def _decoder(self, page: SourcePage) -> Callable[..., Any]:
+        """tifffile's decoder of a page, built from its IFD once per open file."""
+        with self._decoder_lock:
+            decode = self._decoders.get(page.ifd_offset)
+            if decode is None:
+                decode = self._decoders[page.ifd_offset] = _tifffile_decoder(
+                    self.fd, page, os.path.basename(self.path))
+            return decode
+
+
+_local = threading.local()
+
+
+def _scratch(size: int) -> memoryview:
+    """A per-thread buffer of at least ``size`` bytes (at most SMALL_GAP_BYTES): the rows
+    a strided read skips land there and are overwritten again."""
+    buffer = getattr(_local, "scratch", None)
+    if buffer is None:
+        buffer = _local.scratch = memoryview(bytearray(SMALL_GAP_BYTES))
+    return buffer[:size]
+
+
+def _decoded(page: SourcePage, decode: Callable[..., Any], data: bytes,
+             index: int) -> np.ndarray | None:
+    try:
+        segment = decode(data, index)[0]
+    except Exception as exc:  # noqa: BLE001  (codecs raise many types for corrupt data)
+        raise BrokenSource(f"page {page.index} segment {index}: cannot decode: {exc}") \
+            from exc
+    if segment is None:
+        return None
+    return segment.reshape(segment.shape[-3:])
+
+
+def _tifffile_decoder(fd: int, page: SourcePage, name: str) -> Callable[..., Any]:
+    """``TiffPage.decode`` of the IFD at ``page.ifd_offset`` (with its JPEG tables)."""
+    with open(fd, "rb", closefd=False) as fh:
+        fh.seek(0)
+        try:
+            with tifffile.TiffFile(fh, name=name) as tif:
+                tif.filehandle.seek(page.ifd_offset)
+                tiff_page = tifffile.TiffPage(tif, index=page.index)
+                decode = tiff_page.decode
+                tables = tiff_page.jpegtables
+        except Exception as exc:  # noqa: BLE001  (tifffile on a hostile IFD raises anything)
+            raise BrokenSource(f"page {page.index}: IFD unreadable: {exc!r}") from exc
+
+    def run(data: bytes, index: int) -> Any:
+        return decode(data, index, jpegtables=tables)
+
+    return run
+
+
+def _runs(page: SourcePage, plane: int, rows: range, target: memoryview,
+          scratch: memoryview | None) -> Iterator[tuple[int, list[memoryview], int]]:
+    """(file offset, buffers, bytes) of each ``preadv`` that reads ``rows`` into
+    ``target``: runs of rows in one strip, skipped rows into ``scratch``."""
+    row_bytes, rps = page.row_bytes, page.segment_rows
+    strips = page.offsets[plane * page.segments_per_plane:]
+    if rows.step == 1:
+        position = 0
+        for strip in range(rows.start // rps, (rows.stop - 1) // rps + 1):
+            first, last = max(rows.start, strip * rps), min(rows.stop, (strip + 1) * rps)
+            size = (last - first) * row_bytes
+            offset = int(strips[strip]) + (first - strip * rps) * row_bytes
+            yield offset, [target[position:position + size]], size
+            position += size
+        return
+    yield from _strided_runs(strips, rps, row_bytes, rows, target, scratch)
+
+
+def _strided_runs(strips: np.ndarray, rps: int, row_bytes: int, rows: range,
+                  target: memoryview, scratch: memoryview | None
+                  ) -> Iterator[tuple[int, list[memoryview], int]]:
+    """Every ``step``-th row: with a scratch buffer, one read per strip (and per
+    IOV_MAX buffers) takes the skipped rows into scratch; else one read per row."""
+    position = 0
+    run: list[memoryview] = []
+    run_offset = run_size = 0
+    last_strip = -1
+    for row in rows:
+        strip = row // rps
+        offset = int(strips[strip]) + (row - strip * rps) * row_bytes
+        row_view = target[position:position + row_bytes]
+        position += row_bytes
+        contiguous = scratch is not None and strip == last_strip and \
+            len(run) + 2 <= MAX_IOVECS and offset == run_offset + run_size + len(scratch)
+        if contiguous:
+            run += [scratch, row_view]
+            run_size += len(scratch) + row_bytes
+            continue
+        if run:
+            yield run_offset, run, run_size
+        run, run_offset, run_size, last_strip = [row_view], offset, row_bytes, strip
+    if run:
+        yield run_offset, run, run_size

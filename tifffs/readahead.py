@@ -1,0 +1,66 @@
+"""Read-ahead strategies, one object per open handle (two readers of one file do not
+reset each other's run), in the manner of fsspec's cache classes: each decides from
+the reads it sees which bands to render ahead, and counts what it did."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: (page, plane, band) of a view
+BandKey = tuple[int, int, int]
+#: A reader is sequential once it has read on into this many bands in a row.
+START_AFTER_BANDS = 4
+
+
+@dataclass
+class ReadAheadStats:
+    reads: int = 0
+    runs_started: int = 0  # times a reader was seen going on through the file
+    bands_requested: int = 0  # bands asked to be rendered ahead
+
+
+class NoReadAhead:
+    """Render only what is read."""
+
+    name = "none"
+
+    def __init__(self, depth: int = 0) -> None:
+        self.stats = ReadAheadStats()
+
+    def after_read(self, offset: int, end: int, last_band: BandKey) -> int:
+        """How many bands after ``last_band`` to render ahead (0: none)."""
+        self.stats.reads += 1
+        return 0
+
+
+class SequentialReadAhead:
+    """Render ``depth`` bands ahead (one per core, so they render side by side) of a
+    reader that has read on through three bands in order: a copy, not a look at one
+    page (the kernel's own read-ahead alone reaches two bands past a small page)."""
+
+    name = "sequential"
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self.stats = ReadAheadStats()
+        self._end = -1
+        self._last_band: BandKey | None = None
+        self._bands_in_run = 0
+
+    def after_read(self, offset: int, end: int, last_band: BandKey) -> int:
+        self.stats.reads += 1
+        if offset != self._end:
+            self._bands_in_run = 0
+        if last_band != self._last_band:
+            self._bands_in_run += 1
+            self._last_band = last_band
+        self._end = end
+        if self._bands_in_run < START_AFTER_BANDS:
+            return 0
+        if self._bands_in_run == START_AFTER_BANDS:
+            self.stats.runs_started += 1
+        self.stats.bands_requested += self.depth
+        return self.depth
+
+
+STRATEGIES = {cls.name: cls for cls in (NoReadAhead, SequentialReadAhead)}

@@ -1,0 +1,38 @@
+"""Assembling a mount's parts: band cache, render pool, index, catalog, tree."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+
+from tifffs.catalog import Catalog
+from tifffs.index import open_index
+from tifffs.render import RenderPool
+from tifffs.tree import ViewTree
+from tifffs.views import View
+from tifffs.virtual import band_cache
+
+log = logging.getLogger("tifffs")
+
+
+def build_tree(source: str, views: tuple[View, ...], cache_bytes: int,
+               index_dir: str | None) -> ViewTree:
+    """The tree of a mount; ``index_dir`` None: no index, "": the default folder."""
+    index = None if index_dir is None else open_index(index_dir or None)
+    catalog = Catalog(band_cache(cache_bytes), RenderPool(), index,
+                      inside=os.path.realpath(source))
+    return ViewTree(source, views, catalog)
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft limit of open files to the hard limit; the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard,
+                        exc)
+    return soft

@@ -1,0 +1,298 @@
+"""``ViewTree``: the mount's files and folders, without FUSE.
+
+Paths here are OS strings (``/x4/run1/a.tif``). The tree maps them to source files,
+keeps listings inside SOURCE, gives attributes (sizes from the catalog), opens handles,
+serves the stats file, and decides how the kernel may cache each open file. Errors are
+raised as ``OSError`` (with their errno) or ``TifffsError``; the FUSE adapter maps them.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import threading
+from typing import Any, Iterator, NamedTuple, Protocol
+
+from tifffs.catalog import Catalog
+from tifffs.kernel_cache import KernelCachePolicy
+from tifffs.pages import SourceVersion
+from tifffs.problems import ProblemLog
+from tifffs.sources import open_regular
+from tifffs.stats import STATS_DIR, STATS_FILE, ReadCounters, format_stats
+from tifffs.views import MountPath, View, is_inside, is_tiff_name, parse_mount_path, source_path
+
+#: Reported as st_blksize so that readers (cp, Python) make large reads.
+BLOCK_SIZE = 1 << 20
+#: Inode numbers of the root, the stats folder and file; views' folders follow.
+ROOT_INO, STATS_DIR_INO, STATS_FILE_INO = 1, 2, 3
+_FIRST_VIEW_INO = 16
+
+
+class Handle(Protocol):
+    """An open file of the mount."""
+
+    version: SourceVersion | None  # None for the stats file
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def attributes(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class Entry(NamedTuple):
+    """One name of a listing, with the attributes ``readdir`` passes on (type, inode)."""
+
+    name: str
+    attributes: dict[str, Any] | None
+
+
+def view_inode(device: int, inode: int, view: str) -> int:
+    """A stable inode number for ``view``'s entry of the source (device, inode): the same
+    on every mount and in every order of lookups, different for each view."""
+    digest = hashlib.blake2b(f"{device}:{inode}:{view}".encode(), digest_size=8).digest()
+    return max(_FIRST_VIEW_INO + 1024, int.from_bytes(digest, "little") >> 1)
+
+
+class ViewTree:
+    """Read-only tree over ``source_root`` with one folder per view."""
+
+    def __init__(self, source_root: str, views: tuple[View, ...], catalog: Catalog) -> None:
+        self.root = os.path.abspath(source_root)
+        self.real_root = os.path.realpath(source_root)
+        self.views = {v.name: v for v in views}
+        self._view_ino = {name: _FIRST_VIEW_INO + i for i, name in enumerate(self.views)}
+        self.catalog = catalog
+        self.problems = ProblemLog()
+        self.counters = ReadCounters()
+        self.caching = KernelCachePolicy()
+        self._lock = threading.Lock()
+
+    # -- paths
+    def resolve(self, path: str) -> tuple[MountPath, str]:
+        """(mount path, source path) of a path of the mount; ENOENT if there is none."""
+        mount_path = parse_mount_path(path, self.views)
+        if mount_path is None:
+            raise FileNotFoundError(errno.ENOENT, "no such view or path")
+        source = source_path(self.root, mount_path.relative)
+        if mount_path.relative and not is_inside(os.path.realpath(source), self.real_root):
+            raise FileNotFoundError(errno.ENOENT, "a symlink leading out of SOURCE")
+        return mount_path, source
+
+    def source_of(self, path: str) -> str:
+        """The source file a mount path names (for log lines), else the path itself."""
+        mount_path = parse_mount_path(path, self.views)
+        if mount_path is None or mount_path.is_root:
+            return path
+        return source_path(self.root, mount_path.relative)
+
+    # -- attributes
+    def attributes(self, path: str) -> dict[str, Any]:
+        """``stat`` of a mount path: sizes of views from metadata alone."""
+        self.counters.add(getattrs=1)
+        if path in (STATS_DIR, STATS_FILE):
+            return self._stats_attributes(path)
+        mount_path, source = self.resolve(path)
+        st = os.stat(source)
+        if mount_path.is_root:
+            attrs = _attributes(st, ROOT_INO)
+            attrs.update(st_mode=stat.S_IFDIR | 0o555, st_nlink=3 + len(self.views))
+            return attrs
+        view = mount_path.view
+        assert view is not None
+        if not mount_path.relative:
+            attrs = _attributes(st, self._view_ino[view.name])
+        else:
+            attrs = _attributes(st, view_inode(st.st_dev, st.st_ino, view.name))
+        if stat.S_ISDIR(st.st_mode):
+            return attrs
+        if not stat.S_ISREG(st.st_mode):
+            raise FileNotFoundError(errno.ENOENT, "not shown")  # fifos, sockets, devices
+        if is_tiff_name(mount_path.relative):
+            attrs["st_size"] = self.catalog.size(source, st, view)
+            attrs["st_blocks"] = -(-attrs["st_size"] // 512)
+        return attrs
+
+    # -- listings
+    def list(self, path: str) -> list[Entry]:
+        """The names of a folder of the mount, with their types and inode numbers."""
+        if path == STATS_DIR:
+            return [Entry(".", None), Entry("..", None),
+                    Entry(os.path.basename(STATS_FILE), {"st_mode": stat.S_IFREG,
+                                                         "st_ino": STATS_FILE_INO})]
+        mount_path, source = self.resolve(path)
+        if mount_path.is_root:
+            return [Entry(".", None), Entry("..", None),
+                    Entry(STATS_DIR[1:], {"st_mode": stat.S_IFDIR, "st_ino": STATS_DIR_INO}),
+                    *(Entry(name, {"st_mode": stat.S_IFDIR, "st_ino": self._view_ino[name]})
+                      for name in self.views)]
+        view = mount_path.view
+        assert view is not None
+        self.catalog.preload(source, view)
+        device = os.stat(source).st_dev
+        above = self._real_directories(mount_path.relative)
+        return [Entry(".", None), Entry("..", None),
+                *self._entries(source, device, view.name, above)]
+
+    def _entries(self, source: str, device: int, view: str,
+                 above: list[str]) -> Iterator[Entry]:
+        with os.scandir(source) as entries:
+            for entry in entries:
+                mode = self._listed_type(entry, above)
+                if mode is None:
+                    continue
+                if entry.is_symlink():
+                    st = entry.stat()
+                    ino = view_inode(st.st_dev, st.st_ino, view)
+                else:
+                    ino = view_inode(device, entry.inode(), view)
+                yield Entry(entry.name, {"st_mode": mode, "st_ino": ino})
+
+    def _listed_type(self, entry: os.DirEntry, above: list[str]) -> int | None:
+        """S_IFREG or S_IFDIR for what is listed: regular files and folders; symlinks
+        only to inside SOURCE, and not to a folder the listing is already in (recursive
+        tools would never finish). None for the rest."""
+        try:
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if not is_inside(target, self.real_root):
+                    return None
+                if entry.is_dir() and any(is_inside(d, target) for d in above):
+                    return None
+            if entry.is_dir():
+                return stat.S_IFDIR
+            return stat.S_IFREG if entry.is_file() else None
+        except OSError:
+            return None
+
+    def _real_directories(self, relative: str) -> list[str]:
+        """Resolved paths of SOURCE and of every folder down to ``relative``."""
+        parts = relative.split("/") if relative else []
+        return [self.real_root] + [
+            os.path.realpath(source_path(self.root, "/".join(parts[:i])))
+            for i in range(1, len(parts) + 1)]
+
+    # -- files
+    def open(self, path: str) -> Handle:
+        """A handle of a file of the mount (read-only)."""
+        self.counters.add(opens=1)
+        if path == STATS_FILE:
+            return Snapshot(self.stats_text().encode())
+        mount_path, source = self.resolve(path)
+        if mount_path.is_root or not mount_path.relative:
+            raise IsADirectoryError(errno.EISDIR, "is a folder")
+        view = mount_path.view
+        assert view is not None
+        if is_tiff_name(mount_path.relative):
+            return ViewHandle(self.catalog, source, view,
+                              view_inode_of=lambda st: view_inode(st.st_dev, st.st_ino,
+                                                                  view.name))
+        return PassthroughFile(source, self.real_root,
+                               lambda st: view_inode(st.st_dev, st.st_ino, view.name))
+
+    def statfs(self) -> dict[str, int]:
+        """Figures of the source's filesystem, as they are: ``df`` shows the source's
+        use, not a full disk (a read-only mount has no free space to offer, but monitors
+        that alarm on 100 % would fire on every tifffs mount)."""
+        sv = os.statvfs(self.root)
+        return {"f_bsize": BLOCK_SIZE, "f_frsize": sv.f_frsize, "f_blocks": sv.f_blocks,
+                "f_bfree": sv.f_bfree, "f_bavail": sv.f_bavail, "f_files": sv.f_files,
+                "f_ffree": sv.f_ffree, "f_favail": sv.f_favail, "f_namemax": sv.f_namemax}
+
+    # -- statistics
+    def _stats_attributes(self, path: str) -> dict[str, Any]:
+        st = os.stat(self.root)
+        is_dir = path == STATS_DIR
+        return {"st_mode": stat.S_IFDIR | 0o555 if is_dir else stat.S_IFREG | 0o444,
+                "st_ino": STATS_DIR_INO if is_dir else STATS_FILE_INO,
+                "st_nlink": 2 if is_dir else 1, "st_size": 0, "st_uid": st.st_uid,
+                "st_gid": st.st_gid, "st_mtime": st.st_mtime_ns, "st_atime": st.st_atime_ns,
+                "st_ctime": st.st_ctime_ns, "st_blksize": BLOCK_SIZE}
+
+    def stats_text(self) -> str:
+        bands = self.catalog.bands
+        return format_stats(self.counters, bands.stats(), bands.capacity,
+                            self.problems.errors_per_file(),
+                            {"sources_open": self.catalog.held_sources()})
+
+
+class Snapshot:
+    """Bytes fixed at open (the stats file)."""
+
+    version = None
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.data[offset:offset + length]
+
+    def attributes(self) -> dict[str, Any]:
+        raise FileNotFoundError(errno.ENOENT, "no attributes of its own")
+
+    def close(self) -> None:
+        pass
+
+
+class ViewHandle:
+    """An open view: a reader of one source version, held until closed."""
+
+    def __init__(self, catalog: Catalog, source: str, view: View, view_inode_of: Any) -> None:
+        self._catalog = catalog
+        self.reader = catalog.open(source, view)
+        self.version: SourceVersion | None = self.reader.view.source.version
+        self._inode_of = view_inode_of
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.reader.read(offset, length)
+
+    def attributes(self) -> dict[str, Any]:
+        """Attributes of the version this handle serves, even if replaced since."""
+        st = os.fstat(self.reader.view.source.fd)
+        attrs = _attributes(st, self._inode_of(st))
+        attrs["st_size"] = self.reader.size
+        attrs["st_blocks"] = -(-attrs["st_size"] // 512)
+        return attrs
+
+    def close(self) -> None:
+        self._catalog.close(self.reader)
+
+
+class PassthroughFile:
+    """A non-TIFF source file served unchanged."""
+
+    def __init__(self, path: str, real_root: str, inode_of: Any) -> None:
+        self.fd = open_regular(path, inside=real_root)
+        self.version: SourceVersion | None = SourceVersion.of(os.fstat(self.fd))
+        self._inode_of = inode_of
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def attributes(self) -> dict[str, Any]:
+        st = os.fstat(self.fd)
+        return _attributes(st, self._inode_of(st))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _attributes(st: os.stat_result, ino: int) -> dict[str, Any]:
+    """Attributes of a source file or folder as the mount shows them: its mode bits
+    (copies behave like copies of the source; the mount itself is read-only), times in
+    nanoseconds, a stable inode number."""
+    return {
+        "st_mode": st.st_mode,
+        "st_ino": ino,
+        "st_nlink": st.st_nlink,
+        "st_uid": st.st_uid,
+        "st_gid": st.st_gid,
+        "st_atime": st.st_atime_ns,
+        "st_mtime": st.st_mtime_ns,
+        "st_ctime": st.st_ctime_ns,
+        "st_size": st.st_size,
+        "st_blocks": -(-st.st_size // 512),
+        "st_blksize": BLOCK_SIZE,
+    }
