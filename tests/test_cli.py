@@ -25,6 +25,7 @@ def small_source(tmp_path) -> Path:
     return source
 
 
+@pytest.mark.mount
 def test_background_mount_returns_when_usable_and_releases_the_terminal(small_source, tmp_path):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
@@ -43,6 +44,7 @@ def test_background_mount_returns_when_usable_and_releases_the_terminal(small_so
     assert not os.path.ismount(mountpoint)
 
 
+@pytest.mark.mount
 def test_mount_options_in_o_form(small_source, tmp_path):
     with mounted(small_source, tmp_path, "-o", "factors=3:5,method=nearest,cache_size=8M") as m:
         assert sorted(os.listdir(m.path)) == [".tifffs", "x3", "x5"]
@@ -51,6 +53,7 @@ def test_mount_options_in_o_form(small_source, tmp_path):
         np.testing.assert_array_equal(view, source[::3, ::3])
 
 
+@pytest.mark.mount
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_foreground_signal_unmounts_cleanly(small_source, tmp_path, signum):
     mountpoint = tmp_path / "mnt"
@@ -92,6 +95,7 @@ def test_errors_say_what_to_do(small_source, tmp_path):
     _fails([str(small_source), str(tmp_path / "m"), "--cache-size", "lots"], "invalid size")
 
 
+@pytest.mark.mount
 def test_already_mounted_mountpoint_is_refused(small_source, tmp_path):
     with mounted(small_source, tmp_path) as m:
         _fails([str(small_source), str(m.path)], "already mounted", "fusermount -u")
@@ -106,6 +110,7 @@ def test_render_reports_broken_source(tmp_path):
     assert "bad.tif" in result.stderr
 
 
+@pytest.mark.mount
 def test_restart_after_sigkill_clears_the_stale_mount(small_source, tmp_path):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()

@@ -12,6 +12,8 @@ import tifffile
 
 from conftest import mounted
 
+pytestmark = pytest.mark.mount
+
 PAGES, SIDE = 70, 8000  # 70 x 64 MB = 4.48 GB > 4 GiB, stored sparse but the last page
 PROBE = Path(__file__).with_name("ImageJVirtualProbe.java")
 IMAGEJ_JAR = "/usr/share/java/ij.jar"

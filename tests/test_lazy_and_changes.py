@@ -18,6 +18,8 @@ import tifffile
 from conftest import mounted, wait_for
 from tifffs import open_view
 
+pytestmark = pytest.mark.mount
+
 LIGHTSHEET_SHAPE = (101, 2048, 2048)
 
 

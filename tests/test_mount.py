@@ -17,6 +17,8 @@ from conftest import SOURCE_KINDS
 from reference import read_pages, reference_page
 from tifffs import open_view
 
+pytestmark = pytest.mark.mount
+
 FACTORS = (2, 4, 8)
 GOOD_FILES = [*SOURCE_KINDS, "ome_two_series.ome.tif", "run1/deeper/stack.TIFF",
               "broken/neighbour.tif"]
