@@ -35,7 +35,7 @@ def test_background_mount_returns_when_usable_and_releases_the_terminal(small_so
         result = subprocess.run([*TIFFFS, str(small_source), str(mountpoint),
                                  "--log-file", str(tmp_path / "log")],
                                 stdin=subprocess.DEVNULL, capture_output=True,
-                                timeout=MOUNT_TIMEOUT)
+                                timeout=MOUNT_TIMEOUT, check=False)
         assert result.returncode == 0, result.stderr
         assert os.path.ismount(mountpoint)
         assert tifffile.imread(mountpoint / "x2" / "a.tif").shape == (32, 24)
@@ -74,7 +74,7 @@ def test_foreground_signal_unmounts_cleanly(small_source, tmp_path, signum):
 
 def _fails(args: list[str], *expected: str) -> None:
     result = subprocess.run([*TIFFFS, *args], capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, timeout=MOUNT_TIMEOUT)
+                            stdin=subprocess.DEVNULL, timeout=MOUNT_TIMEOUT, check=False)
     assert result.returncode != 0
     for text in expected:
         assert text in result.stderr, result.stderr
@@ -105,7 +105,7 @@ def test_render_reports_broken_source(tmp_path):
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"II*\0garbage")
     result = subprocess.run([*TIFFFS, "render", str(bad), str(tmp_path / "out.tif")],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, check=False)
     assert result.returncode == 1
     assert "bad.tif" in result.stderr
 
@@ -124,7 +124,7 @@ def test_restart_after_sigkill_clears_the_stale_mount(small_source, tmp_path):
             os.listdir(mountpoint)
         result = subprocess.run([*TIFFFS, str(small_source), str(mountpoint)],
                                 capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                timeout=MOUNT_TIMEOUT)
+                                timeout=MOUNT_TIMEOUT, check=False)
         assert result.returncode == 0, result.stderr
         assert "cleared a stale tifffs mount" in result.stderr
         assert tifffile.imread(mountpoint / "x2" / "a.tif").shape == (32, 24)

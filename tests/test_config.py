@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from tifffs.config import (DEFAULT_CACHE_BYTES, ConfigError, MountConfig, parse_factors,
-                           parse_method, parse_size, parse_views, split_mount_options)
+from tifffs.config import (
+    DEFAULT_CACHE_BYTES,
+    ConfigError,
+    MountConfig,
+    parse_factors,
+    parse_method,
+    parse_size,
+    parse_views,
+    split_mount_options,
+)
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -145,7 +145,7 @@ def test_unreadable_source_gives_eacces():
                            *command]
             else:  # the daemon itself may not read the file
                 os.chmod(secret, 0o000)
-            result = subprocess.run(command, capture_output=True, text=True)
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
             assert result.returncode == 13, result.stderr
     finally:
         shutil.rmtree(work)

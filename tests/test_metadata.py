@@ -109,7 +109,7 @@ def test_imagej_tags_never_raise(metadata):
 
 def test_imagej_tags_keep_ranges_and_labels_but_not_rois():
     tags = imagej_tags({"Ranges": (0.0, 255.0), "Labels": ["a", "b"], "ROI": b"roi"})
-    data = dict((code, value) for code, _, _, value in tags)[50839]
+    data = {code: value for code, _, _, value in tags}[50839]
     assert b"lgnar" not in data and b"gnar" in data and b"lbal" in data  # little-endian
     assert b"roi" not in data
 

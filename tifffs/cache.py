@@ -8,12 +8,15 @@ the computing thread's exception, chained to it.
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Callable, Generic, Hashable, TypeVar
+from typing import Generic, TypeVar
 
 V = TypeVar("V")
+log = logging.getLogger("tifffs")
 
 
 @dataclass
@@ -98,7 +101,8 @@ class LruCache(Generic[V]):
                  submit: Callable[[Callable[[], None]], object]) -> None:
         """Have ``submit`` compute ``key`` in the background unless it is held or in flight.
 
-        Errors of a prefetch are dropped: a later ``get`` computes again and raises.
+        Errors of a prefetch are only logged (debug): a later ``get`` computes again and
+        raises.
         """
         with self._lock:
             if key in self._items or key in self._pending:
@@ -107,8 +111,8 @@ class LruCache(Generic[V]):
         def run() -> None:
             try:
                 self.get(key, compute)
-            except Exception:  # noqa: BLE001  (the reader that needs it will see it)
-                pass
+            except Exception as exc:  # noqa: BLE001  (the reader that needs it will see it)
+                log.debug("prefetch of %r failed: %s", key, exc)
 
         submit(run)
 

@@ -231,7 +231,7 @@ def _serve_in_background(config: MountConfig) -> int:
         try:
             _setup_logging(config, background=True)
             status = _serve(config, on_ready=ready)
-        except BaseException as exc:  # report, never a traceback into the void
+        except BaseException as exc:  # noqa: BLE001  (reported, never a traceback into the void)
             os.write(2, f"tifffs: error: {exc}\n".encode())
         finally:
             os._exit(status)
