@@ -14,8 +14,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -44,9 +44,10 @@ def is_mounted(mountpoint: Path) -> bool:
 def unmount(mountpoint: Path) -> None:
     """Unmount, lazily if a reader still holds it; a no-op when nothing is mounted."""
     if is_mounted(mountpoint):
-        result = subprocess.run([fusermount(), "-u", str(mountpoint)], capture_output=True)
+        result = subprocess.run([fusermount(), "-u", str(mountpoint)], capture_output=True,
+                                check=False)
         if result.returncode != 0:
-            subprocess.run([fusermount(), "-uz", str(mountpoint)], capture_output=True)
+            subprocess.run([fusermount(), "-uz", str(mountpoint)], capture_output=True, check=False)
 
 
 def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None,
@@ -92,8 +93,9 @@ def mounted(source: Path, workdir: Path, *options: str,
         options = ("--index-dir", str(workdir / "index"), *options)  # private to the mount
     command = [sys.executable, "-m", "tifffs", str(source), str(mountpoint), "-f",
                "--log-file", str(log), *options]
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=open(workdir / "stderr.txt", "wb"))
+    with open(workdir / "stderr.txt", "wb") as stderr:  # the daemon keeps its own copy
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         wait_for(lambda: os.path.ismount(mountpoint), MOUNT_TIMEOUT, "the mount", process, log)
         mount = Mount(source, mountpoint, log, process)

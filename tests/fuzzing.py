@@ -30,6 +30,7 @@ import argparse
 import gc
 import hashlib
 import io
+import logging
 import os
 import random
 import resource
@@ -37,10 +38,9 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
-import logging
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -48,10 +48,9 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
-from crafted import ifd_chain  # noqa: E402
-
-import tifffs  # noqa: E402
-from tifffs.errors import TifffsError  # noqa: E402
+import tifffs
+from crafted import ifd_chain
+from tifffs.errors import TifffsError
 
 FACTORS = (1, 2, 3, 4, 7)
 METHODS = ("mean", "nearest", "max", "median", "mode")
@@ -199,7 +198,7 @@ class Fuzzer:
             self._exercise(factor, method, random.Random(read_seed))
         except (TifffsError, OSError):
             self.refused += 1
-        except BaseException as exc:  # noqa: BLE001 - anything else is a finding
+        except BaseException as exc:  # anything else is a finding
             if isinstance(exc, KeyboardInterrupt):
                 raise
             self._save(name, data, factor, method, exc)

@@ -9,8 +9,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 NOBODY = 65534
 INSTALL_HINT = "run scripts/test, which installs it"
@@ -39,7 +40,7 @@ def call_with_timeout(function: Callable[[], Any], timeout: float, what: str) ->
     def run() -> None:
         try:
             outcome["value"] = function()
-        except BaseException as exc:  # handed to the caller
+        except BaseException as exc:  # noqa: BLE001  (handed to the caller)
             outcome["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True, name=f"call {what}")
@@ -87,7 +88,7 @@ def clear_mount(mountpoint: Path) -> None:
     is not connected", which ``os.path.ismount`` does not recognise)."""
     for command in ("fusermount", "fusermount3"):
         if shutil.which(command):
-            subprocess.run([command, "-uz", str(mountpoint)], capture_output=True)
+            subprocess.run([command, "-uz", str(mountpoint)], capture_output=True, check=False)
             return
 
 
@@ -117,7 +118,7 @@ def python_in_subprocess(code: str, timeout: float, what: str) -> subprocess.Com
     loop in a thread of the test process itself would run for the rest of the session)."""
     try:
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              timeout=timeout, cwd=Path(__file__).parent)
+                              timeout=timeout, cwd=Path(__file__).parent, check=False)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"{what} did not return within {timeout:.0f} s (hang)") from None
 

@@ -25,8 +25,7 @@ import tifffile
 from conftest import mounted, wait_for
 from crafted import FAIL_ON_READ, broken_files, ifd_chain, tifffile_bytes
 from reference import reference_page
-from robustness import (call_with_timeout, errno_of, guarded_errno, memory_kib,
-                        python_in_subprocess)
+from robustness import call_with_timeout, errno_of, guarded_errno, memory_kib, python_in_subprocess
 from tifffs import open_view
 from tifffs.errors import TifffsError
 
@@ -270,7 +269,7 @@ def test_growing_file_is_followed(tmp_path):
         for page in pages[1:]:
             _write(path, page, append=True)
             before = attempts[0]  # let the reader try at least once per page
-            wait_for(lambda: attempts[0] > before or not reader.is_alive(), HANG,
+            wait_for(lambda before=before: attempts[0] > before or not reader.is_alive(), HANG,
                      "a view read")
         done.set()
         reader.join(HANG)
@@ -470,7 +469,7 @@ def test_crafted_files_are_what_their_names_say():
     for name in FAIL_ON_READ:
         with tifffile.TiffFile(io.BytesIO(BROKEN[name])) as tif:
             assert tif.pages.first.shape == (48, 64)
-            with pytest.raises(Exception):
+            with pytest.raises(Exception):  # noqa: B017  (whichever error tifffile raises)
                 tif.asarray()
     chain = ifd_chain(tifffile_bytes(np.zeros((130, 4, 4), np.uint8)))
     looped = BROKEN["ifd_loop_after_100.tif"]

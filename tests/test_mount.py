@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import random
 import subprocess
@@ -16,6 +17,8 @@ import tifffile
 from conftest import SOURCE_KINDS
 from reference import read_pages, reference_page
 from tifffs import open_view
+
+pytestmark = pytest.mark.mount
 
 FACTORS = (2, 4, 8)
 GOOD_FILES = [*SOURCE_KINDS, "ome_two_series.ome.tif", "run1/deeper/stack.TIFF",
@@ -65,7 +68,7 @@ def test_ifds_precede_contiguous_pixel_data(mount):
         ifd_offsets = [page.offset for page in tif.pages]
         data = [(page.dataoffsets[0], sum(page.databytecounts)) for page in tif.pages]
     assert max(ifd_offsets) < data[0][0]
-    for (offset, size), (next_offset, _) in zip(data, data[1:]):
+    for (offset, size), (next_offset, _) in itertools.pairwise(data):
         assert offset + size == next_offset
 
 
@@ -150,7 +153,7 @@ def test_tree_mirrors_source_with_companion_files(sources, mount):
 
 
 def test_cp_r_copies_a_view_tree(sources, mount, tmp_path):
-    root, arrays = sources
+    _, arrays = sources
     target = tmp_path / "run1_small"
     subprocess.run(["cp", "-r", str(mount.path / "x4" / "run1"), str(target)], check=True)
     assert (target / "notes.txt").read_text() == "acquisition notes\n"
@@ -184,7 +187,7 @@ def test_broken_source_gives_eio_and_one_log_line(sources, mount, name):
     root, arrays = sources
     view = mount.path / "x4" / "broken" / name
     for attempt in range(3):
-        for operation in (os.stat, lambda p: open(p, "rb").read()):
+        for operation in (os.stat, lambda p: Path(p).read_bytes()):
             with pytest.raises(OSError) as excinfo:
                 operation(view)
             assert excinfo.value.errno == errno.EIO

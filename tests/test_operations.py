@@ -75,13 +75,13 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
     unit = _rendered_unit(tmp_path)
     instance = tmp_path / "tifffs@raw.service"  # verify loads the template for it
     result = subprocess.run([analyze, "verify", str(instance)], capture_output=True,
-                            text=True, timeout=120, cwd=tmp_path)
+                            text=True, timeout=120, cwd=tmp_path, check=False)
     output = (result.stdout + result.stderr).strip()
     assert result.returncode == 0 and not output, output
     # and it can fail: a unit naming a command that does not exist is refused
     unit.write_text(unit.read_text().replace(str(TIFFFS_BIN), str(tmp_path / "nowhere")))
     result = subprocess.run([analyze, "verify", str(instance)], capture_output=True,
-                            text=True, timeout=120, cwd=tmp_path)
+                            text=True, timeout=120, cwd=tmp_path, check=False)
     assert result.returncode != 0 and "nowhere" in result.stderr
 
 
@@ -138,7 +138,8 @@ def test_systemd_unit_lifecycle(small_source, tmp_path):
     def run_all(key: str) -> None:
         for line in settings.get(key, []):
             command, ignore_failure = _systemd_command(line, environment)
-            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            result = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                                    check=False)
             assert ignore_failure or result.returncode == 0, (command, result.stderr)
 
     def start() -> subprocess.Popen:
@@ -277,7 +278,7 @@ def test_mount_through_mount8_read_and_unmount(small_source, tmp_path, how):
                             str(expected_file), *command]))
     try:
         result = subprocess.run([unshare, "--mount", "--propagation", "private", "sh", "-c",
-                                 script], capture_output=True, text=True, timeout=180)
+                                 script], capture_output=True, text=True, timeout=180, check=False)
         assert result.returncode == 0 and result.stdout.strip() == "OK", \
             f"{result.stdout}\n{result.stderr}\n{log.read_text() if log.exists() else ''}"
         text = log.read_text()
@@ -353,7 +354,7 @@ def test_background_mount_logs_to_log_file(small_source, tmp_path):
     try:
         result = subprocess.run([sys.executable, "-m", "tifffs", str(source), str(mountpoint),
                                  "--log-file", str(log)], capture_output=True, text=True,
-                                stdin=subprocess.DEVNULL, timeout=MOUNT_TIMEOUT)
+                                stdin=subprocess.DEVNULL, timeout=MOUNT_TIMEOUT, check=False)
         assert result.returncode == 0, result.stderr
         assert errno_of(lambda: os.stat(mountpoint / "x4" / "broken.tif")) == errno.EIO
         wait_for(lambda: "broken.tif" in log.read_text(), 10, "the log line")
@@ -385,7 +386,7 @@ def test_stale_mount_of_another_filesystem_is_explained_not_cleared(small_source
         assert errno_of(lambda: os.listdir(mountpoint)) == errno.ENOTCONN
         result = subprocess.run([sys.executable, "-m", "tifffs", str(source), str(mountpoint)],
                                 capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                timeout=MOUNT_TIMEOUT)
+                                timeout=MOUNT_TIMEOUT, check=False)
         assert result.returncode != 0
         assert "stale mount" in result.stderr and f"fusermount -u {mountpoint}" in \
             result.stderr, result.stderr

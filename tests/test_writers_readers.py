@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import readers
 import tifffile
+
+import readers
 import writers
 from conftest import Mount, mounted
 from reference import reference_page

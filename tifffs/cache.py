@@ -1,17 +1,22 @@
 """A thread-safe LRU cache bounded by weight, that computes each missing key once.
 
 Concurrent ``get`` calls for a key that is being computed wait for that computation
-instead of starting their own. Exceptions are passed to every waiter and not cached.
+instead of starting their own. Exceptions are not cached; every waiter gets a copy of
+the computing thread's exception, chained to it.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Callable, Generic, Hashable, TypeVar
+from typing import Generic, TypeVar
 
 V = TypeVar("V")
+log = logging.getLogger("tifffs")
 
 
 @dataclass
@@ -30,6 +35,20 @@ class _Pending:
         self.done = threading.Event()
         self.value: object = None
         self.error: BaseException | None = None
+
+
+def _fresh(error: BaseException) -> BaseException:
+    """A new instance of ``error`` for one waiting thread, caused by ``error``.
+
+    Raising one instance in several threads makes them write its ``__traceback__`` at
+    once, so each would report frames of the others (and keep them alive).
+    """
+    try:
+        fresh = copy.copy(error)
+    except Exception:  # noqa: BLE001  (a class that cannot be rebuilt: share, keep the type)
+        return error
+    fresh.__cause__ = error
+    return fresh
 
 
 class LruCache(Generic[V]):
@@ -62,7 +81,7 @@ class LruCache(Generic[V]):
         if not owner:
             pending.done.wait()
             if pending.error is not None:
-                raise pending.error
+                raise _fresh(pending.error)
             return pending.value  # type: ignore[return-value]
         try:
             value = compute()
@@ -82,7 +101,8 @@ class LruCache(Generic[V]):
                  submit: Callable[[Callable[[], None]], object]) -> None:
         """Have ``submit`` compute ``key`` in the background unless it is held or in flight.
 
-        Errors of a prefetch are dropped: a later ``get`` computes again and raises.
+        Errors of a prefetch are only logged (debug): a later ``get`` computes again and
+        raises.
         """
         with self._lock:
             if key in self._items or key in self._pending:
@@ -91,8 +111,8 @@ class LruCache(Generic[V]):
         def run() -> None:
             try:
                 self.get(key, compute)
-            except Exception:  # noqa: BLE001  (the reader that needs it will see it)
-                pass
+            except Exception as exc:  # noqa: BLE001  (the reader that needs it will see it)
+                log.debug("prefetch of %r failed: %s", key, exc)
 
         submit(run)
 

@@ -1,7 +1,10 @@
 """Command line: ``tifffs SOURCE MOUNTPOINT [options]`` and ``tifffs render``.
 
-Heavy modules (numpy, tifffile, the FUSE binding) are imported only after the fork to
-the background, so that no library thread exists when the process forks.
+The mount forks to the background while no library thread exists: numpy, tifffile and
+the modules that use them are imported only in the daemon, after the fork. Only the FUSE
+binding (fusepy) is imported before, by ``check_mount_preconditions``, so that a missing
+libfuse is reported on the terminal; it loads libfuse with ctypes and starts no thread.
+The fork and the wait for the daemon are in ``tifffs.background``.
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ import sys
 from typing import Callable
 
 from tifffs import __version__
+from tifffs.background import serve_in_background
 from tifffs.config import (DEFAULT_CACHE_BYTES, DEFAULT_FACTORS, DEFAULT_METHOD, ConfigError,
                            MountConfig, cache_size_at_least_a_band, parse_factors,
                            parse_method, parse_size, parse_views, split_mount_options)
 from tifffs.methods import METHODS
 
 log = logging.getLogger("tifffs")
-READY = b"\0tifffs-ready\n"
 RENDER_CHUNK = 16 << 20
 
 
@@ -199,7 +202,13 @@ def _mount(config: MountConfig) -> int:
         _setup_logging(config, background=False)
         return _serve(config, on_ready=_notify_systemd if os.environ.get("NOTIFY_SOCKET")
                       else None)
-    return _serve_in_background(config)
+    return serve_in_background(config, _start_daemon, _log_destination(config))
+
+
+def _start_daemon(config: MountConfig, on_ready: Callable[[], None]) -> int:
+    """The daemon, after the fork: log where a daemon logs, then serve."""
+    _setup_logging(config, background=True)
+    return _serve(config, on_ready=on_ready)
 
 
 def _notify_systemd() -> None:
@@ -213,47 +222,6 @@ def _notify_systemd() -> None:
             sock.sendall(b"READY=1\nSTATUS=serving")
     except OSError as exc:
         log.warning("could not notify systemd at %s: %s", address, exc)
-
-
-def _serve_in_background(config: MountConfig) -> int:
-    """Fork; the child mounts and reports readiness (or libfuse's errors) through a pipe."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: the daemon
-        os.close(read_end)
-        os.setsid()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)
-        os.dup2(devnull, 1)
-        os.dup2(write_end, 2)  # startup errors reach the parent until the mount is ready
-        os.close(write_end)
-        os.chdir("/")
-
-        def ready() -> None:
-            os.write(2, READY)
-            os.dup2(devnull, 2)  # lets go of the terminal: the parent sees end of file
-
-        status = 1
-        try:
-            _setup_logging(config, background=True)
-            status = _serve(config, on_ready=ready)
-        except BaseException as exc:  # report, never a traceback into the void
-            os.write(2, f"tifffs: error: {exc}\n".encode())
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    output = bytearray()
-    while chunk := os.read(read_end, 65536):
-        output += chunk
-    os.close(read_end)
-    ready_at = output.find(READY)
-    sys.stderr.write(output[:ready_at if ready_at >= 0 else None].decode(errors="replace"))
-    if ready_at >= 0:
-        return 0
-    _, status = os.waitpid(pid, 0)
-    print(f"tifffs: mounting {config.source} on {config.mountpoint} failed "
-          f"(exit status {os.waitstatus_to_exitcode(status)})", file=sys.stderr)
-    return 1
 
 
 def _serve(config: MountConfig, on_ready: Callable[[], None] | None) -> int:
@@ -302,6 +270,16 @@ def _setup_logging(config: MountConfig, background: bool) -> None:
     if not config.debug:
         # tifffile warns about oddities it works around; problems are logged by tifffs
         logging.getLogger("tifffile").setLevel(logging.ERROR)
+
+
+def _log_destination(config: MountConfig) -> str:
+    """Where the daemon's log goes, in words (the choice of ``_setup_logging``)."""
+    if config.log_file:
+        return config.log_file
+    if os.path.exists("/dev/log"):
+        return "syslog, e.g. journalctl -t tifffs"
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(state, "tifffs", "tifffs.log")
 
 
 # -- render

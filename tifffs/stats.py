@@ -33,9 +33,15 @@ class ReadCounters:
 
 
 def format_stats(counters: ReadCounters, bands: CacheStats, band_capacity: int,
-                 errors_per_file: dict[str, int],
+                 errors_per_file: dict[str, int], errors_total: int | None = None,
                  more: dict[str, int] | None = None) -> str:
-    """The stats file: ``name value`` lines, then one ``error <count> <file>`` per file."""
+    """The stats file: ``name value`` lines, then one ``error <count> <file>`` per file.
+
+    ``errors_total`` (``ProblemLog.errors_total``) also counts files no longer listed;
+    without it, the total is that of the files listed. ``more`` adds ``name value`` lines.
+    """
+    if errors_total is None:
+        errors_total = sum(errors_per_file.values())
     lines = [
         f"uptime_seconds {time.monotonic() - counters.started:.0f}",
         f"opens {counters.opens}",
@@ -49,7 +55,7 @@ def format_stats(counters: ReadCounters, bands: CacheStats, band_capacity: int,
         f"band_cache_capacity_bytes {band_capacity}",
         f"band_cache_entries {bands.entries}",
         *(f"{name} {value}" for name, value in (more or {}).items()),
-        f"errors {sum(errors_per_file.values())}",
+        f"errors {errors_total}",
     ]
     lines += [f"error {count} {path}" for path, count in sorted(errors_per_file.items())]
     return "\n".join(lines) + "\n"

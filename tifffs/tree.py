@@ -214,7 +214,7 @@ class ViewTree:
     def stats_text(self) -> str:
         bands = self.catalog.bands
         return format_stats(self.counters, bands.stats(), bands.capacity,
-                            self.problems.errors_per_file(),
+                            self.problems.errors_per_file(), self.problems.errors_total(),
                             {"sources_open": self.catalog.held_sources()})
 
 

@@ -1,0 +1,125 @@
+"""LruCache on its own: one computation per key under concurrency, eviction by weight,
+errors passed to every waiter as an exception of its own."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import wait_for
+from tifffs.cache import LruCache
+from tifffs.errors import BrokenSource
+
+WAIT = 10.0  # seconds: only a hang detector
+
+
+def _concurrent_gets(cache: LruCache, key: object, compute, threads: int) -> list:
+    """``threads`` calls of ``cache.get(key, compute)`` that all start while the first
+    computation is blocked; the outcome of each (value or exception), in no order."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def blocked_compute():
+        entered.set()
+        assert release.wait(WAIT), "the test did not release the computation"
+        return compute()
+
+    def call():
+        try:
+            return cache.get(key, blocked_compute)
+        except BaseException as exc:  # noqa: BLE001  (the outcome under test)
+            return exc
+
+    with ThreadPoolExecutor(threads) as pool:
+        first = pool.submit(call)
+        assert entered.wait(WAIT)
+        others = [pool.submit(call) for _ in range(threads - 1)]
+        # every other caller has become a waiter once the miss counter says so
+        wait_for(lambda: cache.stats().misses == threads, WAIT, "every caller to wait")
+        release.set()
+        return [f.result(timeout=WAIT) for f in [first, *others]]
+
+
+def test_a_key_is_computed_once_for_all_concurrent_callers():
+    cache: LruCache[str] = LruCache(10)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return "value"
+
+    results = _concurrent_gets(cache, "k", compute, threads=8)
+    assert results == ["value"] * 8
+    assert len(calls) == 1
+    assert cache.get("k", lambda: "other") == "value"
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.entries) == (1, 8, 1)
+
+
+def test_errors_reach_every_waiter_as_a_fresh_exception_and_are_not_cached():
+    cache: LruCache[str] = LruCache(10)
+
+    def fail():
+        raise BrokenSource("truncated strip")
+
+    results = _concurrent_gets(cache, "k", fail, threads=6)
+    assert all(isinstance(r, BrokenSource) for r in results)
+    assert all(str(r) == "truncated strip" for r in results)
+    assert len({id(r) for r in results}) == 6, "one instance raised in several threads"
+    owner = [r for r in results if r.__cause__ is None]
+    assert len(owner) == 1
+    assert all(r.__cause__ is owner[0] for r in results if r is not owner[0])
+    assert cache.get("k", lambda: "now it works") == "now it works"
+
+
+def test_an_oserror_keeps_its_errno_for_waiters():
+    cache: LruCache[str] = LruCache(10)
+
+    def fail():
+        raise FileNotFoundError(2, "No such file", "/src/a.tif")
+
+    results = _concurrent_gets(cache, "k", fail, threads=3)
+    for result in results:
+        assert isinstance(result, FileNotFoundError)
+        assert (result.errno, result.filename) == (2, "/src/a.tif")
+
+
+def test_eviction_by_weight_drops_the_least_recently_used():
+    cache: LruCache[bytes] = LruCache(10, weigh=len)
+    cache.get("a", lambda: b"aaaa")
+    cache.get("b", lambda: b"bbbb")
+    cache.get("a", lambda: b"----")  # a is now the most recent
+    cache.get("c", lambda: b"cccc")  # 12 > 10: b goes
+    assert cache.get("a", lambda: b"new") == b"aaaa"
+    assert cache.get("b", lambda: b"new") == b"new"
+    stats = cache.stats()
+    assert stats.weight <= 10
+    assert stats.evictions >= 1
+
+
+def test_a_value_heavier_than_the_capacity_is_returned_but_not_kept():
+    cache: LruCache[bytes] = LruCache(4, weigh=len)
+    assert cache.get("big", lambda: b"0123456789") == b"0123456789"
+    assert cache.stats().entries == 0
+    assert cache.get("big", lambda: b"again") == b"again"
+
+
+def test_prefetch_computes_in_the_background_and_drops_its_errors():
+    cache: LruCache[str] = LruCache(10)
+    submitted = []
+    cache.prefetch("k", lambda: "ahead", submitted.append)
+    assert len(submitted) == 1
+    submitted[0]()
+    assert cache.get("k", lambda: "late") == "ahead"
+    cache.prefetch("k", lambda: "again", submitted.append)
+    assert len(submitted) == 1  # held: nothing submitted
+
+    def fail():
+        raise BrokenSource("bad")
+
+    cache.prefetch("bad", fail, submitted.append)
+    submitted[-1]()  # the error is dropped
+    with pytest.raises(BrokenSource):
+        cache.get("bad", fail)

@@ -1,0 +1,82 @@
+"""Mount options on their own: sizes, factors, view names, ``-o`` lists, MountConfig."""
+
+from __future__ import annotations
+
+import pytest
+
+from tifffs.config import (
+    DEFAULT_CACHE_BYTES,
+    ConfigError,
+    MountConfig,
+    parse_factors,
+    parse_method,
+    parse_size,
+    parse_views,
+    split_mount_options,
+)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("1048576", 1 << 20), ("512M", 512 << 20), ("2G", 2 << 30), ("1g", 1 << 30),
+    ("64K", 64 << 10), ("1T", 1 << 40), ("1.5G", 3 << 29), ("256MB", 256 << 20),
+    ("256MiB", 256 << 20), (" 8M ", 8 << 20), ("0", 0),
+])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "", "M", "-1M", "1P", "1.2.3G", "1 0M"])
+def test_parse_size_rejects_with_an_example(text):
+    with pytest.raises(ConfigError, match="invalid size.*e.g. 512M"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2,4,8", (2, 4, 8)), ("2:4:8", (2, 4, 8)), ("x4, X2", (4, 2)), ("4,4,2", (4, 2)),
+    ("1", (1,)), ("1024", (1024,)),
+])
+def test_parse_factors(text, expected):
+    assert parse_factors(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "1025", "2,,4", "two", "2.5", "-2", ""])
+def test_parse_factors_rejects_with_the_range(text):
+    with pytest.raises(ConfigError, match="from 1 to 1024"):
+        parse_factors(text)
+
+
+def test_parse_views_checks_every_name():
+    assert parse_views("x4, x4-max:x4z2,fit1000", "mean") == ("x4", "x4-max", "x4z2",
+                                                             "fit1000")
+    with pytest.raises(ConfigError, match="x4-blur"):
+        parse_views("x4,x4-blur", "mean")
+    with pytest.raises(ConfigError, match="no views given"):
+        parse_views(" , ", "mean")
+
+
+def test_parse_method():
+    assert parse_method("lanczos") == "lanczos"
+    with pytest.raises(ConfigError, match="invalid method 'cubic': choose one of mean"):
+        parse_method("cubic")
+
+
+def test_split_mount_options_separates_ours_libfuse_and_ignored():
+    ours, fuse = split_mount_options([
+        "rw,noauto,nofail,_netdev,allow_other,factors=2:4,cache-size=1G",
+        "uid=1000, debug,log_file=/var/log/t.log,use_levels,views=x4z2:fit100,,method=max"])
+    assert ours == {"factors": "2:4", "cache_size": "1G", "debug": "1",
+                    "log_file": "/var/log/t.log", "use_levels": "1", "views": "x4z2:fit100",
+                    "method": "max"}
+    assert fuse == {"allow_other": True, "uid": "1000"}
+
+
+def test_mount_config_views():
+    plain = MountConfig(source="/s", mountpoint="/m")
+    assert [v.name for v in plain.views] == ["x2", "x4", "x8"]
+    assert plain.cache_bytes == DEFAULT_CACHE_BYTES
+    named = MountConfig(source="/s", mountpoint="/m", view_names=("x4-max", "fit50"))
+    assert [v.name for v in named.views] == ["x4-max", "fit50"]
+    both = MountConfig(source="/s", mountpoint="/m", factors=(4,), view_names=("x4", "x2z2"),
+                       use_levels=True)
+    assert [v.name for v in both.views] == ["x4", "x2z2"]
+    assert all(v.use_levels for v in both.views)
