@@ -15,13 +15,14 @@ aside or bypassed with one log line: the mount works without it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import sqlite3
 import threading
 import time
-from typing import Iterable, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 from tifffs import __version__
 from tifffs.pages import FORMAT, SourceVersion
@@ -32,6 +33,8 @@ SCHEMA = 1
 FILE_NAME = f"index-v{SCHEMA}.sqlite"
 ENTRY_FORMAT = f"{FORMAT}/{__version__}"
 _BATCH = 512
+#: Connections to the database shared by all threads.
+READERS = 2
 _SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS files (
     path BLOB PRIMARY KEY, dir BLOB NOT NULL, dev INTEGER, ino INTEGER, size INTEGER,
@@ -68,7 +71,11 @@ class Index:
 
     def __init__(self, directory: str) -> None:
         self.path = os.path.join(directory, FILE_NAME)
-        self._local = threading.local()
+        # a few connections shared by all threads (one each at a time): a connection per
+        # FUSE thread would hold three descriptors per thread
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._reader_slots = threading.BoundedSemaphore(READERS)
+        self._all: list[sqlite3.Connection] = []
         self._writes: queue.SimpleQueue[tuple[str, tuple] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
@@ -79,7 +86,8 @@ class Index:
     def _setup(self, directory: str) -> None:
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
-            self._connect().executescript(_SCHEMA_SQL)
+            with self._connection() as connection:
+                connection.executescript(_SCHEMA_SQL)
         except sqlite3.DatabaseError as exc:
             if not _is_corrupt(exc):
                 raise IndexUnavailable(f"index {self.path}: {exc}") from None
@@ -89,7 +97,7 @@ class Index:
 
     def _set_aside(self, exc: Exception) -> None:
         """Move a corrupt database out of the way and start a new one."""
-        self._local.__dict__.clear()
+        self._close_all()
         aside = f"{self.path}.corrupt-{int(time.time())}"
         log.warning("index %s is corrupt (%s): moved to %s, building a new one", self.path,
                     exc, aside)
@@ -97,19 +105,41 @@ class Index:
             for suffix in ("", "-wal", "-shm"):
                 if os.path.exists(self.path + suffix):
                     os.replace(self.path + suffix, aside + suffix)
-            self._connect().executescript(_SCHEMA_SQL)
+            with self._connection() as connection:
+                connection.executescript(_SCHEMA_SQL)
         except (OSError, sqlite3.DatabaseError) as again:
             raise IndexUnavailable(f"index {self.path}: {again}") from None
 
-    def _connect(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = sqlite3.connect(self.path, timeout=5, isolation_level=None,
-                                         check_same_thread=True)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            self._local.connection = connection
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """One of at most ``READERS`` connections, for this thread alone meanwhile."""
+        with self._reader_slots:
+            try:
+                connection = self._readers.get_nowait()
+            except queue.Empty:
+                connection = self._open_connection()
+            try:
+                yield connection
+            finally:
+                self._readers.put(connection)
+
+    def _open_connection(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, timeout=5, isolation_level=None,
+                                     check_same_thread=False)
+        self._all.append(connection)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
         return connection
+
+    def _close_all(self) -> None:
+        while True:
+            try:
+                self._readers.get_nowait()
+            except queue.Empty:
+                break
+        for connection in self._all:
+            connection.close()
+        self._all.clear()
 
     def _fail(self, exc: Exception) -> None:
         if not self._failed:
@@ -152,9 +182,12 @@ class Index:
         if self._failed:
             return []
         try:
-            cursor = self._connect().execute(sql, args)
-            return [row] if limit_one and (row := cursor.fetchone()) else \
-                ([] if limit_one else cursor.fetchall())
+            with self._connection() as connection:
+                cursor = connection.execute(sql, args)
+                if limit_one:
+                    row = cursor.fetchone()
+                    return [row] if row else []
+                return cursor.fetchall()
         except sqlite3.OperationalError as exc:  # locked too long, disk I/O: a miss
             log.debug("index lookup failed: %s", exc)
             return []
@@ -206,13 +239,17 @@ class Index:
         files = [row for kind, row in batch if kind == "file"]
         sizes = [row for kind, row in batch if kind == "size"]
         try:
-            connection = self._connect()
-            with connection:
+            with self._connection() as connection:
                 connection.execute("BEGIN IMMEDIATE")
-                connection.executemany(
-                    "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)", files)
-                connection.executemany(
-                    "INSERT OR REPLACE INTO sizes VALUES (?,?,?,?,?,?,?,?,?,?)", sizes)
+                try:
+                    connection.executemany(
+                        "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)", files)
+                    connection.executemany(
+                        "INSERT OR REPLACE INTO sizes VALUES (?,?,?,?,?,?,?,?,?,?)", sizes)
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+                connection.execute("COMMIT")
         except sqlite3.OperationalError as exc:  # locked, read-only, disk full
             log.debug("index write of %d rows dropped: %s", len(files) + len(sizes), exc)
         except sqlite3.DatabaseError as exc:
@@ -228,10 +265,7 @@ class Index:
 
     def close(self) -> None:
         self.flush()
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-            self._local.connection = None
+        self._close_all()
 
 
 def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import struct
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -98,13 +100,22 @@ def build_layout(pages: list[OutputPage], imagej_large: bool = False) -> Layout:
     description's ``images=`` telling ImageJ (and tifffile) that the other pages follow
     contiguously. Other readers then see one page.
     """
-    bigtiff, ifd_pages = False, len(pages)
-    if _pixel_end(pages, _ifd_sizes(pages, bigtiff, ifd_pages), bigtiff) > CLASSIC_LIMIT:
-        if imagej_large and (pages[0].description or "").startswith("ImageJ="):
-            ifd_pages = 1
-        else:
-            bigtiff = True
-    return _encode(pages, bigtiff, ifd_pages)
+    return _encode(pages, *_format(pages, imagej_large))
+
+
+def layout_size(pages: list[OutputPage], imagej_large: bool = False) -> int:
+    """The exact size of the file ``build_layout`` makes, without encoding its IFDs."""
+    bigtiff, ifd_pages = _format(pages, imagej_large)
+    return _pixel_end(pages, _ifd_sizes(pages, bigtiff, ifd_pages), bigtiff)
+
+
+def _format(pages: list[OutputPage], imagej_large: bool) -> tuple[bool, int]:
+    """(BigTIFF?, how many pages get an IFD)."""
+    if _pixel_end(pages, _ifd_sizes(pages, False, len(pages)), False) <= CLASSIC_LIMIT:
+        return False, len(pages)
+    if imagej_large and (pages[0].description or "").startswith("ImageJ="):
+        return False, 1
+    return True, len(pages)
 
 
 def _ifd_sizes(pages: list[OutputPage], bigtiff: bool, ifd_pages: int) -> list[int]:
@@ -139,23 +150,35 @@ def _encode(pages: list[OutputPage], bigtiff: bool, ifd_pages: int) -> Layout:
 
 class _EntryMaker:
     """Builds IFD entries; the tags that do not depend on offsets are built once for all
-    pages that share them (a stack's pages usually do)."""
+    pages that share them: a stack's pages, and the files of a folder of alike files."""
 
     def __init__(self, bigtiff: bool) -> None:
         self.bigtiff = bigtiff
-        self._static: dict[tuple, list[Entry]] = {}
 
     def __call__(self, page: OutputPage, pixel_offset: int | None) -> list[Entry]:
         """All entries of ``page``, sorted; strip offsets are 0 when ``pixel_offset`` is None."""
-        key = _signature(page)
-        static = self._static.get(key)
+        key = (_signature(page), self.bigtiff)
+        with _STATIC_LOCK:
+            static = _STATIC.get(key)
+            if static is not None:
+                _STATIC.move_to_end(key)
         if static is None:
-            static = self._static[key] = _static_entries(page, self.bigtiff)
+            static = _static_entries(page, self.bigtiff)
+            with _STATIC_LOCK:
+                _STATIC[key] = static
+                if len(_STATIC) > _STATIC_KEPT:
+                    _STATIC.popitem(last=False)
         offsets = _strip_offsets(page, pixel_offset or 0)
         if pixel_offset is None:
             offsets = [0] * len(offsets)
         strip_offsets = _field(273, LONG8 if self.bigtiff else LONG, offsets)
         return sorted([*static, strip_offsets])
+
+
+#: Static entries by page signature, shared by all layouts (LRU, thread-safe).
+_STATIC: OrderedDict[tuple, list[Entry]] = OrderedDict()
+_STATIC_LOCK = threading.Lock()
+_STATIC_KEPT = 1024
 
 
 def _signature(page: OutputPage) -> tuple:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -93,13 +95,14 @@ _SEGMENT_TAGS = (273, 279, 324, 325)
 
 
 class _Chain:
-    """Reads the main IFD chain into pages; a page whose tags equal the previous page's
-    but for its segments (a stack) reuses that description and checks its segments."""
+    """Reads the main IFD chain into pages. A page whose tags equal, but for its
+    segments, those of a page seen before (the previous pages of a stack, the pages of
+    the files of a folder of alike files) reuses that description and checks only its
+    own segments."""
 
     def __init__(self, file: _File, layout: _Layout) -> None:
         self.file, self.layout = file, layout
         self.pages: list[SourcePage] = []
-        self._previous_tags: dict[int, Any] | None = None
 
     def read(self, offset: int) -> FileDescription:
         seen: set[int] = set()
@@ -124,20 +127,46 @@ class _Chain:
         return FileDescription(tuple(self.pages), metadata, truncated)
 
     def _page(self, tags: dict[int, Any], offset: int) -> SourcePage:
-        layout_tags = {code: value for code, value in tags.items()
-                       if code not in _SEGMENT_TAGS}
+        key = (self.layout.byteorder, *sorted(
+            (code, value) for code, value in tags.items() if code not in _SEGMENT_TAGS))
         index, size = len(self.pages), self.file.size
         try:
-            if self.pages and layout_tags == self._previous_tags:
-                previous = self.pages[-1]
-                return with_segments(previous, index, offset, tags[324 if previous.tiled
-                                     else 273], tags[325 if previous.tiled else 279], size)
-            self._previous_tags = layout_tags
-            return page_fields(tags, index, offset, self.layout.byteorder, size)
+            template = _TEMPLATES.get(key)
+            if template is None:
+                page = page_fields(tags, index, offset, self.layout.byteorder, size)
+                _TEMPLATES.put(key, page)
+                return page
+            return with_segments(template, index, offset, tags[324 if template.tiled
+                                 else 273], tags[325 if template.tiled else 279], size)
         except TifffsError:
             raise
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise _GiveUp from exc
+
+
+class _Templates:
+    """Pages by their tags but for the segments: a small LRU shared by all reads."""
+
+    def __init__(self, capacity: int) -> None:
+        self._items: OrderedDict[tuple, SourcePage] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> SourcePage | None:
+        with self._lock:
+            page = self._items.get(key)
+            if page is not None:
+                self._items.move_to_end(key)
+            return page
+
+    def put(self, key: tuple, page: SourcePage) -> None:
+        with self._lock:
+            self._items[key] = page
+            if len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+
+
+_TEMPLATES = _Templates(256)
 
 
 class _Layout:

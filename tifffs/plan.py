@@ -7,6 +7,7 @@ bands of how many rows, and builds the ``Layout`` that gives the exact file size
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -14,7 +15,7 @@ from typing import Callable, Union
 
 from tifffs import downsample, metadata
 from tifffs.errors import UnsupportedSource
-from tifffs.layout import Layout, OutputPage, build_layout
+from tifffs.layout import Layout, OutputPage, build_layout, layout_size
 from tifffs.methods import INTERPOLATING_METHODS
 from tifffs.pages import FileDescription, SourcePage, ceil_div
 from tifffs.series import SeriesInfo
@@ -73,14 +74,22 @@ def band_bytes(plan: PagePlan) -> int:
 
 @dataclass(frozen=True, eq=False)
 class ViewPlan:
-    """Every output page of a view and the file's layout."""
+    """Every output page of a view; the file's size and layout, computed when asked."""
 
     pages: tuple[PagePlan, ...]
-    layout: Layout
+    imagej_large: bool = False
 
-    @property
+    @functools.cached_property
+    def layout(self) -> Layout:
+        """Every offset and the header bytes (for reading)."""
+        return build_layout([p.out for p in self.pages], imagej_large=self.imagej_large)
+
+    @functools.cached_property
     def size(self) -> int:
-        return self.layout.size
+        """The exact file size (for ``stat``: the IFDs are not encoded)."""
+        if "layout" in self.__dict__:
+            return self.layout.size
+        return layout_size([p.out for p in self.pages], imagej_large=self.imagej_large)
 
 
 def plan_view(description: FileDescription, view: View,
@@ -92,8 +101,7 @@ def plan_view(description: FileDescription, view: View,
     plans = [_plan(pages, group, view, series) for group in groups]
     first = _with_file_metadata(plans[0].out, description, view, len(plans))
     plans[0] = replace(plans[0], out=first)
-    return ViewPlan(tuple(plans), build_layout([p.out for p in plans],
-                                               imagej_large=view.imagej_large))
+    return ViewPlan(tuple(plans), view.imagej_large)
 
 
 def method_for(page: SourcePage, method: str) -> str:

@@ -1,0 +1,201 @@
+"""The metadata index (``tifffs.index``) and the catalog over it, without a mount."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from tifffs.catalog import Catalog
+from tifffs.describe import describe
+from tifffs.errors import BrokenSource
+from tifffs.index import ENTRY_FORMAT, FILE_NAME, Index, open_index
+from tifffs.pages import FileDescription, SourceVersion
+from tifffs.render import RenderPool
+from tifffs.views import parse_view
+from tifffs.virtual import band_cache
+
+X4 = parse_view("x4", "mean")
+
+
+def _tiff(path: Path, pages: int = 3, seed: int = 0, **kwargs) -> Path:
+    rng = np.random.default_rng(seed)
+    tifffile.imwrite(path, rng.integers(0, 65535, (pages, 40, 30), dtype=np.uint16),
+                     photometric="minisblack", **kwargs)
+    return path
+
+
+def _described(path: Path) -> FileDescription:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return describe(fd, os.fstat(fd).st_size, path.name)
+    finally:
+        os.close(fd)
+
+
+def _catalog(index: Index | None) -> Catalog:
+    return Catalog(band_cache(1 << 20), RenderPool(1), index)
+
+
+def test_a_description_round_trips_through_the_index(tmp_path):
+    path = _tiff(tmp_path / "a.tif", resolution=(2.0, 3.0), imagej=True,
+                 metadata={"Ranges": (0.0, 100.0), "Labels": ["a", "b", "c"]})
+    index = Index(str(tmp_path / "index"))
+    version = SourceVersion.of(os.stat(path))
+    description = _described(path)
+    index.put(str(path), version, description.to_bytes(), None)
+    index.flush()
+    entry = Index(str(tmp_path / "index")).lookup(str(path), version)
+    assert entry is not None and entry.error is None
+    again = FileDescription.from_bytes(entry.description)
+    assert again.metadata == description.metadata
+    for page, other in zip(again.pages, description.pages, strict=True):
+        assert page.to_json() == other.to_json()
+
+
+@pytest.mark.parametrize("field", SourceVersion._fields)
+def test_an_entry_is_used_only_when_every_field_of_the_stat_key_matches(tmp_path, field):
+    index = Index(str(tmp_path / "index"))
+    version = SourceVersion(1, 2, 3, 4, 5)
+    index.put("/data/a.tif", version, b"description", None)
+    index.put_size("/data/a.tif", version, "x4", 1234)
+    index.flush()
+    changed = version._replace(**{field: getattr(version, field) + 1})
+    assert index.lookup("/data/a.tif", version) is not None
+    assert index.lookup("/data/a.tif", changed) is None
+    assert index.lookup_size("/data/a.tif", version, "x4") == 1234
+    assert index.lookup_size("/data/a.tif", changed, "x4") is None
+
+
+def test_an_entry_of_another_tifffs_version_is_ignored(tmp_path):
+    index = Index(str(tmp_path / "index"))
+    version = SourceVersion(1, 2, 3, 4, 5)
+    index.put("/data/a.tif", version, b"description", None)
+    index.flush()
+    with sqlite3.connect(index.path) as connection:
+        connection.execute("UPDATE files SET format='0/0.0.0'")
+    assert index.lookup("/data/a.tif", version) is None
+    assert ENTRY_FORMAT != "0/0.0.0"
+
+
+def test_the_catalog_uses_the_index_and_describes_a_changed_file_anew(tmp_path,
+                                                                    monkeypatch):
+    path = _tiff(tmp_path / "a.tif", pages=3)
+    first = _catalog(Index(str(tmp_path / "index")))
+    size = first.size(str(path), os.stat(path), X4)
+    first.index.flush()
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k))
+    # a new catalog (a new mount) gets the size from the index, without opening the file
+    assert _catalog(Index(str(tmp_path / "index"))).size(str(path), os.stat(path), X4) == size
+    assert str(path) not in opened
+    monkeypatch.undo()
+    _tiff(path, pages=5, seed=1)  # rewritten: new size, mtime and ctime
+    again = _catalog(Index(str(tmp_path / "index")))
+    bigger = again.size(str(path), os.stat(path), X4)
+    assert bigger > size
+    reader = again.open(str(path), X4)
+    try:
+        assert len(reader.read(0, 1 << 30)) == bigger
+    finally:
+        again.close(reader)
+
+
+def test_errors_are_kept_in_the_index_too(tmp_path):
+    path = tmp_path / "broken.tif"
+    path.write_bytes(b"II*\0" + b"\xff" * 100)
+    catalog = _catalog(Index(str(tmp_path / "index")))
+    with pytest.raises(BrokenSource):
+        catalog.size(str(path), os.stat(path), X4)
+    catalog.index.flush()
+    entry = Index(str(tmp_path / "index")).lookup(str(path), SourceVersion.of(os.stat(path)))
+    assert entry is not None and entry.error.startswith("BrokenSource:")
+
+
+def test_a_corrupt_database_is_set_aside_with_one_log_line(tmp_path, caplog):
+    folder = tmp_path / "index"
+    folder.mkdir()
+    (folder / FILE_NAME).write_bytes(b"this is not a database" * 100)
+    index = open_index(str(folder))
+    assert index is not None
+    assert [r for r in caplog.records if "corrupt" in r.getMessage()]
+    path = _tiff(tmp_path / "a.tif")
+    assert _catalog(index).size(str(path), os.stat(path), X4) > 0
+    assert any(name.startswith(FILE_NAME + ".corrupt") for name in os.listdir(folder))
+
+
+def test_a_truncated_database_never_gives_a_wrong_size(tmp_path):
+    path = _tiff(tmp_path / "a.tif")
+    expected = _catalog(None).size(str(path), os.stat(path), X4)
+    index = Index(str(tmp_path / "index"))
+    _catalog(index).size(str(path), os.stat(path), X4)
+    index.close()
+    database = tmp_path / "index" / FILE_NAME
+    database.write_bytes(database.read_bytes()[:1000])
+    index = open_index(str(tmp_path / "index"))
+    assert _catalog(index).size(str(path), os.stat(path), X4) == expected
+
+
+def test_an_unwritable_index_folder_means_no_index_and_one_log_line(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the folder should be")
+    assert open_index(str(blocker / "index")) is None
+    assert len([r for r in caplog.records if "without an index" in r.getMessage()]) == 1
+
+
+def test_a_read_only_database_is_used_for_lookups_and_never_fails_a_stat(tmp_path):
+    path = _tiff(tmp_path / "a.tif")
+    index = Index(str(tmp_path / "index"))
+    catalog = _catalog(index)
+    size = catalog.size(str(path), os.stat(path), X4)
+    index.close()
+    os.chmod(tmp_path / "index" / FILE_NAME, 0o444)
+    try:
+        other = _tiff(tmp_path / "b.tif", pages=2)
+        index = open_index(str(tmp_path / "index"))
+        catalog = _catalog(index)
+        assert catalog.size(str(path), os.stat(path), X4) == size
+        assert catalog.size(str(other), os.stat(other), X4) > 0
+        if index is not None:
+            index.close()
+    finally:
+        os.chmod(tmp_path / "index" / FILE_NAME, 0o644)
+
+
+WRITER = """
+import os, sys
+from tifffs.index import Index
+from tifffs.pages import SourceVersion
+index = Index(sys.argv[1])
+for i in range(int(sys.argv[3])):
+    index.put(f"/{sys.argv[2]}/{i}.tif", SourceVersion(1, i, 2, 3, 4), b"x" * 100, None)
+    index.put_size(f"/{sys.argv[2]}/{i}.tif", SourceVersion(1, i, 2, 3, 4), "x4", i)
+index.close()
+"""
+
+
+def test_two_processes_write_one_index_at_once(tmp_path):
+    folder = str(tmp_path / "index")
+    Index(folder).close()
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, folder, name, "2000"])
+               for name in ("one", "two")]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    index = Index(folder)
+    for name in ("one", "two"):
+        assert len(index.sizes_in(f"/{name}", "x4")) == 2000
+        assert index.lookup_size(f"/{name}/1999.tif", SourceVersion(1, 1999, 2, 3, 4),
+                                 "x4") == 1999
+
+
+def test_without_an_index_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = _tiff(tmp_path / "a.tif")
+    assert _catalog(None).size(str(path), os.stat(path), X4) > 0
+    assert not (tmp_path / "cache").exists()
