@@ -277,7 +277,8 @@ def test_growing_file_is_followed(tmp_path):
         assert not problems, problems[:5]
         assert seen[-1] == total
         assert seen == sorted(seen), "pages disappeared"
-        assert os.stat(view).st_size == open_view(str(path), 2).size
+        size = open_view(str(path), 2).size  # the kernel keeps a size for attr_timeout
+        wait_for(lambda: os.stat(view).st_size == size, HANG, "the final size")
         with tifffile.TiffFile(view) as tif:
             assert len(tif.pages) == total
 

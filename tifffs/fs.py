@@ -2,9 +2,9 @@
 
 This is the only module that imports the FUSE binding. Paths cross it as latin-1
 strings (one character per byte), so names that are not valid UTF-8 survive the round
-trip; they become OS strings with ``os.fsdecode`` here. Attributes are not cached by the
-kernel (``attr_timeout=0``), so a file that grows or shrinks is read to its current end;
-a ``getattr`` with a handle answers for that handle's own version.
+trip; they become OS strings with ``os.fsdecode`` here. The kernel keeps attributes for
+a second (``attr_timeout=1``); a ``getattr`` with a handle answers for that handle's own
+version.
 """
 
 from __future__ import annotations
@@ -27,9 +27,12 @@ log = logging.getLogger("tifffs")
 #: Operations that fail often and harmlessly; not logged as problems.
 _QUIET_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EROFS, errno.ENODATA, errno.ENOTSUP,
                  errno.EISDIR}
-#: libfuse options tifffs sets unless given: attributes are asked for on every stat;
-#: inode numbers are tifffs's own (stable across mounts, for NFS and rsync).
-DEFAULT_FUSE_OPTIONS: dict[str, Any] = {"attr_timeout": "0", "use_ino": True}
+#: libfuse options tifffs sets unless given. The kernel keeps attributes for 1 s: with
+#: 0 it asks again for every folder of a path on every access (default_permissions
+#: checks them), eight requests per file of an ``ls -l``. Inode numbers are tifffs's own
+#: (stable across mounts, for NFS and rsync).
+DEFAULT_FUSE_OPTIONS: dict[str, Any] = {"attr_timeout": "1", "entry_timeout": "1",
+                                        "use_ino": True}
 
 
 def _os_path(fuse_path: str) -> str:
@@ -44,6 +47,11 @@ class TifffsOperations(Operations):
     """Read-only FUSE operations over a ``ViewTree``."""
 
     use_ns = True  # times in integer nanoseconds: the source's mtime exactly
+    # Not implemented, so libfuse answers ENOSYS and the kernel stops asking (with an
+    # error such as ENOTSUP it would ask again for every file `ls -l` shows).
+    getxattr = listxattr = None
+    # Nothing to do: libfuse then needs no round trip into Python.
+    opendir = releasedir = flush = None
 
     def __init__(self, tree: ViewTree, on_ready: Callable[[], None] | None = None) -> None:
         self.tree = tree
@@ -136,7 +144,7 @@ class TifffsOperations(Operations):
         if handle.version is None:
             fi.direct_io = 1  # the stats file: its size is unknown until it is read
         else:
-            caching = self.tree.caching.opened(path, handle.version)
+            caching = self.tree.caching.opened(_os_path(path), handle.version)
             fi.direct_io, fi.keep_cache = int(caching.direct_io), int(caching.keep_cache)
         with self._lock:
             fi.fh = self._next_handle
@@ -155,7 +163,7 @@ class TifffsOperations(Operations):
         if entry is not None:
             open_path, handle = entry
             if handle.version is not None:
-                self.tree.caching.closed(open_path, handle.version)
+                self.tree.caching.closed(_os_path(open_path), handle.version)
             handle.close()
         return 0
 

@@ -113,6 +113,7 @@ class ViewTree:
         if is_tiff_name(mount_path.relative):
             attrs["st_size"] = self.catalog.size(source, st, view)
             attrs["st_blocks"] = -(-attrs["st_size"] // 512)
+        self.caching.reported(path, SourceVersion.of(st))
         return attrs
 
     # -- listings
