@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from tifffs import blockmean, sortnet
+from tifffs.area import AreaAxis, area_resize  # noqa: F401  (re-exported)
 from tifffs.methods import METHODS  # noqa: F401  (re-exported)
 
 _CV2_INTERPOLATION = {"linear": cv2.INTER_LINEAR, "lanczos": cv2.INTER_LANCZOS4}
@@ -264,61 +265,3 @@ def _mode(values: np.ndarray) -> np.ndarray:
     # argmax finds the first longest run: the smallest of the most frequent values
     best = np.argmax(run_length, axis=-1)
     return np.take_along_axis(ordered, best[..., None], axis=-1)[..., 0]
-
-
-# -- area averaging to any size (fit views)
-class AreaAxis:
-    """Exact area weights from ``source`` to ``output`` pixels along one axis.
-
-    Output pixel ``i`` covers source interval ``[i*s, (i+1)*s)`` with ``s = source /
-    output``. Scaled by ``output``, every overlap is an integer and the weights of each
-    output pixel sum to ``source``.
-    """
-
-    def __init__(self, source: int, output: int) -> None:
-        self.source, self.output = source, output
-
-    def source_range(self, first: int, last: int) -> tuple[int, int]:
-        """Source pixels that output pixels ``first:last`` cover."""
-        return (first * self.source) // self.output, -(-(last * self.source) // self.output)
-
-    def taps(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
-        """(source indices, integer weights), each (last - first, taps), for outputs."""
-        start, stop = self.source_range(first, last)
-        outputs = np.arange(first, last)[:, None]
-        lo = (outputs * self.source) // self.output
-        taps = -(-self.source // self.output) + 1
-        indices = np.minimum(lo + np.arange(taps)[None, :], stop - 1)
-        overlap = (np.minimum((outputs + 1) * self.source, (indices + 1) * self.output)
-                   - np.maximum(outputs * self.source, indices * self.output))
-        weights = np.clip(overlap, 0, None)
-        weights[:, 1:][indices[:, 1:] == indices[:, :-1]] = 0  # clamped duplicates
-        return indices - start, weights
-
-
-def area_resize(rows: np.ndarray, row_axis: AreaAxis, col_axis: AreaAxis, first: int,
-                last: int) -> np.ndarray:
-    """Output rows ``first:last`` of the exact area average of a page.
-
-    ``rows`` holds the source rows ``row_axis.source_range(first, last)`` and all
-    columns. Integers of up to 16 bits are computed exactly in int64 and rounded half
-    up; other types in float64 (integers then rounded half up and clipped).
-    """
-    dtype = rows.dtype
-    exact = dtype.kind in "iu" and dtype.itemsize <= 2
-    work = np.int64 if exact else np.float64
-    row_index, row_weight = row_axis.taps(first, last)
-    acc = np.zeros((last - first, rows.shape[1], rows.shape[2]), dtype=work)
-    for tap in range(row_index.shape[1]):
-        acc += row_weight[:, tap, None, None] * rows[row_index[:, tap]].astype(work)
-    col_index, col_weight = col_axis.taps(0, col_axis.output)
-    out = np.zeros((acc.shape[0], col_axis.output, acc.shape[2]), dtype=work)
-    for tap in range(col_index.shape[1]):
-        out += col_weight[None, :, tap, None] * acc[:, col_index[:, tap]]
-    total = row_axis.source * col_axis.source
-    if exact:
-        return ((2 * out + total) // (2 * total)).astype(dtype)
-    if dtype.kind == "f":
-        return (out / total).astype(dtype)
-    info = np.iinfo(dtype)
-    return np.clip(np.floor(out / total + 0.5), info.min, info.max).astype(dtype)
