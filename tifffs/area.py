@@ -20,7 +20,7 @@ import numpy as np
 
 _SMALL_INTEGERS = {np.dtype(t) for t in ("uint8", "int8", "uint16", "int16")}
 _OPENCV_SAMPLES = 4  # cv2.transpose: up to 4 channels
-_CHUNK_BYTES = 1 << 19  # output rows per chunk: their row sums fill this
+_CHUNK_BYTES = 1 << 18  # output rows per chunk: their row sums fill this
 
 
 class AreaAxis:
@@ -88,44 +88,30 @@ def _store(out: np.ndarray | None, result: np.ndarray) -> np.ndarray:
 
 def _exact_integers(rows: np.ndarray, row_axis: AreaAxis, col_axis: AreaAxis, first: int,
                     last: int, largest: int) -> np.ndarray:
+    """Both passes a few output rows at a time: every intermediate stays in the L2 cache
+    and no large temporary is allocated."""
     # |row pass| <= largest * source rows; its intermediates <= largest * (rows + 2 outputs)
     row_type = (np.int32 if largest * (row_axis.source + 2 * row_axis.output) < 2**31
                 else np.float64)
-    by_rows = _chunked(rows, *row_axis.cuts(first, last), row_axis.output, row_type, row_type)
     widest = -(-col_axis.source // col_axis.output)  # source columns wholly in one output
     sum_type = np.int32 if widest * largest * row_axis.source < 2**31 else np.float64
     total = float(row_axis.source * col_axis.source)
-    signed = rows.dtype.kind == "i"
-
-    def rounded(sums: np.ndarray) -> np.ndarray:  # floor(sums / total + 1/2)
-        np.divide(sums, total, out=sums)
+    row_starts, row_fractions = row_axis.cuts(first, last)
+    col_starts, col_fractions = col_axis.cuts(0, col_axis.output)
+    out = np.empty((last - first, col_axis.output, rows.shape[2]), dtype=rows.dtype)
+    chunk = max(1, _CHUNK_BYTES // (rows.shape[1] * rows.shape[2] * 4))
+    for a in range(0, last - first, chunk):
+        b = min(a + chunk, last - first)
+        by_rows = _area_rows(rows, row_starts[a:b + 1], row_fractions[a:b + 1],
+                             row_axis.output, row_type, row_type)
+        sums = _area_rows(_transpose(by_rows), col_starts, col_fractions, col_axis.output,
+                          sum_type, np.float64)
+        np.divide(sums, total, out=sums)  # then floor(sums / total + 1/2)
         np.add(sums, 0.5, out=sums)
-        if signed:  # casting truncates towards zero: floor only for x >= 0
+        if rows.dtype.kind == "i":  # casting truncates towards zero: floor only for x >= 0
             np.floor(sums, out=sums)
-        return sums.astype(rows.dtype)
-
-    by_columns = _chunked(_transpose(by_rows), *col_axis.cuts(0, col_axis.output),
-                          col_axis.output, sum_type, np.float64, rounded)
-    return _transpose(by_columns)
-
-
-def _chunked(source: np.ndarray, starts: np.ndarray, fractions: np.ndarray, scale: int,
-             sum_type: type, dtype: type, finish=None) -> np.ndarray:
-    """``_area_rows`` a few output rows at a time, so that intermediates stay in the L2
-    cache; ``finish`` maps each chunk to its final values."""
-    count = len(starts) - 1
-    chunk = max(1, _CHUNK_BYTES // (source.shape[1] * source.shape[2] * 8))
-    result = None
-    for a in range(0, count, chunk):
-        b = min(a + chunk, count)
-        part = _area_rows(source, starts[a:b + 1], fractions[a:b + 1], scale, sum_type, dtype)
-        if finish is not None:
-            part = finish(part)
-        if result is None:
-            result = np.empty((count,) + part.shape[1:], dtype=part.dtype)
-        result[a:b] = part
-    assert result is not None
-    return result
+        out[a:b] = _transpose(sums.astype(rows.dtype))
+    return out
 
 
 def _area_rows(source: np.ndarray, starts: np.ndarray, fractions: np.ndarray, scale: int,
@@ -138,19 +124,22 @@ def _area_rows(source: np.ndarray, starts: np.ndarray, fractions: np.ndarray, sc
     """
     counts = np.diff(starts)
     shape = (-1,) + (1,) * (source.ndim - 1)
-    edges = np.take(source, np.minimum(starts, len(source) - 1), axis=0)
-    sums = edges[:-1].astype(sum_type)
+    # mixed-type arithmetic is slow in numpy: convert each gathered row once
+    edges = np.take(source, np.minimum(starts, len(source) - 1), axis=0).astype(sum_type)
+    sums = edges[:-1].copy()
     for k in range(1, int(counts.max())):
         more = np.flatnonzero(counts > k)
         if more.size == counts.size:
-            sums += source[starts[:-1] + k]
+            sums += source[starts[:-1] + k].astype(sum_type)
         else:
             sums[more] += source[starts[more] + k]
-    result = np.multiply(sums, dtype(scale), dtype=dtype)
-    partial = np.multiply(edges, fractions.astype(dtype).reshape(shape), dtype=dtype)
-    result -= partial[:-1]
-    result += partial[1:]
-    return result
+    if sum_type is not dtype:
+        sums, edges = sums.astype(dtype), edges.astype(dtype)
+    sums *= dtype(scale)
+    edges *= fractions.astype(dtype).reshape(shape)
+    sums -= edges[:-1]
+    sums += edges[1:]
+    return sums
 
 
 def _transpose(a: np.ndarray) -> np.ndarray:

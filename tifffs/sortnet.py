@@ -16,6 +16,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Iterator, Sequence
 
+import cv2
 import numpy as np
 
 # a step of a network: (i, j, keep) with keep "both", "min" (only i is read later) or "max"
@@ -63,28 +64,31 @@ def selection_network(n: int, wanted: tuple[int, ...]) -> tuple[Step, ...]:
     return tuple(reversed(steps))
 
 
-def _run(work: list[np.ndarray], spare: np.ndarray, steps: Sequence[Step]) -> None:
-    """Apply ``steps`` in place to the writable planes ``work``; ``spare`` is scratch."""
+def _run(planes: np.ndarray, steps: Sequence[Step]) -> list[int]:
+    """Apply ``steps`` in place to ``planes[:-1]`` (``planes[-1]`` is scratch); return,
+    for each sorted position, the index of the plane that holds it."""
+    work, spare = list(range(len(planes) - 1)), len(planes) - 1
     for i, j, keep in steps:
-        a, b = work[i], work[j]
+        a, b = planes[work[i]], planes[work[j]]
         if keep == "both":
-            np.minimum(a, b, out=spare)
+            np.minimum(a, b, out=planes[spare])
             np.maximum(a, b, out=b)
-            work[i], spare = spare, a
+            work[i], spare = spare, work[i]
         elif keep == "min":
             np.minimum(a, b, out=a)
         else:
             np.maximum(a, b, out=b)
+    return work
 
 
 def median(planes: np.ndarray, out: np.ndarray) -> None:
     """out = the middle value of every block of integer ``planes[:-1]`` (``planes[-1]``
     is scratch; all are overwritten); for an even count, the two middle values' mean
     rounded half up, computed without overflow."""
-    work, n = list(planes[:-1]), len(planes) - 1
+    n = len(planes) - 1
     low_at, high_at = (n - 1) // 2, n // 2
-    _run(work, planes[-1], selection_network(n, tuple(sorted({low_at, high_at}))))
-    low, high = work[low_at], work[high_at]
+    work = _run(planes, selection_network(n, tuple(sorted({low_at, high_at}))))
+    low, high = planes[work[low_at]], planes[work[high_at]]
     if low_at == high_at:
         np.copyto(out, low)
         return
@@ -102,19 +106,37 @@ def median(planes: np.ndarray, out: np.ndarray) -> None:
 def mode(planes: np.ndarray, out: np.ndarray) -> None:
     """out = the most frequent value of every block of integer ``planes[:-1]``
     (``planes[-1]`` is scratch; all are overwritten); ties go to the smallest value."""
-    work, n = list(planes[:-1]), len(planes) - 1
-    _run(work, planes[-1], tuple((i, j, "both") for i, j in sorting_network(n)))
-    np.copyto(out, work[0])
+    n = len(planes) - 1
+    work = _run(planes, tuple((i, j, "both") for i, j in sorting_network(n)))
+    flat = planes.reshape(len(planes), -1)  # (n + 1, values): each plane contiguous
+    best = flat[work[0]].copy()
     counter = np.uint8 if n < 256 else np.uint32
-    run = np.ones(out.shape, dtype=counter)
+    run = np.ones(best.shape, dtype=counter)
     longest = run.copy()
-    same = np.empty(out.shape, dtype=bool)
-    longer = np.empty(out.shape, dtype=bool)
-    for previous, value in zip(work, work[1:]):
-        np.equal(value, previous, out=same)
-        np.multiply(run, same, out=run)  # a new value starts a run of one
+    same = np.empty(best.shape, dtype=bool)
+    longer = np.empty(best.shape, dtype=bool)
+    copy = _masked_copy(best.dtype)
+    for k in range(1, n):
+        value = flat[work[k]]
+        np.equal(value, flat[work[k - 1]], out=same)
+        np.multiply(run, same.view(np.uint8), out=run)  # a new value starts a run of one
         run += 1
         # strictly longer: of equally long runs the first, the smallest value, stays
         np.greater(run, longest, out=longer)
         np.maximum(longest, run, out=longest)
-        np.copyto(out, value, where=longer)
+        copy(value, longer, best)
+    np.copyto(out, best.reshape(out.shape))
+
+
+def _masked_copy(dtype: np.dtype):
+    """dst[mask] = src for 1-D arrays: OpenCV's copyTo where it takes the type (numpy's
+    masked copy slows down on unpredictable masks)."""
+    as_opencv = {1: np.uint8, 2: np.uint16, 4: np.int32}.get(dtype.itemsize)
+    if as_opencv is None:
+        return lambda src, mask, dst: np.copyto(dst, src, where=mask)
+
+    def copy(src: np.ndarray, mask: np.ndarray, dst: np.ndarray) -> None:
+        # bit patterns only: signed and unsigned of one width copy alike
+        cv2.copyTo(src.view(as_opencv)[None], mask.view(np.uint8)[None],
+                   dst=dst.view(as_opencv)[None])
+    return copy
