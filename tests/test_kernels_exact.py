@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from reference import reference_area, reference_blocks
+
 from tifffs import area, blockmean, downsample, sortnet
 
 SMALL = ["uint8", "int8", "uint16", "int16"]
@@ -140,7 +140,7 @@ def test_network_median_and_mode_equal_the_reference(method, dtype, factor, dept
 
 
 @settings(max_examples=150, deadline=None)
-@given(height=st.integers(1, 45), width=st.integers(1, 45), samples=st.integers(1, 3),
+@given(height=st.integers(1, 45), width=st.integers(1, 45), samples=st.integers(1, 5),
        factor=st.integers(1, 9), depth=st.integers(1, 3), method=st.sampled_from(
            ["mean", "median", "mode"]), dtype=st.sampled_from(SMALL + ["int32"]),
        distinct=st.integers(1, 300), seed=st.integers(0, 2**16))

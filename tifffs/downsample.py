@@ -19,11 +19,20 @@ exist.
   (u)int32, (u)int64, float16) are resized as float64 and rounded half up, clipped to
   the type's range.
 * ``area`` (fit views): exact area averaging to any output size, see ``area_resize``.
+
+How, with the same results bit for bit (tests/test_kernels_exact.py):
+
+* ``mean`` of 8- and 16-bit integers: OpenCV sums the whole blocks in float32 where that
+  is provably exact (``blockmean``); the ragged edges and all other types in numpy.
+* ``median`` and ``mode`` of integers: comparator networks over planes of block values
+  (``sortnet``), for blocks of up to 48 (median) or 128 (mode) values; floats (NaN)
+  and larger blocks: numpy's sort of each block.
+* ``area``: integer weights, exact sums (``tifffs.area``).
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -36,6 +45,8 @@ _CV2_INTERPOLATION = {"linear": cv2.INTER_LINEAR, "lanczos": cv2.INTER_LANCZOS4}
 _CV2_RESIZABLE = {np.dtype(t) for t in ("uint8", "uint16", "int16", "float32", "float64")}
 _MIN_OPENCV_PIXELS = 64  # smaller pages: numpy alone is as quick
 _NETWORK_CHUNK_BYTES = 1 << 20  # planes of one chunk of block rows: stay in the L2 cache
+# Largest block for a comparator network; beyond, numpy's (SIMD) sort of each block wins
+_NETWORK_LIMIT = {"median": 48, "mode": 128}
 
 
 def output_length(length: int, factor: int) -> int:
@@ -208,14 +219,14 @@ def _gathered(slices: list[np.ndarray], factor: int, method: str,
         regions = [a[rows, cols] for a in slices]
         oh, ow = regions[0].shape[0] // bh, regions[0].shape[1] // bw
         target = out[rows.start // factor:, cols.start // factor:][:oh, :ow]
-        if out.dtype.kind == "f":  # NaN: sort, where min and max would spread it
-            reducer = _median if method == "median" else _mode
-            blocks = [r.reshape(oh, bh, ow, bw, samples).transpose(0, 2, 4, 1, 3)
-                      .reshape(oh, ow, samples, bh * bw) for r in regions]
-            target[...] = reducer(np.concatenate(blocks, axis=-1) if len(blocks) > 1
-                                  else blocks[0])
-        else:
+        # floats sort: min and max would spread a NaN rather than order it
+        if out.dtype.kind != "f" and len(regions) * bh * bw <= _NETWORK_LIMIT[method]:
             _by_network(regions, bh, bw, method, target)
+            continue
+        reducer = _median if method == "median" else _mode
+        blocks = [r.reshape(oh, bh, ow, bw, samples).transpose(0, 2, 4, 1, 3)
+                  .reshape(oh, ow, samples, bh * bw) for r in regions]
+        target[...] = reducer(np.concatenate(blocks, axis=-1) if len(blocks) > 1 else blocks[0])
     return out
 
 

@@ -13,8 +13,8 @@ them. Floats are not sorted here: NaN makes ``min``/``max`` spread rather than o
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
-from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
