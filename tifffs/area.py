@@ -88,24 +88,22 @@ def _store(out: np.ndarray | None, result: np.ndarray) -> np.ndarray:
 
 def _exact_integers(rows: np.ndarray, row_axis: AreaAxis, col_axis: AreaAxis, first: int,
                     last: int, largest: int) -> np.ndarray:
-    """Both passes a few output rows at a time: every intermediate stays in the L2 cache
-    and no large temporary is allocated."""
+    """Both passes a few output rows at a time, the columns pass on the transposed rows
+    pass: every intermediate stays in the L2 cache and none is large."""
     # |row pass| <= largest * source rows; its intermediates <= largest * (rows + 2 outputs)
     row_type = (np.int32 if largest * (row_axis.source + 2 * row_axis.output) < 2**31
                 else np.float64)
     widest = -(-col_axis.source // col_axis.output)  # source columns wholly in one output
     sum_type = np.int32 if widest * largest * row_axis.source < 2**31 else np.float64
     total = float(row_axis.source * col_axis.source)
-    row_starts, row_fractions = row_axis.cuts(first, last)
-    col_starts, col_fractions = col_axis.cuts(0, col_axis.output)
+    by_rows = _Cuts(row_axis, first, last, row_type)
+    by_columns = _Cuts(col_axis, 0, col_axis.output, np.float64)
     out = np.empty((last - first, col_axis.output, rows.shape[2]), dtype=rows.dtype)
     chunk = max(1, _CHUNK_BYTES // (rows.shape[1] * rows.shape[2] * 4))
     for a in range(0, last - first, chunk):
         b = min(a + chunk, last - first)
-        by_rows = _area_rows(rows, row_starts[a:b + 1], row_fractions[a:b + 1],
-                             row_axis.output, row_type, row_type)
-        sums = _area_rows(_transpose(by_rows), col_starts, col_fractions, col_axis.output,
-                          sum_type, np.float64)
+        part = by_rows.sums(rows, a, b, row_type)
+        sums = by_columns.sums(_transpose(part), 0, col_axis.output, sum_type)
         np.divide(sums, total, out=sums)  # then floor(sums / total + 1/2)
         np.add(sums, 0.5, out=sums)
         if rows.dtype.kind == "i":  # casting truncates towards zero: floor only for x >= 0
@@ -114,32 +112,39 @@ def _exact_integers(rows: np.ndarray, row_axis: AreaAxis, col_axis: AreaAxis, fi
     return out
 
 
-def _area_rows(source: np.ndarray, starts: np.ndarray, fractions: np.ndarray, scale: int,
-               sum_type: type, dtype: type) -> np.ndarray:
-    """Scaled area sums along the first axis, output ``i`` from ``Q(i + 1) - Q(i)``.
+class _Cuts:
+    """Where the outputs of one axis start, prepared once for every chunk of outputs."""
 
-    ``Q(i) = scale * (sum of source[:starts[i]]) + fractions[i] * source[starts[i]]`` is
-    the integral up to output ``i``'s start: ``starts[i + 1] - starts[i]`` whole rows
-    times ``scale``, plus and minus the two partial rows.
-    """
-    counts = np.diff(starts)
-    shape = (-1,) + (1,) * (source.ndim - 1)
-    # mixed-type arithmetic is slow in numpy: convert each gathered row once
-    edges = np.take(source, np.minimum(starts, len(source) - 1), axis=0).astype(sum_type)
-    sums = edges[:-1].copy()
-    for k in range(1, int(counts.max())):
-        more = np.flatnonzero(counts > k)
-        if more.size == counts.size:
-            sums += source[starts[:-1] + k].astype(sum_type)
-        else:
-            sums[more] += source[starts[more] + k]
-    if sum_type is not dtype:
-        sums, edges = sums.astype(dtype), edges.astype(dtype)
-    sums *= dtype(scale)
-    edges *= fractions.astype(dtype).reshape(shape)
-    sums -= edges[:-1]
-    sums += edges[1:]
-    return sums
+    def __init__(self, axis: AreaAxis, first: int, last: int, dtype: type) -> None:
+        self.starts, fractions = axis.cuts(first, last)
+        self.counts = np.diff(self.starts)
+        self.clamped = np.minimum(self.starts, axis.source_range(first, last)[1]
+                                  - axis.source_range(first, last)[0] - 1)
+        self.fractions = fractions.astype(dtype)
+        self.scale, self.dtype = dtype(axis.output), dtype
+
+    def sums(self, source: np.ndarray, a: int, b: int, sum_type: type) -> np.ndarray:
+        """Outputs ``a:b`` as ``Q(i + 1) - Q(i)``, where ``Q(i) = scale * (sum of
+        source[:starts[i]]) + fractions[i] * source[starts[i]]`` is the integral up to
+        output ``i``'s start: ``counts[i]`` whole rows times ``scale``, plus and minus
+        the two partial rows."""
+        starts, counts = self.starts[a:b], self.counts[a:b]
+        # mixed-type arithmetic is slow in numpy: convert each gathered row once
+        edges = np.take(source, self.clamped[a:b + 1], axis=0).astype(sum_type)
+        sums = edges[:-1].copy()
+        for k in range(1, int(counts.max())):
+            more = np.flatnonzero(counts > k)
+            if more.size == counts.size:
+                sums += source[starts + k].astype(sum_type)
+            else:
+                sums[more] += source[starts[more] + k]
+        if sum_type is not self.dtype:
+            sums, edges = sums.astype(self.dtype), edges.astype(self.dtype)
+        sums *= self.scale
+        edges *= self.fractions[a:b + 1].reshape((-1,) + (1,) * (source.ndim - 1))
+        sums -= edges[:-1]
+        sums += edges[1:]
+        return sums
 
 
 def _transpose(a: np.ndarray) -> np.ndarray:
