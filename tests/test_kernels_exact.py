@@ -55,9 +55,10 @@ def _near_ties(dtype: str, shape: tuple[int, int, int], factor: int, depth: int,
 @pytest.mark.parametrize("dtype", SMALL)
 @pytest.mark.parametrize("factor", FACTORS)
 @pytest.mark.parametrize("depth", [1, 2, 3])
-def test_opencv_mean_equals_the_reference(dtype, factor, depth):
-    rng = np.random.default_rng(factor * 7 + depth)
-    shape = (factor * 9 + factor // 2 + 1, factor * 11 + 1, 2)  # ragged bottom and right
+@pytest.mark.parametrize("samples", [1, 2, 3, 4])
+def test_opencv_mean_equals_the_reference(dtype, factor, depth, samples):
+    rng = np.random.default_rng(factor * 7 + depth + 100 * samples)
+    shape = (factor * 9 + factor // 2 + 1, factor * 11 + 1, samples)  # ragged edges
     for make in (_random, _extremes):
         slices = [make(dtype, shape, rng) for _ in range(depth)]
         result = downsample.reduce_blocks(slices, factor, "mean")
@@ -85,6 +86,19 @@ def test_opencv_whole_blocks_alone_are_exact(dtype, factor, depth):
         out = np.empty((20, 24, 1), dtype=dtype)
         blockmean.mean_whole_blocks(slices, factor, out)
         np.testing.assert_array_equal(out, reference_blocks(slices, factor, "mean"))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16"])
+@pytest.mark.parametrize("samples", [1, 2, 3, 4])
+def test_halving_by_opencv_is_exact_wherever_the_probe_allows_it(dtype, samples):
+    """x2 means of one slice use OpenCV's integer 2x2 path when its probe passed."""
+    rng = np.random.default_rng(samples)
+    page = _near_ties(dtype, (130, 262, samples), 2, 1, rng)[0]
+    expected = reference_blocks([page], 2, "mean")
+    np.testing.assert_array_equal(downsample.mean(page, 2), expected)
+    out = np.empty(expected.shape, dtype=dtype)
+    blockmean.mean_whole_blocks([page[:130, :262]], 2, out)
+    np.testing.assert_array_equal(out, expected)
 
 
 def test_opencv_mean_applies_to_the_common_cases():

@@ -12,6 +12,13 @@ whose integer-factor path sums each run of ``f`` values and multiplies by
   |S| * (2u + u*u)`` with ``u = 2**-24``, below 1/2 while ``|S| < 2**22``; then
   ``rint(x * f)`` (in float64, where ``x * f`` is exact) recovers ``S``.
 
+For ``f = 2`` and one slice of uint8, uint16 or int16 with 1, 3 or 4 samples, OpenCV's
+own 2x2 area path on the integers is used instead: it computes ``(a + b + c + d + 2) >> 2``
+(``v_rshr_pack<2>``), which is ``floor(S / 4 + 1/2)`` exactly, also for negative sums
+(arithmetic shift). Since that is a property of OpenCV's code rather than of its
+documentation, it is checked once per type on a probe of every residue at both ends of
+the range; a build that rounds otherwise falls back to the float32 path.
+
 From the exact ``S`` the mean is ``floor(S / n + 1/2)``: when ``n`` is a power of two and
 ``n * (M + 1) <= 2**24``, ``S / n + 1/2`` is exact in float32; otherwise in float64 the
 quotient either is the exact half-integer tie or lies at least ``1 / (2n)`` from one,
@@ -21,12 +28,16 @@ far beyond float64's rounding, so ``floor`` is exact. OpenCV's own integer round
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
 
 _EXACT_TYPES = {np.dtype(t) for t in ("uint8", "int8", "uint16", "int16")}
 _CHUNK_BYTES = 1 << 19  # float32 row sums per chunk: stays in the L2 cache
 _MAX_SAMPLES = 4
+_HALVING_TYPES = {np.dtype(t) for t in ("uint8", "uint16", "int16")}
+_HALVING_SAMPLES = (1, 3, 4)  # OpenCV's vectorised 2x2 path: other counts round to even
 
 
 def _power_of_two(n: int) -> bool:
@@ -55,6 +66,11 @@ def mean_whole_blocks(slices: list[np.ndarray], factor: int, out: np.ndarray) ->
     f, depth = factor, len(slices)
     height, width, samples = slices[0].shape
     out_rows, out_cols = height // f, width // f
+    if f == 2 and depth == 1 and _halves_exactly(out.dtype, samples):
+        result = _opencv_area(slices[0], out_cols, out_rows, out)
+        if not np.may_share_memory(result, out):
+            np.copyto(out, result.reshape(out.shape))
+        return
     n = f * f * depth
     exact32 = _power_of_two(n) and n * (_largest_magnitude(out.dtype) + 1) <= 2**24
     chunk = max(1, min(out_rows, _CHUNK_BYTES // (width * samples * 4)))
@@ -74,6 +90,30 @@ def mean_whole_blocks(slices: list[np.ndarray], factor: int, out: np.ndarray) ->
             block = _column_sums(rows.reshape(last - first, width, samples), f,
                                  means[: last - first])
         _round(block, f, n, exact32, out[first:last])
+
+
+@lru_cache(maxsize=None)
+def _halves_exactly(dtype: np.dtype, samples: int) -> bool:
+    """Whether OpenCV's 2x2 area reduction of this type is floor(S / 4 + 1/2)."""
+    if dtype not in _HALVING_TYPES or samples not in _HALVING_SAMPLES:
+        return False
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(0)
+    near_ends = np.concatenate([np.arange(info.min, info.min + 8),
+                                np.arange(info.max - 7, info.max + 1)])
+    probe = rng.choice(near_ends, (16, 2 * 67, samples)).astype(dtype)  # SIMD and tail
+    probe[8:] = rng.integers(info.min, info.max, (8, 2 * 67, samples), endpoint=True)
+    sums = probe.astype(np.int64).reshape(8, 2, 67, 2, samples).sum(axis=(1, 3))
+    return bool((_opencv_area(probe, 67, 8).reshape(sums.shape) == (sums + 2) // 4).all())
+
+
+def _opencv_area(page: np.ndarray, width: int, height: int,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """cv2.resize(INTER_AREA) of (rows, columns, samples), into ``out`` when OpenCV can."""
+    if page.shape[2] == 1:  # OpenCV takes and gives one channel as 2-D
+        page, out = page[:, :, 0], None if out is None else out[:, :, 0]
+    dst = out if out is not None and out.flags.c_contiguous else None
+    return cv2.resize(page, (width, height), dst=dst, interpolation=cv2.INTER_AREA)
 
 
 def _column_sums(rows: np.ndarray, f: int, dst: np.ndarray) -> np.ndarray:
