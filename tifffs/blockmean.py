@@ -28,7 +28,7 @@ far beyond float64's rounding, so ``floor`` is exact. OpenCV's own integer round
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import cv2
 import numpy as np
@@ -92,7 +92,7 @@ def mean_whole_blocks(slices: list[np.ndarray], factor: int, out: np.ndarray) ->
         _round(block, f, n, exact32, out[first:last])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _halves_exactly(dtype: np.dtype, samples: int) -> bool:
     """Whether OpenCV's 2x2 area reduction of this type is floor(S / 4 + 1/2)."""
     if dtype not in _HALVING_TYPES or samples not in _HALVING_SAMPLES:
