@@ -101,10 +101,11 @@ def _halves_exactly(dtype: np.dtype, samples: int) -> bool:
     rng = np.random.default_rng(0)
     near_ends = np.concatenate([np.arange(info.min, info.min + 8),
                                 np.arange(info.max - 7, info.max + 1)])
-    probe = rng.choice(near_ends, (16, 2 * 67, samples)).astype(dtype)  # SIMD and tail
-    probe[8:] = rng.integers(info.min, info.max, (8, 2 * 67, samples), endpoint=True)
-    sums = probe.astype(np.int64).reshape(8, 2, 67, 2, samples).sum(axis=(1, 3))
-    return bool((_opencv_area(probe, 67, 8).reshape(sums.shape) == (sums + 2) // 4).all())
+    rows, cols = 64, 259  # output pixels: OpenCV's vector loop and its scalar tail
+    probe = rng.choice(near_ends, (2 * rows, 2 * cols, samples)).astype(dtype)
+    probe[rows:] = rng.integers(info.min, info.max, probe[rows:].shape, endpoint=True)
+    sums = probe.astype(np.int64).reshape(rows, 2, cols, 2, samples).sum(axis=(1, 3))
+    return bool((_opencv_area(probe, cols, rows).reshape(sums.shape) == (sums + 2) // 4).all())
 
 
 def _opencv_area(page: np.ndarray, width: int, height: int,
