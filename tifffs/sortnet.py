@@ -64,6 +64,11 @@ def selection_network(n: int, wanted: tuple[int, ...]) -> tuple[Step, ...]:
     return tuple(reversed(steps))
 
 
+@lru_cache(maxsize=64)
+def _full_sort(n: int) -> tuple[Step, ...]:
+    return tuple((i, j, "both") for i, j in sorting_network(n))
+
+
 def _run(planes: np.ndarray, steps: Sequence[Step]) -> list[int]:
     """Apply ``steps`` in place to ``planes[:-1]`` (``planes[-1]`` is scratch); return,
     for each sorted position, the index of the plane that holds it."""
@@ -107,7 +112,7 @@ def mode(planes: np.ndarray, out: np.ndarray) -> None:
     """out = the most frequent value of every block of integer ``planes[:-1]``
     (``planes[-1]`` is scratch; all are overwritten); ties go to the smallest value."""
     n = len(planes) - 1
-    work = _run(planes, tuple((i, j, "both") for i, j in sorting_network(n)))
+    work = _run(planes, _full_sort(n))
     flat = planes.reshape(len(planes), -1)  # (n + 1, values): each plane contiguous
     best = flat[work[0]].copy()
     counter = np.uint8 if n < 256 else np.uint32
