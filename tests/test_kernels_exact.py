@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import reference_area, reference_blocks
 
+from reference import reference_area, reference_blocks
 from tifffs import area, blockmean, downsample, sortnet
 
 SMALL = ["uint8", "int8", "uint16", "int16"]
