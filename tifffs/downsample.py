@@ -19,19 +19,34 @@ exist.
   (u)int32, (u)int64, float16) are resized as float64 and rounded half up, clipped to
   the type's range.
 * ``area`` (fit views): exact area averaging to any output size, see ``area_resize``.
+
+How, with the same results bit for bit (tests/test_kernels_exact.py):
+
+* ``mean`` of 8- and 16-bit integers: OpenCV sums the whole blocks in float32 where that
+  is provably exact (``blockmean``); the ragged edges and all other types in numpy.
+* ``median`` and ``mode`` of integers: comparator networks over planes of block values
+  (``sortnet``), for blocks of up to 48 (median) or 128 (mode) values; floats (NaN)
+  and larger blocks: numpy's sort of each block.
+* ``area``: integer weights, exact sums (``tifffs.area``).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
 
+from tifffs import blockmean, sortnet
+from tifffs.area import AreaAxis, area_resize  # noqa: F401  (re-exported)
 from tifffs.methods import METHODS  # noqa: F401  (re-exported)
 
 _CV2_INTERPOLATION = {"linear": cv2.INTER_LINEAR, "lanczos": cv2.INTER_LANCZOS4}
 _CV2_RESIZABLE = {np.dtype(t) for t in ("uint8", "uint16", "int16", "float32", "float64")}
+_MIN_OPENCV_PIXELS = 64  # smaller pages: numpy alone is as quick
+_NETWORK_CHUNK_BYTES = 1 << 20  # planes of one chunk of block rows: stay in the L2 cache
+# Largest block for a comparator network; beyond, numpy's (SIMD) sort of each block wins
+_NETWORK_LIMIT = {"median": 48, "mode": 128}
 
 
 def output_length(length: int, factor: int) -> int:
@@ -44,26 +59,41 @@ def nearest(rows: np.ndarray, factor: int) -> np.ndarray:
     return rows[:, ::factor]
 
 
-def reduce_blocks(slices: list[np.ndarray], factor: int, method: str) -> np.ndarray:
+def reduce_blocks(slices: list[np.ndarray], factor: int, method: str,
+                  out: np.ndarray | None = None) -> np.ndarray:
     """Reduce every ``factor x factor x len(slices)`` block of equally shaped slices.
 
     ``method`` is one of ``mean``, ``max``, ``min``, ``median``, ``mode``; the result has
-    ``ceil(rows / f)`` rows, ``ceil(columns / f)`` columns and the input's dtype.
+    ``ceil(rows / f)`` rows, ``ceil(columns / f)`` columns and the input's dtype. It is
+    written into ``out`` when given (an array of that shape and type).
     """
     if method == "mean":
-        return _mean(slices, factor)
+        return _mean(slices, factor, out)
     if method in ("max", "min"):
-        return _extreme(slices, factor, np.maximum if method == "max" else np.minimum)
-    if method == "median":
-        return _gathered(slices, factor, _median)
-    if method == "mode":
-        return _gathered(slices, factor, _mode)
-    raise ValueError(f"{method!r} is not a block method")
+        result = _extreme(slices, factor, np.maximum if method == "max" else np.minimum)
+    elif method in ("median", "mode"):
+        return _gathered(slices, factor, method, out)
+    else:
+        raise ValueError(f"{method!r} is not a block method")
+    if out is None:
+        return result
+    out[...] = result
+    return out
 
 
-def mean(block_rows: np.ndarray, factor: int) -> np.ndarray:
+def mean(block_rows: np.ndarray, factor: int, out: np.ndarray | None = None) -> np.ndarray:
     """Mean of every ``factor x factor`` block of one slice (see the module docstring)."""
-    return _mean([block_rows], factor)
+    return _mean([block_rows], factor, out)
+
+
+def _output(slices: list[np.ndarray], factor: int, out: np.ndarray | None) -> np.ndarray:
+    height, width, samples = slices[0].shape
+    shape = (output_length(height, factor), output_length(width, factor), samples)
+    if out is None:
+        return np.empty(shape, dtype=slices[0].dtype)
+    if out.shape != shape or out.dtype != slices[0].dtype:
+        raise ValueError(f"out must be {shape} {slices[0].dtype}, not {out.shape} {out.dtype}")
+    return out
 
 
 def interpolate(page: np.ndarray, height: int, width: int, method: str) -> np.ndarray:
@@ -82,11 +112,40 @@ def interpolate(page: np.ndarray, height: int, width: int, method: str) -> np.nd
 
 
 # -- mean, max, min: accumulate the f phases of rows, then of columns
-def _mean(slices: list[np.ndarray], factor: int) -> np.ndarray:
+def _mean(slices: list[np.ndarray], factor: int, out: np.ndarray | None) -> np.ndarray:
+    height, width, samples = slices[0].shape
+    if factor == 1 and len(slices) == 1:
+        if out is None:
+            return slices[0]
+        out[...] = slices[0]
+        return out
+    f = factor
+    full_h, full_w = height - height % f, width - width % f
+    if (full_h * full_w < _MIN_OPENCV_PIXELS * f * f
+            or not blockmean.applies(slices[0].dtype, f, len(slices), samples)):
+        result = _exact_mean(slices, f)
+        return result if out is None else _copy_into(out, result)
+    out = _output(slices, f, out)
+    blockmean.mean_whole_blocks([s[:full_h, :full_w] for s in slices], f,
+                                out[: full_h // f, : full_w // f])
+    if full_h < height:  # the ragged bottom and right edges, exactly in numpy
+        out[full_h // f:] = _exact_mean([s[full_h:] for s in slices], f)
+    if full_w < width:
+        out[: full_h // f, full_w // f:] = _exact_mean([s[:full_h, full_w:] for s in slices], f)
+    return out
+
+
+def _copy_into(out: np.ndarray, result: np.ndarray) -> np.ndarray:
+    if out.shape != result.shape or out.dtype != result.dtype:
+        raise ValueError(f"out must be {result.shape} {result.dtype}, not {out.shape} {out.dtype}")
+    out[...] = result
+    return out
+
+
+def _exact_mean(slices: list[np.ndarray], factor: int) -> np.ndarray:
+    """The mean of every block in numpy, exact for every type (the reference semantics)."""
     dtype = slices[0].dtype
     height, width = slices[0].shape[:2]
-    if factor == 1 and len(slices) == 1:
-        return slices[0]
     accumulator = _accumulator_dtype(dtype, factor * factor * len(slices))
     sums = _block_accumulate(slices[0], factor, accumulator, np.add)
     for more in slices[1:]:
@@ -152,21 +211,43 @@ def _regions(height: int, width: int, factor: int) -> Iterator[tuple[slice, slic
                 yield rows, cols, bh, bw
 
 
-def _gathered(slices: list[np.ndarray], factor: int,
-              reducer: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def _gathered(slices: list[np.ndarray], factor: int, method: str,
+              out: np.ndarray | None) -> np.ndarray:
     height, width, samples = slices[0].shape
-    out = np.empty((output_length(height, factor), output_length(width, factor), samples),
-                   dtype=slices[0].dtype)
+    out = _output(slices, factor, out)
     for rows, cols, bh, bw in _regions(height, width, factor):
-        blocks = []
-        for a in slices:
-            region = a[rows, cols]
-            oh, ow = region.shape[0] // bh, region.shape[1] // bw
-            blocks.append(region.reshape(oh, bh, ow, bw, samples)
-                          .transpose(0, 2, 4, 1, 3).reshape(oh, ow, samples, bh * bw))
-        values = np.concatenate(blocks, axis=-1) if len(blocks) > 1 else blocks[0]
-        out[rows.start // factor:, cols.start // factor:][:oh, :ow] = reducer(values)
+        regions = [a[rows, cols] for a in slices]
+        oh, ow = regions[0].shape[0] // bh, regions[0].shape[1] // bw
+        target = out[rows.start // factor:, cols.start // factor:][:oh, :ow]
+        # floats sort: min and max would spread a NaN rather than order it
+        if out.dtype.kind != "f" and len(regions) * bh * bw <= _NETWORK_LIMIT[method]:
+            _by_network(regions, bh, bw, method, target)
+            continue
+        reducer = _median if method == "median" else _mode
+        blocks = [r.reshape(oh, bh, ow, bw, samples).transpose(0, 2, 4, 1, 3)
+                  .reshape(oh, ow, samples, bh * bw) for r in regions]
+        target[...] = reducer(np.concatenate(blocks, axis=-1) if len(blocks) > 1 else blocks[0])
     return out
+
+
+def _by_network(regions: list[np.ndarray], bh: int, bw: int, method: str,
+                out: np.ndarray) -> None:
+    """Median or mode of integer blocks: planes of a few block rows at a time, sorted by
+    ``sortnet`` (exactly what sorting each block gives)."""
+    oh, ow, samples = out.shape
+    n = len(regions) * bh * bw
+    per_row = (n + 1) * ow * samples * out.dtype.itemsize
+    chunk = max(1, min(oh, _NETWORK_CHUNK_BYTES // per_row))
+    planes = np.empty((n + 1, chunk, ow, samples), dtype=out.dtype)
+    reducer = sortnet.median if method == "median" else sortnet.mode
+    for first in range(0, oh, chunk):
+        last = min(first + chunk, oh)
+        for z, region in enumerate(regions):
+            values = region[first * bh:last * bh].reshape(last - first, bh, ow, bw, samples)
+            target = planes[z * bh * bw:(z + 1) * bh * bw, : last - first]
+            np.copyto(target.reshape(bh, bw, last - first, ow, samples),
+                      values.transpose(1, 3, 0, 2, 4))
+        reducer(planes[:, : last - first], out[first:last])
 
 
 def _median(values: np.ndarray) -> np.ndarray:
@@ -195,61 +276,3 @@ def _mode(values: np.ndarray) -> np.ndarray:
     # argmax finds the first longest run: the smallest of the most frequent values
     best = np.argmax(run_length, axis=-1)
     return np.take_along_axis(ordered, best[..., None], axis=-1)[..., 0]
-
-
-# -- area averaging to any size (fit views)
-class AreaAxis:
-    """Exact area weights from ``source`` to ``output`` pixels along one axis.
-
-    Output pixel ``i`` covers source interval ``[i*s, (i+1)*s)`` with ``s = source /
-    output``. Scaled by ``output``, every overlap is an integer and the weights of each
-    output pixel sum to ``source``.
-    """
-
-    def __init__(self, source: int, output: int) -> None:
-        self.source, self.output = source, output
-
-    def source_range(self, first: int, last: int) -> tuple[int, int]:
-        """Source pixels that output pixels ``first:last`` cover."""
-        return (first * self.source) // self.output, -(-(last * self.source) // self.output)
-
-    def taps(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
-        """(source indices, integer weights), each (last - first, taps), for outputs."""
-        start, stop = self.source_range(first, last)
-        outputs = np.arange(first, last)[:, None]
-        lo = (outputs * self.source) // self.output
-        taps = -(-self.source // self.output) + 1
-        indices = np.minimum(lo + np.arange(taps)[None, :], stop - 1)
-        overlap = (np.minimum((outputs + 1) * self.source, (indices + 1) * self.output)
-                   - np.maximum(outputs * self.source, indices * self.output))
-        weights = np.clip(overlap, 0, None)
-        weights[:, 1:][indices[:, 1:] == indices[:, :-1]] = 0  # clamped duplicates
-        return indices - start, weights
-
-
-def area_resize(rows: np.ndarray, row_axis: AreaAxis, col_axis: AreaAxis, first: int,
-                last: int) -> np.ndarray:
-    """Output rows ``first:last`` of the exact area average of a page.
-
-    ``rows`` holds the source rows ``row_axis.source_range(first, last)`` and all
-    columns. Integers of up to 16 bits are computed exactly in int64 and rounded half
-    up; other types in float64 (integers then rounded half up and clipped).
-    """
-    dtype = rows.dtype
-    exact = dtype.kind in "iu" and dtype.itemsize <= 2
-    work = np.int64 if exact else np.float64
-    row_index, row_weight = row_axis.taps(first, last)
-    acc = np.zeros((last - first, rows.shape[1], rows.shape[2]), dtype=work)
-    for tap in range(row_index.shape[1]):
-        acc += row_weight[:, tap, None, None] * rows[row_index[:, tap]].astype(work)
-    col_index, col_weight = col_axis.taps(0, col_axis.output)
-    out = np.zeros((acc.shape[0], col_axis.output, acc.shape[2]), dtype=work)
-    for tap in range(col_index.shape[1]):
-        out += col_weight[None, :, tap, None] * acc[:, col_index[:, tap]]
-    total = row_axis.source * col_axis.source
-    if exact:
-        return ((2 * out + total) // (2 * total)).astype(dtype)
-    if dtype.kind == "f":
-        return (out / total).astype(dtype)
-    info = np.iinfo(dtype)
-    return np.clip(np.floor(out / total + 0.5), info.min, info.max).astype(dtype)
