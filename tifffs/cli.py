@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import logging.handlers
 import os
 import re
 import signal
@@ -112,9 +111,14 @@ def _config(args: argparse.Namespace) -> MountConfig:
         no_index=args.no_index or "no_index" in ours,
         foreground=args.foreground or "foreground" in ours,
         debug=args.debug or "debug" in ours,
-        log_file=args.log_file or ours.get("log_file"),
+        log_file=_absolute(args.log_file or ours.get("log_file")),
         fuse_options=fuse_options,
     )
+
+
+def _absolute(path: str | None) -> str | None:
+    """``path`` made absolute now: the daemon changes its folder to / before logging."""
+    return os.path.abspath(path) if path else None
 
 
 def check_mount_preconditions(config: MountConfig) -> None:
@@ -248,38 +252,16 @@ def _serve(config: MountConfig, on_ready: Callable[[], None] | None) -> int:
 
 
 def _setup_logging(config: MountConfig, background: bool) -> None:
-    handler: logging.Handler
-    if config.log_file:
-        handler = logging.FileHandler(config.log_file)
-    elif background and os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler(address="/dev/log")
-        handler.ident = "tifffs: "
-    elif background:
-        state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-        os.makedirs(os.path.join(state, "tifffs"), exist_ok=True)
-        handler = logging.FileHandler(os.path.join(state, "tifffs", "tifffs.log"))
-    else:
-        handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s tifffs[%(process)d] %(levelname)s "
-                                           "%(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG if config.debug else logging.INFO)
-    # fusepy logs a traceback for every errno it returns; tifffs traces requests itself
-    logging.getLogger("fuse").setLevel(logging.WARNING)
-    if not config.debug:
-        # tifffile warns about oddities it works around; problems are logged by tifffs
-        logging.getLogger("tifffile").setLevel(logging.ERROR)
+    from tifffs import logs
+
+    logs.setup(config.log_file, background, config.debug)
 
 
 def _log_destination(config: MountConfig) -> str:
-    """Where the daemon's log goes, in words (the choice of ``_setup_logging``)."""
-    if config.log_file:
-        return config.log_file
-    if os.path.exists("/dev/log"):
-        return "syslog, e.g. journalctl -t tifffs"
-    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return os.path.join(state, "tifffs", "tifffs.log")
+    """Where the daemon's log goes, in words."""
+    from tifffs import logs
+
+    return logs.describe_destination(config.log_file, background=True)
 
 
 # -- render

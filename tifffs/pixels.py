@@ -10,6 +10,7 @@ bytes fetched with one read per run of neighbouring segments.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
@@ -44,14 +45,39 @@ class SourceFile:
         self.description = description
         self._decoders: dict[int, Callable[..., Any]] = {}
         self._decoder_lock = threading.Lock()
+        self._users = 0  # renders reading now
+        self._closing = False
+        self._use_lock = threading.Lock()
 
     @property
     def pages(self) -> tuple[SourcePage, ...]:
         return self.description.pages
 
     def close(self) -> None:
-        """Close the descriptor now (it is also closed when the object is collected)."""
+        """Close the descriptor once no render reads it (at once if none does; it is
+        also closed when the object is collected). Later renders fail."""
+        with self._use_lock:
+            self._closing = True
+            if self._users:
+                return
         self._closer()
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Keep the descriptor open while a render reads it (a render ahead may still
+        run when the last handle closes; a closed descriptor's number can be reused)."""
+        with self._use_lock:
+            if self._closing:
+                raise SourceChanged("the view was closed while it was being rendered")
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._use_lock:
+                self._users -= 1
+                last = self._closing and not self._users
+            if last:
+                self._closer()
 
     @property
     def closed(self) -> bool:

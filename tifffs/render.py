@@ -94,9 +94,10 @@ def render_band(source: SourceFile, plan: PagePlan, plane: int, band: int,
     """Output rows of band ``band`` of one plane, as a C-contiguous little-endian array."""
     first = band * plan.band_rows
     last = min(first + plan.band_rows, plan.out.height)
-    pixels = _render_rows(source, plan, plane, first, last, buffers)
-    # bytes read while the source changed would mix two versions
-    source.check_unchanged()
+    with source.in_use():
+        pixels = _render_rows(source, plan, plane, first, last, buffers)
+        # bytes read while the source changed would mix two versions
+        source.check_unchanged()
     result = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<"))
     if any(np.may_share_memory(result, buffer.data) for buffer in buffers):
         result = result.copy()  # the buffer is reused by the next band
