@@ -10,6 +10,7 @@ The fork and the wait for the daemon are in ``tifffs.background``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -27,6 +28,7 @@ from tifffs.config import (DEFAULT_CACHE_BYTES, DEFAULT_FACTORS, DEFAULT_METHOD,
                            MountConfig, cache_size_at_least_a_band, parse_factors,
                            parse_method, parse_size, parse_views, split_mount_options)
 from tifffs.methods import METHODS
+from tifffs.startlock import release_inherited, start_lock
 
 log = logging.getLogger("tifffs")
 RENDER_CHUNK = 16 << 20
@@ -201,16 +203,27 @@ def _unescape_mount_field(field: str) -> str:
 
 
 def _mount(config: MountConfig) -> int:
-    check_mount_preconditions(config)
     if config.foreground:
-        _setup_logging(config, background=False)
-        return _serve(config, on_ready=_notify_systemd if os.environ.get("NOTIFY_SOCKET")
-                      else None)
-    return serve_in_background(config, _start_daemon, _log_destination(config))
+        with contextlib.ExitStack() as held:
+            held.enter_context(start_lock(config.mountpoint))
+            check_mount_preconditions(config)
+            _setup_logging(config, background=False)
+            notify = _notify_systemd if os.environ.get("NOTIFY_SOCKET") else None
+
+            def ready() -> None:
+                held.close()  # mounted: the next start may look, and find it mounted
+                if notify is not None:
+                    notify()
+
+            return _serve(config, on_ready=ready)
+    with start_lock(config.mountpoint):
+        check_mount_preconditions(config)
+        return serve_in_background(config, _start_daemon, _log_destination(config))
 
 
 def _start_daemon(config: MountConfig, on_ready: Callable[[], None]) -> int:
     """The daemon, after the fork: log where a daemon logs, then serve."""
+    release_inherited()
     _setup_logging(config, background=True)
     return _serve(config, on_ready=on_ready)
 

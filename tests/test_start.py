@@ -1,0 +1,35 @@
+"""Two starts racing for one mountpoint: one mounts, the other says it is mounted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import is_mounted, unmount
+
+pytestmark = pytest.mark.mount
+
+
+def test_the_loser_of_a_start_race_says_the_point_is_mounted(tmp_path):
+    source, mountpoint = tmp_path / "src", tmp_path / "mnt"
+    source.mkdir()
+    mountpoint.mkdir()
+    command = [sys.executable, "-m", "tifffs", str(source), str(mountpoint), "--no-index",
+               "--log-file", str(tmp_path / "log")]
+    try:
+        for _ in range(3):
+            starts = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+                      for _ in range(2)]
+            results = [(p.wait(timeout=60), p.stderr.read()) for p in starts]
+            codes = sorted(code for code, _ in results)
+            assert codes == [0, 2], results
+            loser = next(text for code, text in results if code == 2)
+            assert "already mounted" in loser and "nonempty" not in loser, loser
+            with open("/proc/self/mounts") as mounts:
+                assert sum(str(mountpoint) in line for line in mounts) == 1
+            unmount(mountpoint)
+    finally:
+        unmount(mountpoint)
+        assert not is_mounted(mountpoint)
