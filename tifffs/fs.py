@@ -91,9 +91,10 @@ class TifffsOperations(Operations):
             if code not in _QUIET_ERRNOS:
                 self._report(args, exc.strerror or str(exc), code)
             raise FuseOSError(code) from None
-        except Exception as exc:  # a bug: keep the mount up, say where
-            log.exception("internal error in %s%r", op, args[:1])
-            self._report(args, f"internal error: {exc!r}", errno.EIO)
+        except Exception as exc:  # noqa: BLE001  (a bug: keep the mount up, say where)
+            self._report(args, f"internal error in {op}: {exc!r} (please report it; "
+                         "--debug logs the traceback)", errno.EIO)
+            log.debug("traceback of the internal error in %s", op, exc_info=True)
             raise FuseOSError(errno.EIO) from None
 
     def _report(self, args: tuple, cause: str, code: int) -> None:
