@@ -18,6 +18,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from tifffs.arith import ceil_div
+
 _SMALL_INTEGERS = {np.dtype(t) for t in ("uint8", "int8", "uint16", "int16")}
 _OPENCV_SAMPLES = 4  # cv2.transpose: up to 4 channels
 _CHUNK_BYTES = 1 << 18  # output rows per chunk: their row sums fill this
@@ -36,7 +38,7 @@ class AreaAxis:
 
     def source_range(self, first: int, last: int) -> tuple[int, int]:
         """Source pixels that output pixels ``first:last`` cover."""
-        return (first * self.source) // self.output, -(-(last * self.source) // self.output)
+        return (first * self.source) // self.output, ceil_div(last * self.source, self.output)
 
     def cuts(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
         """Where outputs ``first..last`` start: (source index relative to
@@ -50,7 +52,7 @@ class AreaAxis:
         start, stop = self.source_range(first, last)
         outputs = np.arange(first, last)[:, None]
         lo = (outputs * self.source) // self.output
-        taps = -(-self.source // self.output) + 1
+        taps = ceil_div(self.source, self.output) + 1
         indices = np.minimum(lo + np.arange(taps)[None, :], stop - 1)
         overlap = (np.minimum((outputs + 1) * self.source, (indices + 1) * self.output)
                    - np.maximum(outputs * self.source, indices * self.output))
@@ -93,7 +95,7 @@ def _exact_integers(rows: np.ndarray, row_axis: AreaAxis, col_axis: AreaAxis, fi
     # |row pass| <= largest * source rows; its intermediates <= largest * (rows + 2 outputs)
     row_type = (np.int32 if largest * (row_axis.source + 2 * row_axis.output) < 2**31
                 else np.float64)
-    widest = -(-col_axis.source // col_axis.output)  # source columns wholly in one output
+    widest = ceil_div(col_axis.source, col_axis.output)  # source columns wholly in one output
     sum_type = np.int32 if widest * largest * row_axis.source < 2**31 else np.float64
     total = float(row_axis.source * col_axis.source)
     by_rows = _Cuts(row_axis, first, last, row_type)

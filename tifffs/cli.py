@@ -24,9 +24,19 @@ from typing import Callable
 
 from tifffs import __version__
 from tifffs.background import serve_in_background
-from tifffs.config import (DEFAULT_CACHE_BYTES, DEFAULT_FACTORS, DEFAULT_METHOD, ConfigError,
-                           MountConfig, cache_size_at_least_a_band, parse_factors,
-                           parse_method, parse_size, parse_views, split_mount_options)
+from tifffs.config import (
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_FACTORS,
+    DEFAULT_METHOD,
+    ConfigError,
+    MountConfig,
+    cache_size_at_least_a_band,
+    parse_factors,
+    parse_method,
+    parse_size,
+    parse_views,
+    split_mount_options,
+)
 from tifffs.methods import METHODS
 from tifffs.startlock import release_inherited, start_lock
 

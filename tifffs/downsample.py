@@ -39,6 +39,7 @@ import numpy as np
 
 from tifffs import blockmean, sortnet
 from tifffs.area import AreaAxis, area_resize  # noqa: F401  (re-exported)
+from tifffs.arith import ceil_div
 from tifffs.methods import METHODS  # noqa: F401  (re-exported)
 
 _CV2_INTERPOLATION = {"linear": cv2.INTER_LINEAR, "lanczos": cv2.INTER_LANCZOS4}
@@ -51,7 +52,7 @@ _NETWORK_LIMIT = {"median": 48, "mode": 128}
 
 def output_length(length: int, factor: int) -> int:
     """Number of output pixels along an axis of ``length`` source pixels: ceil(length / f)."""
-    return -(-length // factor)
+    return ceil_div(length, factor)
 
 
 def nearest(rows: np.ndarray, factor: int) -> np.ndarray:

@@ -8,8 +8,14 @@ import sys
 import time
 from typing import TYPE_CHECKING, Iterable, Iterator
 
-from tifffs.config import (DEFAULT_METHOD, ConfigError, MountConfig, parse_factors,
-                           parse_method, parse_views)
+from tifffs.config import (
+    DEFAULT_METHOD,
+    ConfigError,
+    MountConfig,
+    parse_factors,
+    parse_method,
+    parse_views,
+)
 from tifffs.errors import TifffsError
 from tifffs.index import default_directory
 from tifffs.pages import SourceVersion

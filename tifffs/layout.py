@@ -23,6 +23,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from tifffs.arith import ceil_div
+
 #: Preferred size of an output strip; small pages get one strip.
 TARGET_STRIP_BYTES = 1 << 20
 #: Pixel data starts on this boundary (helps readers that memory-map the data).
@@ -191,7 +193,7 @@ def _signature(page: OutputPage) -> tuple:
 
 
 def _align(value: int, alignment: int) -> int:
-    return -(-value // alignment) * alignment
+    return ceil_div(value, alignment) * alignment
 
 
 def _header(bigtiff: bool, first_ifd: int) -> bytes:
@@ -203,14 +205,14 @@ def _header(bigtiff: bool, first_ifd: int) -> bytes:
 def _strip_offsets(page: OutputPage, start: int) -> list[int]:
     rps = page.rowsperstrip
     strip_bytes = rps * page.row_bytes
-    per_plane = -(-page.height // rps)
+    per_plane = ceil_div(page.height, rps)
     return [start + plane * page.plane_bytes + s * strip_bytes
             for plane in range(page.planes) for s in range(per_plane)]
 
 
 def _strip_bytecounts(page: OutputPage) -> list[int]:
     rps = page.rowsperstrip
-    per_plane = -(-page.height // rps)
+    per_plane = ceil_div(page.height, rps)
     counts = [rps * page.row_bytes] * per_plane
     counts[-1] = (page.height - rps * (per_plane - 1)) * page.row_bytes
     return counts * page.planes

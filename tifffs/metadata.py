@@ -14,6 +14,8 @@ from typing import Any
 
 import tifffile
 
+from tifffs.arith import ceil_div
+
 #: ResolutionUnit values and the unit ImageJ shows for them.
 RESOLUTION_UNIT_NAMES = {2: "inch", 3: "cm"}
 #: ImageJ description keys that hold the stack's dimensions.
@@ -49,7 +51,7 @@ def imagej_description(pages: int, source_description: str | None,
     if z_factor > 1:
         slices = _count(entries.get("slices"))
         if slices is not None:
-            entries["slices"] = str(-(-slices // z_factor))
+            entries["slices"] = str(ceil_div(slices, z_factor))
         _scale_entry(entries, "spacing", z_factor)
     dimensions = 1
     for key in _DIMENSION_KEYS:
@@ -186,7 +188,7 @@ def _scale_pixels(element: ET.Element, factor: int) -> None:
     for axis in ("X", "Y"):
         size = _count(element.get(f"Size{axis}"))
         if size is not None:
-            element.set(f"Size{axis}", str(-(-size // factor)))
+            element.set(f"Size{axis}", str(ceil_div(size, factor)))
         try:
             physical = float(element.get(f"PhysicalSize{axis}", "nan")) * factor
         except (ValueError, OverflowError):

@@ -10,8 +10,9 @@ import numpy as np
 import tifffile
 from tifffile import COMPRESSION, PHOTOMETRIC
 
+from tifffs.arith import ceil_div
 from tifffs.errors import BrokenSource, UnsupportedSource
-from tifffs.pages import SourcePage, ceil_div
+from tifffs.pages import SourcePage
 
 #: One row of one source page may not exceed this (a band holds at least factor rows).
 MAX_ROW_BYTES = 64 << 20

@@ -19,13 +19,10 @@ import numpy as np
 import tifffile
 from tifffile import PHOTOMETRIC, PLANARCONFIG
 
+from tifffs.arith import ceil_div
+
 #: Version of the serialised form; an index entry of another format is described anew.
 FORMAT = 1
-
-
-def ceil_div(a: int, b: int) -> int:
-    """``ceil(a / b)`` for positive integers, exactly."""
-    return -(-a // b)
 
 
 class SourceVersion(NamedTuple):

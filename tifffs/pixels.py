@@ -19,8 +19,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import tifffile
 
+from tifffs.arith import ceil_div
 from tifffs.errors import BrokenSource, SourceChanged
-from tifffs.pages import FileDescription, SourcePage, SourceVersion, ceil_div
+from tifffs.pages import FileDescription, SourcePage, SourceVersion
 
 #: Rows read one by one with gaps up to this are read as one span (``nearest``).
 SMALL_GAP_BYTES = 256 << 10

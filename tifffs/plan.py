@@ -14,10 +14,11 @@ from fractions import Fraction
 from typing import Callable, Union
 
 from tifffs import downsample, metadata
+from tifffs.arith import ceil_div
 from tifffs.errors import UnsupportedSource
 from tifffs.layout import Layout, OutputPage, build_layout, layout_size
 from tifffs.methods import INTERPOLATING_METHODS
-from tifffs.pages import FileDescription, SourcePage, ceil_div
+from tifffs.pages import FileDescription, SourcePage
 from tifffs.series import SeriesInfo
 from tifffs.stacks import z_blocks
 from tifffs.views import View

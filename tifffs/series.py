@@ -14,6 +14,7 @@ from typing import Any
 
 import tifffile
 
+from tifffs.arith import ceil_div
 from tifffs.describe import page_from_tifffile
 from tifffs.errors import BrokenSource, TifffsError
 from tifffs.pages import SourcePage
@@ -83,8 +84,8 @@ def _level_of(page: SourcePage, candidate: Any, byteorder: str,
     if not isinstance(candidate, tifffile.TiffPage) or not candidate.imagewidth:
         return None
     k = round(page.width / candidate.imagewidth)
-    if k < 2 or candidate.imagewidth != -(-page.width // k) or \
-            candidate.imagelength != -(-page.height // k):
+    if k < 2 or candidate.imagewidth != ceil_div(page.width, k) or \
+            candidate.imagelength != ceil_div(page.height, k):
         return None
     try:
         level = page_from_tifffile(candidate, page.index, byteorder, file_size)

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from tifffs.arith import ceil_div
 from tifffs.errors import UnsupportedSource
 
 #: A lone page axis with one of these letters is not a Z axis (channels, samples, time).
@@ -32,7 +33,7 @@ def z_blocks(axes: str, shape: tuple[int, ...], z_factor: int) -> list[tuple[int
     z = z_axis(axes)
     index = np.moveaxis(np.arange(math.prod(shape)).reshape(shape), z, -1)
     out_shape = list(shape)
-    out_shape[z] = -(-shape[z] // z_factor)
+    out_shape[z] = ceil_div(shape[z], z_factor)
     blocks = []
     for position in np.ndindex(*out_shape):
         run = position[z]

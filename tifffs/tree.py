@@ -15,6 +15,7 @@ import stat
 import threading
 from typing import Any, Iterator, NamedTuple, Protocol
 
+from tifffs.arith import ceil_div
 from tifffs.catalog import Catalog
 from tifffs.kernel_cache import KernelCachePolicy
 from tifffs.pages import SourceVersion
@@ -112,7 +113,7 @@ class ViewTree:
             raise FileNotFoundError(errno.ENOENT, "not shown")  # fifos, sockets, devices
         if is_tiff_name(mount_path.relative):
             attrs["st_size"] = self.catalog.size(source, st, view)
-            attrs["st_blocks"] = -(-attrs["st_size"] // 512)
+            attrs["st_blocks"] = ceil_div(attrs["st_size"], 512)
         self.caching.reported(path, SourceVersion.of(st))
         return attrs
 
@@ -254,7 +255,7 @@ class ViewHandle:
         st = os.fstat(self.reader.view.source.fd)
         attrs = _attributes(st, self._inode_of(st))
         attrs["st_size"] = self.reader.size
-        attrs["st_blocks"] = -(-attrs["st_size"] // 512)
+        attrs["st_blocks"] = ceil_div(attrs["st_size"], 512)
         return attrs
 
     def close(self) -> None:
@@ -294,6 +295,6 @@ def _attributes(st: os.stat_result, ino: int) -> dict[str, Any]:
         "st_mtime": st.st_mtime_ns,
         "st_ctime": st.st_ctime_ns,
         "st_size": st.st_size,
-        "st_blocks": -(-st.st_size // 512),
+        "st_blocks": ceil_div(st.st_size, 512),
         "st_blksize": BLOCK_SIZE,
     }
