@@ -15,8 +15,8 @@ import tifffile
 from conftest import mounted
 from reference import read_pages
 from tifffs import downsample, open_view
-from tifffs.views import ViewError, parse_view
 from tifffs.plan import fit_size
+from tifffs.views import ViewError, parse_view
 
 VIEWS = ("x2,x3-max,x4-min,x2-median,x3-mode,x4-linear,x4-lanczos,x2z2,x3z2-max,"
          "x2z3-median,x2z2-nearest,fit40,fit1000")

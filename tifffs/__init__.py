@@ -7,7 +7,7 @@ exact ``size`` of the view and ``read(offset, length)``.
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["open_view", "__version__"]
+__all__ = ["__version__", "open_view"]
 
 
 def __getattr__(name: str) -> Any:

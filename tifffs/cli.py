@@ -20,7 +20,7 @@ import socket
 import stat
 import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from tifffs import __version__
 from tifffs.background import serve_in_background

@@ -115,9 +115,9 @@ def split_mount_options(options: list[str]) -> tuple[dict[str, str], dict[str, s
     """Split ``-o`` lists into tifffs settings and libfuse options.
 
     tifffs settings: ``factors``, ``views``, ``method``, ``use_levels``, ``imagej_large``,
-    ``cache_size``, ``log_file``, ``debug``, ``foreground``, ``index_dir``, ``no_index``. Options mount(8) adds
-    (``rw``, ``noauto``, ...) are dropped; all others (``allow_other``, ``uid=``...) go to
-    libfuse.
+    ``cache_size``, ``log_file``, ``debug``, ``foreground``, ``index_dir``, ``no_index``.
+    Options mount(8) adds (``rw``, ``noauto``, ...) are dropped; all others
+    (``allow_other``, ``uid=``...) go to libfuse.
     """
     ours: dict[str, str] = {}
     fuse: dict[str, str | bool] = {}

@@ -60,7 +60,7 @@ def _describe_with_tifffile(fd: int, file_size: int, name: str) -> FileDescripti
                 return _from_tifffile(tif, file_size)
         except TifffsError:
             raise
-        except Exception as exc:  # noqa: BLE001  (tifffile on a hostile file raises anything)
+        except Exception as exc:
             raise BrokenSource(f"not a readable TIFF: {_cause(exc)}") from exc
 
 
@@ -111,21 +111,22 @@ def page_from_tifffile(page: Any, index: int, byteorder: str, file_size: int) ->
     extrasamples = page.extrasamples
     if isinstance(extrasamples, int):
         extrasamples = (extrasamples,)
-    fields = dict(
-        index=index, ifd_offset=int(page.offset), width=int(page.imagewidth),
-        height=int(page.imagelength), samples=int(page.samplesperpixel),
-        planar_separate=int(page.planarconfig) == PLANARCONFIG.SEPARATE,
-        dtype=np.dtype(byteorder + page.dtype.char), sampleformat=int(page.sampleformat),
-        photometric=int(page.photometric), compression=int(page.compression),
-        tiled=bool(page.is_tiled), tile=(int(page.tilelength), int(page.tilewidth)),
-        rowsperstrip=int(page.rowsperstrip or 0), extrasamples=tuple(
+    fields = {
+        "index": index, "ifd_offset": int(page.offset), "width": int(page.imagewidth),
+        "height": int(page.imagelength), "samples": int(page.samplesperpixel),
+        "planar_separate": int(page.planarconfig) == PLANARCONFIG.SEPARATE,
+        "dtype": np.dtype(byteorder + page.dtype.char), "sampleformat": int(page.sampleformat),
+        "photometric": int(page.photometric), "compression": int(page.compression),
+        "tiled": bool(page.is_tiled), "tile": (int(page.tilelength), int(page.tilewidth)),
+        "rowsperstrip": int(page.rowsperstrip or 0), "extrasamples": tuple(
             int(e) for e in extrasamples),
-        colormap=page.colormap, subfiletype=int(page.subfiletype),
-        offsets=page.dataoffsets, bytecounts=page.databytecounts,
-        xresolution=_rational(tags, "XResolution"), yresolution=_rational(tags, "YResolution"),
-        resolutionunit=int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags
+        "colormap": page.colormap, "subfiletype": int(page.subfiletype),
+        "offsets": page.dataoffsets, "bytecounts": page.databytecounts,
+        "xresolution": _rational(tags, "XResolution"),
+        "yresolution": _rational(tags, "YResolution"),
+        "resolutionunit": int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags
         else None,
-        direct_candidate=int(page.fillorder) == 1 and int(page.predictor) == 1)
+        "direct_candidate": int(page.fillorder) == 1 and int(page.predictor) == 1}
     return make_page(fields, file_size)
 
 

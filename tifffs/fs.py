@@ -14,7 +14,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fuse import FUSE, FuseOSError, Operations
 
@@ -91,7 +92,7 @@ class TifffsOperations(Operations):
             if code not in _QUIET_ERRNOS:
                 self._report(args, exc.strerror or str(exc), code)
             raise FuseOSError(code) from None
-        except Exception as exc:  # noqa: BLE001  (a bug: keep the mount up, say where)
+        except Exception as exc:
             self._report(args, f"internal error in {op}: {exc!r} (please report it; "
                          "--debug logs the traceback)", errno.EIO)
             log.debug("traceback of the internal error in %s", op, exc_info=True)

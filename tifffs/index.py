@@ -22,7 +22,8 @@ import queue
 import sqlite3
 import threading
 import time
-from typing import Iterable, Iterator, NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 from tifffs import __version__
 from tifffs.pages import FORMAT, SourceVersion

@@ -6,7 +6,8 @@ import argparse
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from tifffs.config import (
     DEFAULT_METHOD,
@@ -68,7 +69,7 @@ def _tiffs(root: str) -> Iterator[str]:
                 yield os.path.join(folder, name)
 
 
-def _index_files(tree: "ViewTree", files: list[str], index_path: str) -> int:
+def _index_files(tree: ViewTree, files: list[str], index_path: str) -> int:
     catalog = tree.catalog
     started = time.monotonic()
     pages = failures = 0

@@ -289,20 +289,20 @@ def page_fields(tags: dict[int, Any], index: int, offset: int, byteorder: str,
     if subfiletype == 0:
         subfiletype = {2: 1, 3: 2}.get(_one(tags, 255, 0), 0)
     colormap = tags.get(320)
-    fields = dict(
-        index=index, ifd_offset=offset, width=_one(tags, 256), height=_one(tags, 257),
-        samples=_one(tags, 277, 1), planar_separate=_one(tags, 284, 1) == 2, dtype=dtype,
-        sampleformat=sampleformat, photometric=photometric, compression=compression,
-        tiled=tiled, tile=(_one(tags, 323), _one(tags, 322)) if tiled else (0, 0),
-        rowsperstrip=_one(tags, 278, 2**32 - 1),
-        extrasamples=tuple(int(v) for v in tags.get(338, ())),
-        colormap=None if colormap is None or photometric != 3 else
+    fields = {
+        "index": index, "ifd_offset": offset, "width": _one(tags, 256), "height": _one(tags, 257),
+        "samples": _one(tags, 277, 1), "planar_separate": _one(tags, 284, 1) == 2, "dtype": dtype,
+        "sampleformat": sampleformat, "photometric": photometric, "compression": compression,
+        "tiled": tiled, "tile": (_one(tags, 323), _one(tags, 322)) if tiled else (0, 0),
+        "rowsperstrip": _one(tags, 278, 2**32 - 1),
+        "extrasamples": tuple(int(v) for v in tags.get(338, ())),
+        "colormap": None if colormap is None or photometric != 3 else
         np.asarray(colormap).reshape(3, -1),
-        subfiletype=subfiletype, offsets=tags[324 if tiled else 273],
-        bytecounts=tags[325 if tiled else 279], xresolution=_resolution(tags, 282),
-        yresolution=_resolution(tags, 283),
-        resolutionunit=_one(tags, 296) if 296 in tags else None,
-        direct_candidate=_one(tags, 266, 1) == 1 and _one(tags, 317, 1) == 1)
+        "subfiletype": subfiletype, "offsets": tags[324 if tiled else 273],
+        "bytecounts": tags[325 if tiled else 279], "xresolution": _resolution(tags, 282),
+        "yresolution": _resolution(tags, 283),
+        "resolutionunit": _one(tags, 296) if 296 in tags else None,
+        "direct_candidate": _one(tags, 266, 1) == 1 and _one(tags, 317, 1) == 1}
     return make_page(fields, file_size)
 
 

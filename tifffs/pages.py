@@ -35,7 +35,7 @@ class SourceVersion(NamedTuple):
     ctime_ns: int
 
     @classmethod
-    def of(cls, st: Any) -> "SourceVersion":
+    def of(cls, st: Any) -> SourceVersion:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def same_content(self, st: Any) -> bool:
@@ -116,7 +116,7 @@ class SourcePage:
         return record
 
     @classmethod
-    def from_json(cls, record: dict[str, Any]) -> "SourcePage":
+    def from_json(cls, record: dict[str, Any]) -> SourcePage:
         record = dict(record)
         record["dtype"] = np.dtype(record["dtype"])
         record["extrasamples"] = tuple(record["extrasamples"])
@@ -177,7 +177,7 @@ class FileDescription:
         return zlib.compress(json.dumps(record, separators=(",", ":")).encode(), 1)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "FileDescription":
+    def from_bytes(cls, data: bytes) -> FileDescription:
         """Raise ``ValueError`` for anything that is not a description of this format."""
         try:
             record = json.loads(zlib.decompress(data))

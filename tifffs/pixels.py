@@ -14,7 +14,8 @@ import contextlib
 import os
 import threading
 import weakref
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -210,7 +211,7 @@ def _decoded(page: SourcePage, decode: Callable[..., Any], data: bytes,
              index: int) -> np.ndarray | None:
     try:
         segment = decode(data, index)[0]
-    except Exception as exc:  # noqa: BLE001  (codecs raise many types for corrupt data)
+    except Exception as exc:
         raise BrokenSource(f"page {page.index} segment {index}: cannot decode: {exc}") \
             from exc
     if segment is None:
@@ -228,7 +229,7 @@ def _tifffile_decoder(fd: int, page: SourcePage, name: str) -> Callable[..., Any
                 tiff_page = tifffile.TiffPage(tif, index=page.index)
                 decode = tiff_page.decode
                 tables = tiff_page.jpegtables
-        except Exception as exc:  # noqa: BLE001  (tifffile on a hostile IFD raises anything)
+        except Exception as exc:
             raise BrokenSource(f"page {page.index}: IFD unreadable: {exc!r}") from exc
 
     def run(data: bytes, index: int) -> Any:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Callable, Union
 
 from tifffs import downsample, metadata
 from tifffs.arith import ceil_div
@@ -65,7 +65,7 @@ class WholePagePlan:
     method: str
 
 
-PagePlan = Union[BlockPlan, FitPlan, WholePagePlan]
+PagePlan = BlockPlan | FitPlan | WholePagePlan
 
 
 def band_bytes(plan: PagePlan) -> int:

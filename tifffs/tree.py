@@ -13,7 +13,8 @@ import hashlib
 import os
 import stat
 import threading
-from typing import Any, Iterator, NamedTuple, Protocol
+from collections.abc import Iterator
+from typing import Any, NamedTuple, Protocol
 
 from tifffs.arith import ceil_div
 from tifffs.catalog import Catalog

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import bisect
 import functools
+from collections.abc import Hashable
 from dataclasses import replace
-from typing import Hashable
 
 import numpy as np
 
@@ -47,7 +47,7 @@ class VirtualTiff:
         """Exact size of the view file in bytes."""
         return self.layout.size
 
-    def reader(self, readahead: bool = True) -> "ViewReader":
+    def reader(self, readahead: bool = True) -> ViewReader:
         """A reader for one open handle, with its own read-ahead state."""
         strategy = SequentialReadAhead(self._pool.slots) if readahead else NoReadAhead()
         return ViewReader(self, strategy)
