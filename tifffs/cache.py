@@ -116,6 +116,12 @@ class LruCache(Generic[V]):
 
         submit(run)
 
+    def peek(self, key: Hashable) -> V | None:
+        """The value of ``key`` if held (no counters, no computing), else None."""
+        with self._lock:
+            item = self._items.get(key)
+            return None if item is None else item[0]
+
     def put(self, key: Hashable, value: V) -> None:
         """Keep ``value`` for ``key`` (replacing any)."""
         with self._lock:

@@ -64,6 +64,9 @@ class Catalog:
         self._series: LruCache[SeriesInfo] = LruCache(MAX_PLANS)
         self._held: dict[tuple[str, SourceVersion], _Held] = {}
         self._lock = threading.Lock()
+        # (folder, what) -> the paths the index has, as a listing of the folder found them:
+        # the others are not looked up one by one (a first listing of a new folder)
+        self._indexed: LruCache[frozenset[str]] = LruCache(8)
 
     # -- metadata, without holding the file
     def size(self, path: str, st: os.stat_result, view: View) -> int:
@@ -73,7 +76,7 @@ class Catalog:
                                lambda: self._size(path, version, view))
 
     def _size(self, path: str, version: SourceVersion, view: View) -> int:
-        if self.index is not None:
+        if self.index is not None and self._may_be_indexed(path, view.name):
             size = self.index.lookup_size(path, version, view.name)
             if size is not None:
                 return size
@@ -92,8 +95,22 @@ class Catalog:
         (one query instead of one per ``stat`` of a listing)."""
         if self.index is None:
             return
+        with_sizes = []
         for path, version, size in self.index.sizes_in(directory, view.name):
             self._sizes.put((path, version, view.name), size)
+            with_sizes.append(path)
+        self._indexed.put((directory, view.name), frozenset(with_sizes))
+        self._indexed.put((directory, ""), self.index.paths_in(directory))
+
+    def _may_be_indexed(self, path: str, what: str) -> bool:
+        """False when the last listing of the path's folder found no entry of ``what``
+        (a view's sizes, or "" for descriptions) for it in the index."""
+        known = self._indexed.peek((os.path.dirname(path), what))
+        return known is None or path in known
+
+    def shutdown(self) -> None:
+        """Stop rendering ahead."""
+        self.pool.shutdown()
 
     def description(self, path: str, version: SourceVersion,
                     fd: int | None = None) -> FileDescription:
@@ -107,7 +124,7 @@ class Catalog:
 
     def _describe(self, path: str, version: SourceVersion,
                   fd: int | None) -> FileDescription | TifffsError:
-        if self.index is not None:
+        if self.index is not None and self._may_be_indexed(path, ""):
             entry = self.index.lookup(path, version)
             if entry is not None:
                 if entry.error is not None:

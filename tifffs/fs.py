@@ -114,7 +114,7 @@ class TifffsOperations(Operations):
         for _, handle in handles.values():
             handle.close()
         self.tree.caching.forget_open()
-        self.tree.catalog.pool.shutdown()
+        self.tree.catalog.shutdown()
         if self.tree.catalog.index is not None:
             self.tree.catalog.index.close()
 

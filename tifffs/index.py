@@ -22,7 +22,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from tifffs import __version__
@@ -33,7 +33,8 @@ log = logging.getLogger("tifffs")
 SCHEMA = 1
 FILE_NAME = f"index-v{SCHEMA}.sqlite"
 ENTRY_FORMAT = f"{FORMAT}/{__version__}"
-_BATCH = 512
+_BATCH = 2048
+_BATCH_SECONDS = 0.5
 #: Connections to the database shared by all threads.
 READERS = 2
 _SCHEMA_SQL = """
@@ -77,9 +78,14 @@ class Index:
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._reader_slots = threading.BoundedSemaphore(READERS)
         self._all: list[sqlite3.Connection] = []
-        self._writes: queue.SimpleQueue[tuple[str, tuple] | None] = queue.SimpleQueue()
+        # rows to write, taken by the writer thread every _BATCH_SECONDS (or sooner when
+        # _BATCH pile up): appending wakes no thread, so a stat pays almost nothing
+        self._pending_files: list[tuple] = []
+        self._pending_sizes: list[tuple] = []
+        self._pending_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
         self._writer: threading.Thread | None = None
-        self._writer_lock = threading.Lock()
         self._failed = False
         self._setup(directory)
 
@@ -175,6 +181,13 @@ class Index:
             (os.fsencode(directory), view, ENTRY_FORMAT))
         return [(os.fsdecode(r[0]), SourceVersion(*r[1:6]), int(r[6])) for r in rows]
 
+    def paths_in(self, directory: str) -> frozenset[str]:
+        """The paths of ``directory`` that have a description of this format (of any
+        version: a listing then looks up only those)."""
+        rows = self._query_all("SELECT path FROM files WHERE dir=? AND format=?",
+                               (os.fsencode(directory), ENTRY_FORMAT))
+        return frozenset(os.fsdecode(row[0]) for row in rows)
+
     def _query_one(self, sql: str, args: tuple) -> tuple | None:
         rows = self._query_all(sql, args, limit_one=True)
         return rows[0] if rows else None
@@ -210,35 +223,34 @@ class Index:
     def _queue(self, kind: str, row: tuple) -> None:
         if self._failed:
             return
-        self._writes.put((kind, row))
-        with self._writer_lock:
+        with self._pending_lock:
+            pending = self._pending_files if kind == "file" else self._pending_sizes
+            pending.append(row)
+            many = len(self._pending_files) + len(self._pending_sizes) >= _BATCH
             if self._writer is None:
+                self._stop = False
                 self._writer = threading.Thread(target=self._write_loop, name="index-writer",
                                                 daemon=True)
                 self._writer.start()
+        if many:
+            self._wake.set()
 
     def _write_loop(self) -> None:
         while True:
-            item = self._writes.get()
-            if item is None:
+            self._wake.wait(_BATCH_SECONDS)
+            self._wake.clear()
+            with self._pending_lock:
+                files, self._pending_files = self._pending_files, []
+                sizes, self._pending_sizes = self._pending_sizes, []
+                stop = self._stop
+            if files or sizes:
+                self._write(files, sizes)
+            if stop:
                 return
-            batch = [item]
-            while len(batch) < _BATCH:
-                try:
-                    more = self._writes.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._write(batch)
-                    return
-                batch.append(more)
-            self._write(batch)
 
-    def _write(self, batch: Iterable[tuple[str, tuple]]) -> None:
+    def _write(self, files: list[tuple], sizes: list[tuple]) -> None:
         if self._failed:
             return
-        files = [row for kind, row in batch if kind == "file"]
-        sizes = [row for kind, row in batch if kind == "size"]
         try:
             with self._connection() as connection:
                 connection.execute("BEGIN IMMEDIATE")
@@ -258,10 +270,11 @@ class Index:
 
     def flush(self) -> None:
         """Wait until every queued write is committed (or dropped)."""
-        with self._writer_lock:
+        with self._pending_lock:
             writer, self._writer = self._writer, None
+            self._stop = True
         if writer is not None:
-            self._writes.put(None)
+            self._wake.set()
             writer.join()
 
     def close(self) -> None:

@@ -23,6 +23,8 @@ from tifffs.arith import ceil_div
 
 #: Version of the serialised form; an index entry of another format is described anew.
 FORMAT = 1
+#: Serialised descriptions longer than this are compressed.
+_COMPRESS_ABOVE = 4096
 
 
 class SourceVersion(NamedTuple):
@@ -169,18 +171,20 @@ class FileDescription:
         return all(page.shape_key() == first for page in self.pages)
 
     def to_bytes(self) -> bytes:
+        """JSON, compressed when large (offsets of many tiles, long OME-XML)."""
         metadata = asdict(self.metadata)
         if self.metadata.imagej_tag is not None:
             metadata["imagej_tag"] = base64.b64encode(self.metadata.imagej_tag).decode()
         record = {"format": FORMAT, "pages": [p.to_json() for p in self.pages],
                   "metadata": metadata, "truncated": self.truncated}
-        return zlib.compress(json.dumps(record, separators=(",", ":")).encode(), 1)
+        text = json.dumps(record, separators=(",", ":")).encode()
+        return zlib.compress(text, 1) if len(text) > _COMPRESS_ABOVE else text
 
     @classmethod
     def from_bytes(cls, data: bytes) -> FileDescription:
         """Raise ``ValueError`` for anything that is not a description of this format."""
         try:
-            record = json.loads(zlib.decompress(data))
+            record = json.loads(data if data[:1] == b"{" else zlib.decompress(data))
             if record.get("format") != FORMAT:
                 raise ValueError("another format")
             metadata = dict(record["metadata"])
