@@ -122,6 +122,16 @@ class ViewReader:
     def size(self) -> int:
         return self.view.size
 
+    def close(self) -> None:
+        """Close the source file now (``open_view``'s readers own theirs)."""
+        self.view.source.close()
+
+    def __enter__(self) -> ViewReader:  # noqa: PYI034  (typing.Self needs Python 3.11)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def read(self, offset: int, length: int) -> bytes:
         data, last_band = self.view.read_bands(offset, length)
         if last_band is not None:
@@ -149,7 +159,8 @@ def open_source_view(source: SourceFile, view: View, cache: LruCache[np.ndarray]
 def open_view(path: str, factor: int = 4, method: str = "mean", *, view: str | None = None,
               use_levels: bool = False, imagej_large: bool = False,
               cache_bytes: int = 64 << 20) -> ViewReader:
-    """The view of the TIFF at ``path``, without a mount: ``.size`` and ``.read(offset, n)``.
+    """The view of the TIFF at ``path``, without a mount: ``.size``, ``.read(offset, n)``
+    and ``.close()`` (also a context manager).
 
     ``view`` names any view (``x4z2``, ``x4-max``, ``fit1000``); otherwise ``factor`` and
     ``method`` give ``x<factor>-<method>``; ``use_levels`` starts from a matching
