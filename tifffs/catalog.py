@@ -72,8 +72,12 @@ class Catalog:
     def size(self, path: str, st: os.stat_result, view: View) -> int:
         """The exact size of ``view`` of the source at ``path`` whose stat is ``st``."""
         version = SourceVersion.of(st)
-        return self._sizes.get((path, version, view.name),
-                               lambda: self._size(path, version, view))
+        key = (path, version, view.name)
+        size = self._sizes.peek(key)
+        if size is None:
+            self._preload(os.path.dirname(path), view)
+            size = self._sizes.get(key, lambda: self._size(path, version, view))
+        return size
 
     def _size(self, path: str, version: SourceVersion, view: View) -> int:
         if self.index is not None and self._may_be_indexed(path, view.name):
@@ -90,10 +94,11 @@ class Catalog:
             self.index.put_size(path, version, view.name, plan.size)
         return plan.size
 
-    def preload(self, directory: str, view: View) -> None:
+    def _preload(self, directory: str, view: View) -> None:
         """Bring the index's sizes of ``view`` for every file of ``directory`` into memory
-        (one query instead of one per ``stat`` of a listing)."""
-        if self.index is None:
+        at the first ``stat`` there that memory cannot answer: one query instead of one
+        per ``stat`` of a listing (and none for a ``find`` that stats nothing)."""
+        if self.index is None or self._indexed.peek((directory, view.name)) is not None:
             return
         with_sizes = []
         for path, version, size in self.index.sizes_in(directory, view.name):

@@ -133,7 +133,6 @@ class ViewTree:
                       for name in self.views)]
         view = mount_path.view
         assert view is not None
-        self.catalog.preload(source, view)
         device = os.stat(source).st_dev
         above = self._real_directories(mount_path.relative)
         return [Entry(".", None), Entry("..", None),
