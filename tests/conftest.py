@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import tifffile
 
+from tools import mount_table
+
 MOUNT_TIMEOUT = 20.0
 
 
@@ -36,9 +38,7 @@ def is_mounted(mountpoint: Path) -> bool:
     """True while something is mounted there, also a dead FUSE mount (which
     ``os.path.ismount`` misses: its stat fails with ENOTCONN)."""
     target = os.path.realpath(mountpoint)
-    with open("/proc/self/mounts") as mounts:
-        return any(line.split()[1].encode().decode("unicode_escape") == target
-                   for line in mounts if len(line.split()) > 1)
+    return any(entry.point == target for entry in mount_table())
 
 
 def unmount(mountpoint: Path) -> None:

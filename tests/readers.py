@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from tools import MissingTool, require
+
 INSTALL_HINT = ("run scripts/test, which installs libtiff-tools, imagej, Java, gdal-bin, "
                 "libvips-tools, imagemagick and the test extra (Pillow, pyvips)")
 IMAGEJ_JAR = Path("/usr/share/java/ij.jar")
@@ -46,15 +48,12 @@ TOOL_TIMEOUT = 600
 PALETTE, RGB, YCBCR = 3, 2, 6
 
 
-class ReaderMissing(AssertionError):
+class ReaderMissing(MissingTool):
     """A reader is not installed: the tests fail (never skip)."""
 
 
 def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise ReaderMissing(f"{name} not found: {INSTALL_HINT}")
-    return path
+    return require(name, ReaderMissing)
 
 
 # -- the pages as tifffile decodes them

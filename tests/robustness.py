@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,8 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from conftest import fusermount
+from tools import INSTALL_HINT, mount_table, require  # noqa: F401  (re-exported)
+
 NOBODY = 65534
-INSTALL_HINT = "run scripts/test, which installs it"
 
 
 def memory_kib(pid: int | str = "self") -> dict[str, int]:
@@ -69,13 +69,6 @@ def world_readable_workdir(prefix: str) -> Path:
     return work
 
 
-def require(command: str) -> str:
-    """The path of ``command``; fail (never skip) when it is missing."""
-    path = shutil.which(command)
-    assert path, f"{command} is missing: {INSTALL_HINT}"
-    return path
-
-
 def as_nobody(command: list[str]) -> list[str]:
     """``command`` run as uid/gid 65534 without supplementary groups (needs root)."""
     assert os.geteuid() == 0, "this test runs as root (it switches to uid 65534)"
@@ -86,10 +79,7 @@ def as_nobody(command: list[str]) -> list[str]:
 def clear_mount(mountpoint: Path) -> None:
     """Unmount ``mountpoint`` lazily, also when its daemon is dead ("transport endpoint
     is not connected", which ``os.path.ismount`` does not recognise)."""
-    for command in ("fusermount", "fusermount3"):
-        if shutil.which(command):
-            subprocess.run([command, "-uz", str(mountpoint)], capture_output=True, check=False)
-            return
+    subprocess.run([fusermount(), "-uz", str(mountpoint)], capture_output=True, check=False)
 
 
 def guarded(mount: Any, function: Callable[[], Any], what: str, timeout: float) -> Any:
@@ -126,10 +116,5 @@ def python_in_subprocess(code: str, timeout: float, what: str) -> subprocess.Com
 def mounted_filesystem(mountpoint: Path) -> str | None:
     """The type of the filesystem mounted at ``mountpoint`` (``fuse.tifffs``), from
     /proc/self/mounts: unlike ``os.path.ismount`` it needs no access to the mount."""
-    with open("/proc/self/mounts") as mounts:
-        for line in mounts:
-            fields = line.split()
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
-            if point == str(mountpoint):
-                return fields[2]
-    return None
+    return next((entry.type for entry in mount_table() if entry.point == str(mountpoint)),
+                None)

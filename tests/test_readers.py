@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 import tifffile
 
 from readers import ImageJReport, run_imagej
+from tools import require
 
 pytestmark = pytest.mark.mount
 
@@ -55,12 +55,7 @@ TOOL_TIMEOUT = 120
 
 
 # -- helpers shared by both readers
-def require_tool(name: str) -> str:
-    """The path of the command ``name``; fail (not skip) when it is not installed."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} not found: {INSTALL_HINT}", pytrace=False)
-    return path
+require_tool = require
 
 
 def is_checked_view(relative: Path) -> bool:

@@ -35,6 +35,7 @@ from robustness import (
     world_readable_workdir,
 )
 from tifffs import open_view
+from tools import mount_table
 
 pytestmark = pytest.mark.mount
 
@@ -146,11 +147,9 @@ def _write_attempts(path: Path, mountpoint: Path) -> dict[str, Callable[[], obje
 
 
 def _mount_options(mountpoint: Path) -> set[str]:
-    with open("/proc/self/mounts") as mounts:
-        for line in mounts:
-            fields = line.split()
-            if fields[1] == str(mountpoint):
-                return set(fields[3].split(","))
+    for entry in mount_table():
+        if entry.point == str(mountpoint):
+            return set(entry.options)
     raise AssertionError(f"{mountpoint} is not mounted")
 
 

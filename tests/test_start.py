@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from conftest import is_mounted, unmount
+from tools import mount_table
 
 pytestmark = pytest.mark.mount
 
@@ -27,8 +28,7 @@ def test_the_loser_of_a_start_race_says_the_point_is_mounted(tmp_path):
             assert codes == [0, 2], results
             loser = next(text for code, text in results if code == 2)
             assert "already mounted" in loser and "nonempty" not in loser, loser
-            with open("/proc/self/mounts") as mounts:
-                assert sum(str(mountpoint) in line for line in mounts) == 1
+            assert [e.point for e in mount_table()].count(str(mountpoint)) == 1
             unmount(mountpoint)
     finally:
         unmount(mountpoint)

@@ -11,7 +11,6 @@ A missing program fails (never skips): ``scripts/test`` installs them.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import tifffile
 
 from conftest import sample_array
+from tools import MissingTool, require
 
 INSTALL_HINT = ("run scripts/test, which installs libtiff-tools, imagej, Java, libvips-tools, "
                 "gdal-bin and imagemagick")
@@ -31,15 +31,8 @@ TOOL_TIMEOUT = 300
 H, W = 203, 301
 
 
-class MissingTool(AssertionError):
-    """A program the tests need is not installed."""
-
-
 def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise MissingTool(f"{name} not found: {INSTALL_HINT}")
-    return path
+    return require(name, MissingTool)
 
 
 def run(*command: str | Path) -> subprocess.CompletedProcess:
