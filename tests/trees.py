@@ -4,6 +4,7 @@ tree with a mount's view folder file by file."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ from conftest import sample_array, write_stack
 
 TIFFFS = [sys.executable, "-m", "tifffs"]
 TEMP_SUFFIX = ".tifffs-part"
+SUMMARY = re.compile(r"(\d+) rendered, (\d+) copied, (\d+) up to date, (\d+) skipped, "
+                     r"(\d+) failed; read .+, wrote .+ in [\d.]+ s")
 
 
 def render(*args: str | Path, expect: int | None = 0, timeout: float = 300,
@@ -25,6 +28,13 @@ def render(*args: str | Path, expect: int | None = 0, timeout: float = 300,
     if expect is not None:
         assert result.returncode == expect, result.stderr
     return result
+
+
+def summary(stderr: str) -> tuple[int, ...]:
+    """(rendered, copied, up to date, skipped, failed) from the summary, the last line."""
+    match = SUMMARY.search(stderr.strip().splitlines()[-1])
+    assert match, stderr
+    return tuple(int(n) for n in match.groups())
 
 
 def make_tree(root: Path) -> Path:

@@ -24,13 +24,14 @@ def human_bytes(count: float) -> str:
 class Reporter:
     """Counts outcomes, prints problems as they come, and draws a bar when asked."""
 
-    def __init__(self, total: int, stream: TextIO = sys.stderr, bar: bool | None = None) -> None:
-        self.stream = stream
+    def __init__(self, total: int, stream: TextIO | None = None,
+                 bar: bool | None = None) -> None:
+        self.stream = stream or sys.stderr  # looked up now: it may be redirected
         self.counts: Counter[str] = Counter()
         self.bytes_in = 0
         self.bytes_out = 0
         self.started = time.monotonic()
-        show = stream.isatty() if bar is None else bar
+        show = self.stream.isatty() if bar is None else bar
         self._bar = None
         if show and total:
             from tqdm import tqdm
