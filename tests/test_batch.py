@@ -19,6 +19,7 @@ from conftest import MOUNT_TIMEOUT, mounted, sample_array, wait_for, write_stack
 from tifffs import open_view
 from trees import TIFFFS, assert_mirrors, leftovers, make_tree, render, summary
 
+
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     return make_tree(tmp_path_factory.mktemp("tree") / "src")
@@ -124,6 +125,45 @@ def test_interrupted_run_leaves_only_whole_files_and_resumes(tmp_path):
     result = render(source, out, "--view", "x3-lanczos", "--jobs", "2")
     rendered, _, up_to_date, _, _ = summary(result.stderr)
     assert (rendered, up_to_date) == (6 - len(done), len(done))
+
+
+def _grandchildren(pid: int) -> list[int]:
+    """The worker processes of a process pool: children of its fork server."""
+    def children(p: int) -> list[int]:
+        try:
+            return [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            return []
+    return [g for c in children(pid) for g in children(c)]
+
+
+def test_a_killed_worker_fails_its_files_and_the_run_goes_on(tmp_path):
+    source = tmp_path / "src"
+    for i in range(8):
+        write_stack(source / f"s{i}.tif", sample_array("uint8", (4, 2000, 2000), seed=i))
+    out = tmp_path / "out"
+    process = subprocess.Popen([*TIFFFS, "render", str(source), str(out), "--view",
+                                "x3-lanczos", "--jobs", "2"], stderr=subprocess.PIPE,
+                               start_new_session=True)
+    try:
+        wait_for(lambda: bool(leftovers(out)) if out.exists() else False, MOUNT_TIMEOUT,
+                 "a temporary output", process)
+        wait_for(lambda: len(_grandchildren(process.pid)) == 2, MOUNT_TIMEOUT,
+                 "two worker processes", process)
+        os.kill(_grandchildren(process.pid)[0], signal.SIGKILL)  # as the OOM killer does
+        assert process.wait(timeout=300) == 1
+        stderr = process.stderr.read().decode()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert "Traceback" not in stderr, stderr
+    rendered, _, _, _, failed = summary(stderr)
+    assert failed >= 1 and rendered + failed == 8, stderr
+    assert stderr.count("its worker failed") == failed
+    assert not leftovers(out)
+    result = render(source, out, "--view", "x3-lanczos", "--jobs", "2")
+    assert summary(result.stderr)[:3] == (failed, 0, rendered)
 
 
 def test_output_folder_errors(tree, tmp_path):

@@ -139,8 +139,9 @@ def test_unreachable_scheduler_is_one_line(tmp_path):
         port = sock.getsockname()[1]  # closed again: nothing listens there
     result = render(source, tmp_path / "out", "--scheduler", f"tcp://127.0.0.1:{port}",
                     expect=1)
-    [line] = result.stderr.strip().splitlines()[:1]
+    [line] = result.stderr.strip().splitlines()
     assert "cannot reach the dask scheduler" in line and "--scheduler" in line
+    assert not (tmp_path / "out").exists()  # nothing created before the cluster answered
 
 
 def test_missing_dask_says_what_to_install(tmp_path):

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 
 from tifffs.outputs import Stamp, create, discard, finish, is_up_to_date, temp_path
 from tifffs.pools import Pool
+from tifffs.problems import printable
 from tifffs.progress import Reporter
 from tifffs.tasks import (FAILED, RENDERED, UP_TO_DATE, Outcome, ViewSpec, copy_file, describe,
                           render_file, render_range, view_size)
@@ -174,7 +175,7 @@ class Runner:
             split = _Split(job, stamp, temp, size, remaining=len(starts))
             self._temps.add(temp)
             os.close(create(temp, size))
-        except Exception as exc:  # any problem of this one file: reported, the run goes on
+        except Exception as exc:  # noqa: BLE001  (one file: reported, the run goes on)
             self.reporter.add(Outcome(job.source, FAILED, error=describe(exc)))
             return
         for start in starts:
@@ -187,8 +188,9 @@ class Runner:
             task = self._pending.pop(future)
             try:
                 outcome = future.result()
-            except Exception as exc:  # the worker died or could not run the task
-                outcome = Outcome(task.source, FAILED, error=f"worker failed: {describe(exc)}")
+            except Exception as exc:  # noqa: BLE001  (the worker died or refused the task)
+                outcome = Outcome(task.source, FAILED, error=printable(
+                    f"its worker failed ({type(exc).__name__}: {exc}): run again to retry it"))
                 discard(task.temp)
             if task.split is None:
                 self._temps.discard(task.temp)

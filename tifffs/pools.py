@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import signal
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Protocol
 
 
@@ -60,14 +61,25 @@ class ProcessPool:
     imported the renderer (quick to start, and no threads of this process inherited)."""
 
     def __init__(self, workers: int) -> None:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["tifffs.tasks", "tifffs.virtual"])
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["tifffs.tasks", "tifffs.virtual"])
+        self._workers = workers
         self.window = 2 * workers
-        self._executor = ProcessPoolExecutor(workers, mp_context=context,
-                                             initializer=_init_worker)
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self._workers, mp_context=self._context,
+                                   initializer=_init_worker)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        return self._executor.submit(fn, *args)
+        try:
+            return self._executor.submit(fn, *args)
+        except BrokenProcessPool:
+            # a worker died (killed, out of memory): the tasks it took down have failed
+            # with it; the rest of the run goes on in new processes
+            self._executor.shutdown(wait=True)
+            self._executor = self._new_executor()
+            return self._executor.submit(fn, *args)
 
     def wait_any(self, futures: list[Any]) -> Iterable[Any]:
         return wait(futures, return_when=FIRST_COMPLETED).done

@@ -23,6 +23,7 @@ from tifffs.config import DEFAULT_METHOD, ConfigError, parse_method, parse_size
 from tifffs.methods import METHODS
 from tifffs.outputs import CHUNK_BYTES, new_run_token
 from tifffs.pools import Pool, default_jobs, local_pool
+from tifffs.problems import printable
 from tifffs.progress import Reporter
 from tifffs.tasks import ViewSpec, describe, quiet_libraries
 from tifffs.views import MAX_FACTOR, ViewError, is_inside, parse_view
@@ -172,7 +173,7 @@ def _stream(spec: ViewSpec, source: str, out: BinaryIO) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # no error at exit's flush
         print("tifffs: the reader of the output closed it before the end", file=sys.stderr)
         return 1
-    except Exception as exc:  # one file's problem, whatever it is: one line, no traceback
+    except Exception as exc:  # noqa: BLE001  (one line, never a traceback)
         print(f"tifffs: {source}: {describe(exc)}", file=sys.stderr)
         return 1
     return 0
@@ -190,7 +191,8 @@ def _render_file(spec: ViewSpec, options: _Options, source: str, output: str) ->
                           f"mkdir -p {folder}")
     if os.path.exists(output) and os.path.samefile(source, output):
         raise ConfigError("OUTPUT is SOURCE itself: tifffs never writes over a source")
-    return _run(spec, options, [Job(source, output, render=True)], Reporter(1, bar=False))
+    jobs = [Job(source, output, render=True)]
+    return _run(spec, _pool(options, jobs), jobs, Reporter(1, bar=False), options)
 
 
 def _render_tree(spec: ViewSpec, options: _Options, source: str, output: str) -> int:
@@ -205,25 +207,29 @@ def _render_tree(spec: ViewSpec, options: _Options, source: str, output: str) ->
     if is_inside(os.path.realpath(output), os.path.realpath(source)):
         raise ConfigError("OUTPUT lies inside SOURCE: tifffs never writes into a source "
                           "tree, choose a folder outside it")
-    tree = walk(source, output)
+    cluster = DaskPool(options.scheduler) if options.scheduler is not None else None
+    tree = walk(source, output)  # after connecting: a wrong address creates no folders
     reporter = Reporter(len(tree.jobs) + len(tree.failures))
     for path, why in tree.skipped:
         reporter.skip(path, why)
     for failure in tree.failures:
         reporter.add(failure)
-    status = _run(spec, options, tree.jobs, reporter)
+    status = _run(spec, cluster or _pool(options, tree.jobs), tree.jobs, reporter, options)
     print(reporter.summary(interrupted=status == EXIT_INTERRUPTED), file=sys.stderr)
     return status
 
 
-def _run(spec: ViewSpec, options: _Options, jobs: list[Job], reporter: Reporter) -> int:
-    """Run ``jobs`` in the pool the options ask for; the exit status."""
+def _pool(options: _Options, jobs: list[Job]) -> Pool:
+    """The cluster of ``--scheduler``, else processes on this machine."""
+    if options.scheduler is not None:
+        return DaskPool(options.scheduler)
+    return local_pool(options.jobs, _task_estimate(jobs, options))
+
+
+def _run(spec: ViewSpec, pool: Pool, jobs: list[Job], reporter: Reporter,
+         options: _Options) -> int:
+    """Run ``jobs`` in ``pool``, which it shuts down; the exit status."""
     try:
-        pool: Pool
-        if options.scheduler is not None:
-            pool = DaskPool(options.scheduler)
-        else:
-            pool = local_pool(options.jobs, _task_estimate(jobs, options))
         try:
             Runner(pool, spec, new_run_token(), reporter, options.split_bytes).run(jobs)
         finally:
@@ -231,6 +237,11 @@ def _run(spec: ViewSpec, options: _Options, jobs: list[Job], reporter: Reporter)
     except KeyboardInterrupt:
         reporter.line("tifffs: interrupted; unfinished outputs were removed")
         return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001  (the pool itself failed: one line, no traceback)
+        reporter.line(printable(
+            f"tifffs: error: the run stopped ({type(exc).__name__}: {exc}); the outputs "
+            "written are complete: run the same command again to resume"))
+        return 1
     return 1 if reporter.failures else 0
 
 

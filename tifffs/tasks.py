@@ -90,7 +90,7 @@ def render_file(spec: ViewSpec, source: str, final: str, temp: str) -> Outcome:
                 return Outcome(source, UP_TO_DATE)
             _write_whole(view, source, stamp, final, temp)
         return Outcome(source, RENDERED, stamp.size, size)
-    except Exception as exc:  # any problem of this one file: reported, the run goes on
+    except Exception as exc:  # noqa: BLE001  (one file: reported, the run goes on)
         return Outcome(source, FAILED, error=describe(exc))
 
 
@@ -122,7 +122,7 @@ def copy_file(source: str, final: str, temp: str, force: bool = False) -> Outcom
             discard(temp)
             raise
         return Outcome(source, COPIED, stamp.size, stamp.size)
-    except Exception as exc:  # any problem of this one file: reported, the run goes on
+    except Exception as exc:  # noqa: BLE001  (one file: reported, the run goes on)
         return Outcome(source, FAILED, error=describe(exc))
 
 
@@ -141,7 +141,7 @@ def render_range(spec: ViewSpec, source: str, stamp: Stamp, temp: str, start: in
                 os.close(fd)
         check_source(source, stamp)
         return Outcome(source, WROTE_RANGE, bytes_out=written)
-    except Exception as exc:  # reported by the coordinator, which discards the file
+    except Exception as exc:  # noqa: BLE001  (the coordinator discards the file)
         return Outcome(source, FAILED, error=describe(exc))
 
 
