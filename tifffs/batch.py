@@ -135,9 +135,11 @@ class Runner:
             while self._pending:
                 self._collect()
         except BaseException:
-            self.pool.shutdown(cancel=list(self._pending))
-            for temp in self._temps:
-                discard(temp)
+            try:
+                self.pool.shutdown(cancel=list(self._pending))
+            finally:  # also on a second Ctrl-C while the workers stop
+                for temp in self._temps:
+                    discard(temp)
             raise
         self.pool.shutdown(cancel=[])
 

@@ -89,6 +89,9 @@ def main(argv: list[str]) -> int:
             if os.path.isdir(source):
                 return _render_tree(spec, options, source, output)
             if output == STDOUT:
+                if options.scheduler is not None:
+                    raise ConfigError("--scheduler writes files on the cluster: give an "
+                                      "OUTPUT file or folder instead of '-'")
                 return _stream(spec, source, sys.stdout.buffer)
             return _render_file(spec, options, source, output)
     except ClusterError as exc:
