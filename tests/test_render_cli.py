@@ -41,7 +41,7 @@ def test_option_errors_name_the_option_typed(stack, tmp_path):
     out = tmp_path / "out.tif"
     _fails(stack, out, "--factor", "0", says=("--factor", "'0'"), refuses=("--factors",))
     _fails(stack, out, "--factor", "two", says=("--factor",), refuses=("--factors",))
-    _fails(stack, out, "--method", "cubic", says=("method", "cubic", "mean"))
+    _fails(stack, out, "--method", "cubic", says=("--method", "cubic", "mean"))
     _fails(stack, out, "--view", "x0", says=("--view", "x0"), refuses=("--views",))
     _fails(stack, out, "--view", "x2,x4", says=("--view", "one view"))
     _fails(stack, out, "--view", "x2:x4", says=("--view", "one view"))

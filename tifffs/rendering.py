@@ -115,7 +115,12 @@ def _terminate_like_interrupt() -> Iterator[None]:
 def _spec(args: argparse.Namespace) -> ViewSpec:
     if args.view is not None and args.factor is not None:
         raise ConfigError("--view and --factor exclude each other: give one of them")
-    method = parse_method(args.method) if args.method is not None else DEFAULT_METHOD
+    method = DEFAULT_METHOD
+    if args.method is not None:
+        try:
+            method = parse_method(args.method)
+        except ConfigError as exc:
+            raise ConfigError(f"--method: {exc}") from None
     if args.view is not None:
         name = args.view.strip()
         if any(sep in name for sep in ",: "):

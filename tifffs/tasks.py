@@ -41,7 +41,7 @@ class ViewSpec:
     @contextlib.contextmanager
     def open(self, path: str) -> Iterator[Readable]:
         """The view of the source TIFF at ``path``, closed afterwards."""
-        from tifffs.virtual import open_view  # numpy and tifffile: only where rendering
+        from tifffs import open_view  # numpy and tifffile: only where rendering
 
         view = open_view(path, method=self.method, view=self.view, use_levels=self.use_levels,
                          imagej_large=self.imagej_large, cache_bytes=self.cache_bytes)
