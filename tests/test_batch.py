@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MOUNT_TIMEOUT, mounted, sample_array, wait_for, write_stack
+from conftest import mounted, sample_array, wait_for, write_stack
 from tifffs import open_view
-from trees import TIFFFS, assert_mirrors, leftovers, make_tree, render, summary
+from trees import START_TIMEOUT, TIFFFS, assert_mirrors, leftovers, make_tree, render, summary
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_interrupted_run_leaves_only_whole_files_and_resumes(tmp_path):
                                 "x3-lanczos", "--jobs", "2", "--split-size", "2M"],
                                stderr=subprocess.PIPE, start_new_session=True)
     try:
-        wait_for(lambda: bool(leftovers(out)) if out.exists() else False, MOUNT_TIMEOUT,
+        wait_for(lambda: bool(leftovers(out)) if out.exists() else False, START_TIMEOUT,
                  "a temporary output", process)
         os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C on a terminal
         assert process.wait(timeout=120) == 130
@@ -146,9 +146,9 @@ def test_a_killed_worker_fails_its_files_and_the_run_goes_on(tmp_path):
                                 "x3-lanczos", "--jobs", "2"], stderr=subprocess.PIPE,
                                start_new_session=True)
     try:
-        wait_for(lambda: bool(leftovers(out)) if out.exists() else False, MOUNT_TIMEOUT,
+        wait_for(lambda: bool(leftovers(out)) if out.exists() else False, START_TIMEOUT,
                  "a temporary output", process)
-        wait_for(lambda: len(_grandchildren(process.pid)) == 2, MOUNT_TIMEOUT,
+        wait_for(lambda: len(_grandchildren(process.pid)) == 2, START_TIMEOUT,
                  "two worker processes", process)
         os.kill(_grandchildren(process.pid)[0], signal.SIGKILL)  # as the OOM killer does
         assert process.wait(timeout=300) == 1
@@ -197,7 +197,7 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
     shown = b""
     try:
         while True:
-            ready, _, _ = select.select([main], [], [], MOUNT_TIMEOUT)
+            ready, _, _ = select.select([main], [], [], START_TIMEOUT)
             assert ready, "no output from tifffs render on the terminal"
             try:
                 chunk = os.read(main, 4096)
@@ -206,7 +206,7 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
             if not chunk:
                 break
             shown += chunk
-        assert process.wait(timeout=MOUNT_TIMEOUT) == 0
+        assert process.wait(timeout=START_TIMEOUT) == 0
     finally:
         os.close(main)
         if process.poll() is None:

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import MOUNT_TIMEOUT, mounted, sample_array, wait_for, write_stack
+from conftest import mounted, sample_array, wait_for, write_stack
 from robustness import as_nobody, world_readable_workdir
 from tifffs import open_view
-from trees import TEMP_SUFFIX, TIFFFS, leftovers, render
+from trees import START_TIMEOUT, TEMP_SUFFIX, TIFFFS, leftovers, render
 
 
 @pytest.fixture
@@ -186,7 +186,7 @@ def test_interrupt_leaves_no_partial_file(tmp_path):
                                start_new_session=True)
     try:
         wait_for(lambda: any(p.endswith(TEMP_SUFFIX) for p in os.listdir(out_dir)),
-                 MOUNT_TIMEOUT, "the temporary output", process)
+                 START_TIMEOUT, "the temporary output", process)
         os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C on a terminal
         assert process.wait(timeout=60) == 130
         stderr = process.stderr.read().decode()

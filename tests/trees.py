@@ -15,6 +15,8 @@ from conftest import sample_array, write_stack
 
 TIFFFS = [sys.executable, "-m", "tifffs"]
 TEMP_SUFFIX = ".tifffs-part"
+#: Generous: the machines that run the tests are often busy.
+START_TIMEOUT = 120.0
 SUMMARY = re.compile(r"(\d+) rendered, (\d+) copied, (\d+) up to date, (\d+) skipped, "
                      r"(\d+) failed; read .+, wrote .+ in [\d.]+ s")
 
