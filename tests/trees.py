@@ -40,8 +40,8 @@ def summary(stderr: str) -> tuple[int, ...]:
 
 
 def make_tree(root: Path) -> Path:
-    """A source tree with stacks in folders, a companion file, links in and out of the
-    tree, a link loop, a fifo and broken TIFFs."""
+    """A source tree with stacks in folders, a companion file, a name that is not UTF-8,
+    links in and out of the tree, a link loop, a fifo and broken TIFFs."""
     for i, shape in enumerate([(3, 130, 170), (1, 64, 48), (5, 97, 61)]):
         write_stack(root / f"stack{i}.tif", sample_array("uint16", shape, seed=i))
     write_stack(root / "run" / "deep" / "cells.TIFF", sample_array("uint8", (4, 80, 90), 7),
@@ -49,6 +49,8 @@ def make_tree(root: Path) -> Path:
     write_stack(root / "run" / "rgb.tiff", sample_array("uint8", (33, 45, 3), 8),
                 photometric="rgb")
     (root / "run" / "notes.txt").write_text("acquisition notes\n")
+    # a name that is not UTF-8 (Latin-1 from an old acquisition PC)
+    write_stack(root / "run" / os.fsdecode(b"caf\xe9.tif"), sample_array("uint8", (30, 20), 9))
     (root / "empty").mkdir()
     (root / "broken").mkdir()
     (root / "broken" / "not_a_tiff.tif").write_bytes(b"this is not a TIFF")
