@@ -32,6 +32,7 @@ def tree_mount(tree, tmp_path_factory):
         yield mount
 
 
+@pytest.mark.mount
 @pytest.mark.parametrize("options,view", [(["--factor", "4"], "x4"),
                                           (["--view", "x3-max"], "x3-max"),
                                           (["--view", "x2z2", "--jobs", "1"], "x2z2")])
@@ -52,6 +53,7 @@ def test_tree_mirrors_the_mount(tree, tree_mount, tmp_path, options, view):
     # skipped: link_out.tif, fifo.tif, run/loop, run_link/loop
 
 
+@pytest.mark.mount
 def test_every_source_kind_of_the_core(sources, mount, tmp_path):
     root, _ = sources
     out = tmp_path / "out"
@@ -60,6 +62,7 @@ def test_every_source_kind_of_the_core(sources, mount, tmp_path):
     assert {"broken/empty.tif", "broken/not_a_tiff.tif"} <= set(broken)
 
 
+@pytest.mark.mount
 def test_jobs_and_split_files_give_the_same_bytes(tmp_path):
     source = tmp_path / "src"
     write_stack(source / "large.tif", sample_array("uint16", (5, 1000, 900)))

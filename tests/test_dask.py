@@ -10,8 +10,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import distributed  # tifffs[dask], which scripts/test installs
 import pytest
@@ -66,6 +66,7 @@ def dask_cluster(workdir: Path, workers: int = 2) -> Iterator[str]:
             _stop(process)
 
 
+@pytest.mark.mount
 def test_tree_on_a_scheduler_and_two_worker_processes(tmp_path):
     source = make_tree(tmp_path / "src")
     write_stack(source / "large.tif", sample_array("uint16", (5, 1000, 900)))  # split
@@ -85,10 +86,11 @@ def test_tree_on_a_scheduler_and_two_worker_processes(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def local_cluster() -> Iterator[str]:
+def local_cluster(tmp_path_factory) -> Iterator[str]:
     """An in-process cluster: two workers of one thread each."""
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=None,
+                                  local_directory=tmp_path_factory.mktemp("dask")) as cluster:
         yield cluster.scheduler_address
 
 

@@ -10,13 +10,16 @@ import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+
+import pytest
 
 from conftest import mounted, sample_array, wait_for, write_stack
 from robustness import require, world_readable_workdir
 from trees import render, tree_files
 
+pytestmark = pytest.mark.mount
 START_TIMEOUT = 60.0
 SMB_CONF = """\
 [global]
@@ -91,7 +94,8 @@ def smbd(share: Path, workdir: Path) -> Iterator[int]:
 def smbclient(port: int, commands: str) -> subprocess.CompletedProcess:
     """Run ``commands`` on the share as a guest."""
     return subprocess.run([require("smbclient"), "//127.0.0.1/views", "-p", str(port), "-N",
-                           "-c", commands], capture_output=True, text=True, timeout=120)
+                           "-c", commands], capture_output=True, text=True, timeout=120,
+                           check=False)
 
 
 def test_samba_share_of_a_mount_serves_the_rendered_bytes(tmp_path):

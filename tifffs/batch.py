@@ -10,15 +10,26 @@ larger than the split size, runs in a ``tifffs.pools`` pool or on a dask cluster
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from tifffs.outputs import Stamp, create, discard, finish, is_up_to_date, temp_path
 from tifffs.pools import Pool
 from tifffs.problems import printable
 from tifffs.progress import Reporter
-from tifffs.tasks import (FAILED, RENDERED, UP_TO_DATE, Outcome, ViewSpec, copy_file, describe,
-                          render_file, render_range, view_size)
+from tifffs.tasks import (
+    FAILED,
+    RENDERED,
+    UP_TO_DATE,
+    Outcome,
+    ViewSpec,
+    copy_file,
+    describe,
+    render_file,
+    render_range,
+    view_size,
+)
 from tifffs.views import is_inside, is_tiff_name
 
 #: Views larger than this are written by several tasks, each a range of this many bytes.

@@ -8,7 +8,8 @@ OUTPUT at the same paths as this machine, so both must be on a shared filesystem
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from tifffs.config import ConfigError
 

@@ -14,8 +14,9 @@ import signal
 import stat
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, NoReturn
+from typing import BinaryIO, NoReturn
 
 from tifffs.batch import DEFAULT_SPLIT_BYTES, Job, Runner, walk
 from tifffs.cluster import ClusterError, DaskPool
@@ -174,8 +175,7 @@ def _stream(spec: ViewSpec, source: str, out: BinaryIO) -> int:
     quiet_libraries()
     try:
         with spec.open(source) as view:
-            for offset in range(0, view.size, CHUNK_BYTES):
-                out.write(view.read(offset, CHUNK_BYTES))
+            out.writelines(view.read(offset, CHUNK_BYTES) for offset in range(0, view.size, CHUNK_BYTES))
             out.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # no error at exit's flush

@@ -11,13 +11,21 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from tifffs.config import DEFAULT_METHOD
 from tifffs.errors import TifffsError
-from tifffs.outputs import (Readable, Stamp, check_source, create, discard, finish,
-                            is_up_to_date, write_range)
+from tifffs.outputs import (
+    Readable,
+    Stamp,
+    check_source,
+    create,
+    discard,
+    finish,
+    is_up_to_date,
+    write_range,
+)
 from tifffs.problems import printable
 
 RENDERED = "rendered"
