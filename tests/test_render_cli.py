@@ -50,6 +50,7 @@ def test_option_errors_name_the_option_typed(stack, tmp_path):
     _fails(stack, out, "--jobs", "0", says=("--jobs",))
     _fails(stack, out, "--jobs", "2", "--scheduler", "tcp://127.0.0.1:1",
            says=("--jobs", "--scheduler"))
+    _fails(stack, out, "--scheduler", "tcp://sched:port", says=("--scheduler", "HOST:PORT"))
     _fails(stack, out, "--cache-size", "lots", says=("--cache-size", "lots"))
     _fails(stack, out, "--split-size", "1K", says=("--split-size",))
     _fails(stack, out, "--no-such-option", says=("--no-such-option", "tifffs render --help"))

@@ -8,8 +8,10 @@ OUTPUT at the same paths as this machine, so both must be on a shared filesystem
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from tifffs.config import ConfigError
 
@@ -32,6 +34,7 @@ class DaskPool:
         self._distributed = distributed
         # the client logs its own view of connection problems: we report them once
         logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        _check_reachable(address)
         try:
             self._client = distributed.Client(address, timeout=CONNECT_TIMEOUT,
                                               set_as_default=False)
@@ -58,3 +61,21 @@ class DaskPool:
                 self._client.cancel(cancel)
         finally:
             self._client.close()
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once when nothing listens at a ``tcp://`` address (the client would retry
+    until its timeout); other schemes are left to the client."""
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise ConfigError(f"invalid --scheduler {address!r}: use tcp://HOST:PORT, e.g. "
+                          "tcp://sched:8786") from None
+    if parts.scheme != "tcp" or not host or port is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=10).close()
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the dask scheduler at {address} ({exc}): check "
+                           "--scheduler, or start one with: dask scheduler") from None
