@@ -41,7 +41,6 @@ from tifffs.methods import METHODS
 from tifffs.startlock import release_inherited, start_lock
 
 log = logging.getLogger("tifffs")
-RENDER_CHUNK = 16 << 20
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv[:1] == ["render"]:
-            return _render(_render_parser().parse_args(argv[1:]))
+            from tifffs import rendering
+
+            return rendering.main(argv[1:])
         if argv[:1] == ["index"]:
             from tifffs.indexing import index_command
 
@@ -285,50 +286,3 @@ def _log_destination(config: MountConfig) -> str:
     from tifffs import logs
 
     return logs.describe_destination(config.log_file, background=True)
-
-
-# -- render
-def _render_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tifffs render",
-        description="Write the exact bytes that the mount serves for one source TIFF.")
-    parser.add_argument("source", metavar="SOURCE_TIFF")
-    parser.add_argument("output", metavar="OUTPUT_TIFF", help="file to write ('-' for stdout)")
-    parser.add_argument("--factor", type=int, default=4, help="reduction factor (default 4)")
-    parser.add_argument("--method", default=DEFAULT_METHOD,
-                        help=f"{', '.join(METHODS)} (default {DEFAULT_METHOD})")
-    parser.add_argument("--view", help="a view name instead of --factor/--method, e.g. "
-                        "x4z2, x8-max, fit1000")
-    parser.add_argument("--use-levels", action="store_true",
-                        help="start from a matching pyramid level (as the mount option)")
-    parser.add_argument("--imagej-large", action="store_true",
-                        help="views over 4 GiB in ImageJ's format (as the mount option)")
-    parser.add_argument("--cache-size", default="64M", help="memory for rendered bands")
-    return parser
-
-
-def _render(args: argparse.Namespace) -> int:
-    from tifffs.errors import TifffsError
-    from tifffs.virtual import open_view
-
-    factor = parse_factors(str(args.factor))[0]
-    method = parse_method(args.method)
-    view_name = parse_views(args.view, method)[0] if args.view else None
-    try:
-        view = open_view(args.source, factor, method, view=view_name,
-                         use_levels=args.use_levels, imagej_large=args.imagej_large,
-                         cache_bytes=parse_size(args.cache_size))
-    except (TifffsError, OSError) as exc:
-        print(f"tifffs: {args.source}: {exc}", file=sys.stderr)
-        return 1
-    out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")
-    try:
-        for offset in range(0, view.size, RENDER_CHUNK):
-            out.write(view.read(offset, RENDER_CHUNK))
-    except (TifffsError, OSError) as exc:
-        print(f"tifffs: {args.source}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if out is not sys.stdout.buffer:
-            out.close()
-    return 0

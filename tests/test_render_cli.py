@@ -1,0 +1,212 @@
+"""``tifffs render`` of one file: options, one-line errors, temporary file and rename."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import mounted, sample_array, wait_for, write_stack
+from robustness import as_nobody, world_readable_workdir
+from tifffs import open_view
+from trees import START_TIMEOUT, TEMP_SUFFIX, TIFFFS, leftovers, render
+
+
+@pytest.fixture
+def stack(tmp_path) -> Path:
+    path = tmp_path / "src" / "stack.tif"
+    write_stack(path, sample_array("uint16", (3, 90, 70)))
+    return path
+
+
+def _fails(*args, says: tuple[str, ...], status: int = 2, refuses: tuple[str, ...] = ()):
+    result = render(*args, expect=status)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for text in says:
+        assert text in lines[0], lines[0]
+    for text in refuses:
+        assert text not in lines[0], lines[0]
+    return lines[0]
+
+
+def test_option_errors_name_the_option_typed(stack, tmp_path):
+    out = tmp_path / "out.tif"
+    _fails(stack, out, "--factor", "0", says=("--factor", "'0'"), refuses=("--factors",))
+    _fails(stack, out, "--factor", "two", says=("--factor",), refuses=("--factors",))
+    _fails(stack, out, "--method", "cubic", says=("--method", "cubic", "mean"))
+    _fails(stack, out, "--view", "x0", says=("--view", "x0"), refuses=("--views",))
+    _fails(stack, out, "--view", "x2,x4", says=("--view", "one view"))
+    _fails(stack, out, "--view", "x2:x4", says=("--view", "one view"))
+    _fails(stack, out, "--view", "x4", "--factor", "4", says=("--view", "--factor"))
+    _fails(stack, out, "--view", "x4-max", "--method", "mean", says=("--method", "x4-max"))
+    _fails(stack, out, "--jobs", "0", says=("--jobs",))
+    _fails(stack, out, "--jobs", "2", "--scheduler", "tcp://127.0.0.1:1",
+           says=("--jobs", "--scheduler"))
+    _fails(stack, out, "--scheduler", "tcp://sched:port", says=("--scheduler", "HOST:PORT"))
+    _fails(stack, out, "--cache-size", "lots", says=("--cache-size", "lots"))
+    _fails(stack, out, "--split-size", "1K", says=("--split-size",))
+    _fails(stack, out, "--no-such-option", says=("--no-such-option", "tifffs render --help"))
+    _fails(stack, says=("OUTPUT",))
+    assert not out.exists()
+
+
+def test_missing_or_unusable_paths_are_one_line(stack, tmp_path):
+    _fails(tmp_path / "nothing.tif", tmp_path / "o.tif", says=("SOURCE", "does not exist"))
+    missing = tmp_path / "no" / "such" / "folder"
+    _fails(stack, missing / "o.tif", says=(str(missing), "mkdir -p"))
+    _fails(stack, stack, says=("SOURCE",))
+    assert stack.stat().st_size > 0
+
+
+@pytest.mark.mount
+def test_unreadable_source_is_one_line_and_leaves_nothing(stack):
+    work = world_readable_workdir("tifffs-render-")
+    try:
+        locked = work / "locked.tif"
+        locked.write_bytes(stack.read_bytes())
+        locked.chmod(0o600)  # root's: unreadable for the user who renders
+        out = work / "out"
+        out.mkdir(mode=0o777)
+        out.chmod(0o777)
+        result = subprocess.run(as_nobody([*TIFFFS, "render", str(locked), str(out / "o.tif")]),
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert "locked.tif" in line and "Permission denied" in line, line
+        assert os.listdir(out) == []
+    finally:
+        shutil.rmtree(work)
+
+
+def test_decode_failure_mid_file_leaves_no_output(tmp_path):
+    source = tmp_path / "bad.tif"
+    write_stack(source, sample_array("uint16", (4, 200, 150)), compression="zlib",
+                rowsperstrip=8)
+    data = bytearray(source.read_bytes())
+    with tifffile.TiffFile(source) as tif:  # spoil the last page's strips only
+        page = tif.pages[3]
+        for offset, count in zip(page.dataoffsets, page.databytecounts):
+            data[offset:offset + count] = b"\xff" * count
+    source.write_bytes(bytes(data))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    previous = out_dir / "bad.tif"
+    previous.write_bytes(b"previous output")
+    result = render(source, previous, expect=1)
+    assert "bad.tif" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert previous.read_bytes() == b"previous output"  # the old output is untouched
+    assert sorted(os.listdir(out_dir)) == ["bad.tif"]
+
+
+def test_output_is_renamed_into_place_with_the_source_mtime(stack, tmp_path):
+    os.utime(stack, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    out = tmp_path / "out.tif"
+    render(stack, out, "--factor", "2")
+    view = open_view(str(stack), 2, "mean")
+    assert out.read_bytes() == view.read(0, view.size)
+    assert out.stat().st_mtime_ns == stack.stat().st_mtime_ns
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    assert not leftovers(tmp_path)
+
+
+def test_rerun_skips_an_up_to_date_output_and_redoes_a_stale_one(stack, tmp_path):
+    out = tmp_path / "out.tif"
+    render(stack, out)
+    inode = out.stat().st_ino
+    render(stack, out)
+    assert out.stat().st_ino == inode  # not rewritten
+    render(stack, out, "--force")
+    assert out.stat().st_ino != inode
+    inode = out.stat().st_ino
+    os.utime(stack)  # the source changed: a new mtime
+    render(stack, out)
+    assert out.stat().st_ino != inode
+    assert out.stat().st_mtime_ns == stack.stat().st_mtime_ns
+
+
+def test_output_folder_takes_the_source_name_and_stdout_streams(stack, tmp_path):
+    folder = tmp_path / "views"
+    folder.mkdir()
+    render(stack, folder, "--view", "x3-max")
+    expected = open_view(str(stack), view="x3-max")
+    assert (folder / "stack.tif").read_bytes() == expected.read(0, expected.size)
+    result = subprocess.run([*TIFFFS, "render", str(stack), "-", "--view", "x3-max"],
+                            capture_output=True, timeout=60, check=False)
+    assert result.returncode == 0 and result.stdout == expected.read(0, expected.size)
+
+
+def test_devices_and_fifos_are_written_not_replaced(stack, tmp_path):
+    render(stack, os.devnull)
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    process = subprocess.Popen([*TIFFFS, "render", str(stack), str(fifo)],
+                               stderr=subprocess.PIPE)
+    try:
+        with open(fifo, "rb") as reader:
+            data = reader.read()
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    view = open_view(str(stack), 4, "mean")
+    assert data == view.read(0, view.size)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+@pytest.mark.mount
+def test_render_equals_the_mounted_view_for_options(tmp_path):
+    source = tmp_path / "src"
+    write_stack(source / "hyper.tif", sample_array("uint16", (6, 3, 50, 60)),
+                imagej=True, metadata={"axes": "ZCYX"})
+    with mounted(source, tmp_path / "m", "--views", "x2z3,x4-max,fit33") as mount:
+        for view in ("x2z3", "x4-max", "fit33"):
+            out = tmp_path / f"{view}.tif"
+            render(source / "hyper.tif", out, "--view", view)
+            assert out.read_bytes() == (mount.path / view / "hyper.tif").read_bytes(), view
+
+
+def test_interrupt_leaves_no_partial_file(tmp_path):
+    source = tmp_path / "big.tif"
+    # lanczos resizes whole pages: slow enough to be caught while writing
+    write_stack(source, sample_array("uint8", (12, 3000, 3000)))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    process = subprocess.Popen([*TIFFFS, "render", str(source), str(out_dir / "big.tif"),
+                                "--view", "x3-lanczos"], stderr=subprocess.PIPE,
+                               start_new_session=True)
+    try:
+        wait_for(lambda: any(p.endswith(TEMP_SUFFIX) for p in os.listdir(out_dir)),
+                 START_TIMEOUT, "the temporary output", process)
+        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C on a terminal
+        assert process.wait(timeout=60) == 130
+        stderr = process.stderr.read().decode()
+        assert "Traceback" not in stderr and "interrupted" in stderr, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert os.listdir(out_dir) == []
+
+
+def test_float_and_rgb_sources_render_like_open_view(tmp_path):
+    for name, array, kwargs in [("f.tif", sample_array("float32", (2, 40, 30)), {}),
+                                ("rgb.tif", sample_array("uint8", (41, 29, 3)),
+                                 {"photometric": "rgb"})]:
+        write_stack(tmp_path / name, array, **kwargs)
+        render(tmp_path / name, tmp_path / f"out-{name}", "--factor", "3")
+        view = open_view(str(tmp_path / name), 3, "mean")
+        assert (tmp_path / f"out-{name}").read_bytes() == view.read(0, view.size)
+        np.testing.assert_equal(tifffile.imread(tmp_path / f"out-{name}").shape[-1] > 0, True)

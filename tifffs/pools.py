@@ -1,0 +1,95 @@
+"""Where ``tifffs render`` runs its tasks on this machine: inline, or in worker processes.
+
+A pool submits ``fn(*args)`` and hands back futures; ``tifffs.cluster`` provides the same
+for a dask.distributed cluster.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Protocol
+
+
+class Pool(Protocol):
+    """What the coordinator needs from a pool."""
+
+    #: how many tasks to keep submitted at once
+    window: int
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any: ...
+
+    def wait_any(self, futures: list[Any]) -> Iterable[Any]: ...
+
+    def shutdown(self, cancel: list[Any]) -> None:
+        """Stop; ``cancel`` lists submitted tasks that should not run any more."""
+
+
+def default_jobs() -> int:
+    """The number of cores this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+class InlinePool:
+    """Runs each task at once in this process (``--jobs 1``, or a single task)."""
+
+    window = 1
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def wait_any(self, futures: list[Any]) -> Iterable[Any]:
+        return futures
+
+    def shutdown(self, cancel: list[Any]) -> None:
+        pass
+
+
+def _init_worker() -> None:
+    # Ctrl-C on a terminal reaches the whole process group: a worker just ends (no
+    # traceback) and the coordinator removes the temporary files of unfinished tasks
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class ProcessPool:
+    """``workers`` processes on this machine, forked from a server that has already
+    imported the renderer (quick to start, and no threads of this process inherited)."""
+
+    def __init__(self, workers: int) -> None:
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["tifffs.tasks", "tifffs.virtual"])
+        self._workers = workers
+        self.window = 2 * workers
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self._workers, mp_context=self._context,
+                                   initializer=_init_worker)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        try:
+            return self._executor.submit(fn, *args)
+        except BrokenProcessPool:
+            # a worker died (killed, out of memory): the tasks it took down have failed
+            # with it; the rest of the run goes on in new processes
+            self._executor.shutdown(wait=True)
+            self._executor = self._new_executor()
+            return self._executor.submit(fn, *args)
+
+    def wait_any(self, futures: list[Any]) -> Iterable[Any]:
+        return wait(futures, return_when=FIRST_COMPLETED).done
+
+    def shutdown(self, cancel: list[Any]) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=bool(cancel))
+
+
+def local_pool(jobs: int, tasks: int) -> Pool:
+    """A pool of ``jobs`` processes, or none when one would do (saves starting them)."""
+    workers = min(jobs, tasks)
+    return InlinePool() if workers <= 1 else ProcessPool(workers)
