@@ -6,6 +6,7 @@ carried over is dropped, and the text they return is plain ASCII.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 import xml.etree.ElementTree as ET
@@ -28,6 +29,7 @@ def scaled_resolution(resolution: Fraction | None, ratio: Fraction) -> Fraction 
     return None if resolution is None else resolution / ratio
 
 
+@functools.lru_cache(maxsize=256)  # pure; alike files of a folder ask the same
 def imagej_description(pages: int, source_description: str | None,
                        resolution_unit: int | None, ratio_x: Fraction, ratio_y: Fraction,
                        z_factor: int = 1) -> str:
