@@ -13,6 +13,7 @@ import hashlib
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple, Protocol
 
@@ -30,6 +31,9 @@ BLOCK_SIZE = 1 << 20
 #: Inode numbers of the root, the stats folder and file; views' folders follow.
 ROOT_INO, STATS_DIR_INO, STATS_FILE_INO = 1, 2, 3
 _FIRST_VIEW_INO = 16
+#: How long a folder's resolved path is trusted (the kernel's attr_timeout).
+FOLDER_SECONDS = 1.0
+MAX_REAL_FOLDERS = 4096
 
 
 class Handle(Protocol):
@@ -71,17 +75,43 @@ class ViewTree:
         self.counters = ReadCounters()
         self.caching = KernelCachePolicy()
         self._lock = threading.Lock()
+        self._real_folders: dict[str, tuple[str, float]] = {}
 
     # -- paths
     def resolve(self, path: str) -> tuple[MountPath, str]:
         """(mount path, source path) of a path of the mount; ENOENT if there is none."""
+        mount_path, source, _ = self._resolve_with_stat(path)
+        return mount_path, source
+
+    def _resolve_with_stat(self, path: str) -> tuple[MountPath, str, os.stat_result]:
+        """``resolve`` and the source's ``stat`` (following links)."""
         mount_path = parse_mount_path(path, self.views)
         if mount_path is None:
             raise FileNotFoundError(errno.ENOENT, "no such view or path")
         source = source_path(self.root, mount_path.relative)
-        if mount_path.relative and not is_inside(os.path.realpath(source), self.real_root):
+        if not mount_path.relative:
+            return mount_path, source, os.stat(source)
+        real, st = self._real_path(source)
+        if not is_inside(real, self.real_root):
             raise FileNotFoundError(errno.ENOENT, "a symlink leading out of SOURCE")
-        return mount_path, source
+        return mount_path, source, st
+
+    def _real_path(self, source: str) -> tuple[str, os.stat_result]:
+        """The resolved path of ``source`` and its stat. The resolved folder is kept for
+        ``FOLDER_SECONDS`` (the kernel keeps attributes as long), so a ``stat`` costs one
+        ``lstat`` instead of one per path component. Reading is confined on the opened
+        descriptor itself (``sources.open_regular``), whatever this check saw."""
+        folder, name = os.path.split(source)
+        now = time.monotonic()
+        known = self._real_folders.get(folder)
+        if known is None or now - known[1] > FOLDER_SECONDS:
+            if len(self._real_folders) >= MAX_REAL_FOLDERS:
+                self._real_folders.clear()
+            known = self._real_folders[folder] = (os.path.realpath(folder), now)
+        st = os.lstat(source)
+        if stat.S_ISLNK(st.st_mode):
+            return os.path.realpath(source), os.stat(source)
+        return os.path.join(known[0], name), st
 
     def source_of(self, path: str) -> str:
         """The source file a mount path names (for log lines), else the path itself."""
@@ -96,8 +126,7 @@ class ViewTree:
         self.counters.add(getattrs=1)
         if path in (STATS_DIR, STATS_FILE):
             return self._stats_attributes(path)
-        mount_path, source = self.resolve(path)
-        st = os.stat(source)
+        mount_path, source, st = self._resolve_with_stat(path)
         if mount_path.is_root:
             attrs = _attributes(st, ROOT_INO)
             attrs.update(st_mode=stat.S_IFDIR | 0o555, st_nlink=3 + len(self.views))
