@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import functools
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -69,20 +69,30 @@ class VirtualTiff:
         if position < len(head):
             pieces.append(head[position:])
             position = len(head)
+        spans = list(self._spans(position, end))
+        # a read over several bands renders them side by side (a large read, e.g.
+        # ``tifffs render``); bands the pool has no room for are rendered below, in turn
+        for key, _, _ in spans[1:]:
+            self._prefetch(key)
+        for (page, plane, band), start, stop in spans:
+            data = memoryview(self._band(page, plane, band).reshape(-1).view(np.uint8))
+            pieces.append(data[start:stop])
+        return b"".join(pieces), spans[-1][0]
+
+    def _spans(self, position: int, end: int) -> Iterator[tuple[BandKey, int, int]]:
+        """The bands that bytes ``[position, end)`` of the pixel data lie in: (key, start,
+        stop) with start and stop relative to each band's first byte."""
         offsets = self.layout.page_offsets
-        key: BandKey | None = None
         while position < end:
             page = bisect.bisect_right(offsets, position) - 1
             plan = self.plan.pages[page]
             plane, within_plane = divmod(position - offsets[page], plan.out.plane_bytes)
             band = within_plane // band_bytes(plan)
             band_start = offsets[page] + plane * plan.out.plane_bytes + band * band_bytes(plan)
-            data = memoryview(self._band(page, plane, band).reshape(-1).view(np.uint8))
-            piece = data[position - band_start:end - band_start]
-            pieces.append(piece)
-            position += len(piece)
-            key = (page, plane, band)
-        return b"".join(pieces), key
+            length = min(band_bytes(plan), plan.out.plane_bytes - band * band_bytes(plan))
+            stop = min(end - band_start, length)
+            yield (page, plane, band), position - band_start, stop
+            position = band_start + stop
 
     def prefetch_after(self, key: BandKey, count: int) -> None:
         """Start rendering the ``count`` bands that follow ``key`` in the file."""
@@ -97,9 +107,12 @@ class VirtualTiff:
                 page, plane, band = page + 1, 0, 0
             else:
                 return
-            self._cache.prefetch((self._key_prefix, page, plane, band),
-                                 functools.partial(self._render, page, plane, band),
-                                 self._pool.submit)
+            self._prefetch((page, plane, band))
+
+    def _prefetch(self, key: BandKey) -> None:
+        """Have the pool render ``key`` in the background (dropped if the pool is busy)."""
+        self._cache.prefetch((self._key_prefix, *key), functools.partial(self._render, *key),
+                             self._pool.submit)
 
     def _band(self, page: int, plane: int, band: int) -> np.ndarray:
         key = (self._key_prefix, page, plane, band)
