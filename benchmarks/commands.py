@@ -37,9 +37,10 @@ def child_env() -> dict[str, str]:
 
 
 def start(argv: list[str], stdout: object = subprocess.DEVNULL,
-          stderr: object = subprocess.PIPE, cwd: str | None = None) -> subprocess.Popen:
+          stderr: object = subprocess.PIPE, cwd: str | None = None,
+          stdin: object = subprocess.DEVNULL) -> subprocess.Popen:
     """Start a process in its own process group and remember it until it is reaped."""
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+    proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
                             cwd=cwd, env=child_env(), start_new_session=True)
     _LIVE[proc.pid] = proc
     return proc
@@ -85,10 +86,10 @@ def run_parallel(argvs: list[list[str]], timeout: float = TIMEOUT) -> float:
 
 def task(name: str, **args: object) -> dict:
     """Run benchmarks.tasks ``name`` in a fresh interpreter; its JSON result."""
-    proc = start([sys.executable, "-m", "benchmarks.tasks", name, json.dumps(args)],
+    proc = start([sys.executable, "-m", "benchmarks.tasks", name], stdin=subprocess.PIPE,
                  stdout=subprocess.PIPE, cwd=REPO)
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT)
+    try:  # the arguments go on stdin: a list of 20,000 paths is too long for argv
+        out, err = proc.communicate(json.dumps(args).encode(), timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         stop(proc)
         raise CommandError(f"task {name} took over {TIMEOUT:.0f} s") from None

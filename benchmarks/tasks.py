@@ -1,6 +1,6 @@
 """In-process baselines, each run in a fresh interpreter by the runner.
 
-``python -m benchmarks.tasks NAME JSON_ARGS`` imports what the task needs, starts the
+``python -m benchmarks.tasks NAME < JSON_ARGS`` imports what the task needs, starts the
 clock, runs it, and prints one JSON line: ``{"s": seconds, "rss_mb": VmHWM}`` (or
 ``{"error": ...}``). Interpreter start and imports are not timed.
 """
@@ -131,7 +131,8 @@ def _vm_hwm_mb() -> float | None:
 
 def main(argv: list[str]) -> int:
     """Run one task; print its JSON result line."""
-    name, args = argv[0], json.loads(argv[1])
+    # arguments come on stdin: 20,000 paths are more than one argv string may hold
+    name, args = argv[0], json.loads(argv[1] if len(argv) > 1 else sys.stdin.read())
     try:
         import numpy  # noqa: F401  (every task needs it: imported before the clock)
 
