@@ -11,7 +11,7 @@ import subprocess
 import sys
 from importlib import metadata
 
-from benchmarks.commands import REPO
+from benchmarks.commands import REPO, child_env
 
 DISTRIBUTIONS = ("tifffs", "numpy", "tifffile", "opencv-python-headless", "imagecodecs",
                  "fusepy", "dask", "distributed", "matplotlib")
@@ -31,7 +31,8 @@ def features() -> set[str]:
     """The options of the installed tifffs: "--index-dir", "render --jobs", "index", ..."""
     def options(*args: str) -> set[str]:
         out = subprocess.run([sys.executable, "-m", "tifffs", *args, "--help"],
-                             capture_output=True, text=True, cwd="/", check=False)
+                             capture_output=True, text=True, cwd="/", check=False,
+                             env=child_env())
         return set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", out.stdout)), out.stdout
 
     mount_options, _ = options()

@@ -25,7 +25,7 @@ def plot(targets: list[dict], meta: dict, path: str) -> bool:
         if v is None:
             why = t["why"] or "not measured"
             ax.text(low * 1.1, y, why if len(why) < 70 else why[:67] + "...", va="center",
-                    fontsize=8, color="grey")
+                    fontsize=8, color="grey", bbox={"facecolor": "white", "edgecolor": "none"})
             continue
         ax.barh(y, v - low, left=low, height=0.6, color="tab:green" if t["met"] else "tab:red")
         ax.text(v * 1.08, y, f"{t['ratio']:.2f}x (limit {t['max_ratio']:.3g}x)", va="center",

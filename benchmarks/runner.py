@@ -152,7 +152,14 @@ def main(argv: list[str]) -> int:
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, stop)
-    results, meta = measure(args, contenders)
+    try:
+        results, meta = measure(args, contenders)
+    except KeyboardInterrupt:
+        print("bench: interrupted; mounts and processes stopped", file=sys.stderr)
+        return 130
+    except (OSError, commands.CommandError) as exc:  # data generation, the data folder
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
     written = report.write(list(results.values()), meta, args.out, docs=args.docs)
     print(report.markdown(list(results.values()), meta))
     for path in written:
