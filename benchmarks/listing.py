@@ -24,8 +24,9 @@ def _index_dir(ctx: Context, name: str) -> str:
 def _prime(ctx: Context, case: Case, index_dir: str) -> None:
     """Bring ``index_dir`` up to date for ``case`` (untimed): tifffs index, else a listing."""
     if "index" in ctx.features:
+        views = ["--factors", "4", "--views", "x4"] if "index --views" in ctx.features else []
         commands.run([sys.executable, "-m", "tifffs", "index", case.root,
-                      "--index-dir", index_dir])
+                      "--index-dir", index_dir, *views])
         return
     with ctx.mount(case, ["x4"], CACHE_MB, index_dir) as mnt:
         commands.run(["ls", "-lR", mnt.path("x4")])

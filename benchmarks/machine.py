@@ -37,10 +37,10 @@ def features() -> set[str]:
 
     mount_options, _ = options()
     render_options, _ = options("render")
-    _, index_help = options("index")
+    index_options, index_help = options("index")
     found = mount_options | {f"render {o}" for o in render_options}
     if index_help.startswith("usage: tifffs index"):
-        found.add("index")
+        found |= {"index", *(f"index {o}" for o in index_options)}
     return found
 
 
