@@ -84,22 +84,30 @@ def run_parallel(argvs: list[list[str]], timeout: float = TIMEOUT) -> float:
     return time.perf_counter() - begin
 
 
-def task(name: str, **args: object) -> dict:
-    """Run benchmarks.tasks ``name`` in a fresh interpreter; its JSON result."""
-    proc = start([sys.executable, "-m", "benchmarks.tasks", name], stdin=subprocess.PIPE,
-                 stdout=subprocess.PIPE, cwd=REPO)
-    try:  # the arguments go on stdin: a list of 20,000 paths is too long for argv
-        out, err = proc.communicate(json.dumps(args).encode(), timeout=TIMEOUT)
+def capture(argv: list[str], stdin: bytes = b"", cwd: str | None = None,
+            timeout: float = TIMEOUT) -> tuple[int, str, str]:
+    """Run a command with ``stdin``; its exit status, stdout and stderr."""
+    proc = start(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=cwd)
+    try:
+        out, err = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
         stop(proc)
-        raise CommandError(f"task {name} took over {TIMEOUT:.0f} s") from None
+        raise CommandError(f"{os.path.basename(argv[0])} took over {timeout:.0f} s") from None
     finally:
         _LIVE.pop(proc.pid, None)
+    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def task(name: str, **args: object) -> dict:
+    """Run benchmarks.tasks ``name`` in a fresh interpreter; its JSON result."""
+    # the arguments go on stdin: a list of 20,000 paths is too long for argv
+    status, out, err = capture([sys.executable, "-m", "benchmarks.tasks", name],
+                               json.dumps(args).encode(), cwd=REPO)
     try:
-        result = json.loads(out.decode().strip().splitlines()[-1])
+        result = json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        raise CommandError(f"task {name} exited {proc.returncode}: "
-                           f"{first_line(err.decode(errors='replace'), last=True)}") from None
+        raise CommandError(f"task {name} exited {status}: {first_line(err, last=True)}") \
+            from None
     if "error" in result:
         raise CommandError(f"task {name}: {result['error']}")
     return result

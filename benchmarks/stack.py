@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 
 from benchmarks import commands
 from benchmarks.contenders import Context, Sample, Unavailable, contender
@@ -106,17 +105,14 @@ def _imagej_opens(paths: list[str]) -> list[float]:
     if not shutil.which("java") or not os.path.exists(IMAGEJ_JAR):
         raise Unavailable("needs java and the imagej package's ij.jar (scripts/test installs "
                           "them)")
-    proc = commands.start(["java", "-Djava.awt.headless=true", "-Xmx4g", "-cp", IMAGEJ_JAR,
-                           IMAGEJ_PROBE, *paths], stdout=subprocess.PIPE)
-    out, err = proc.communicate(timeout=commands.TIMEOUT)
-    commands.forget(proc)
-    lines = [line.split("\t") for line in out.decode().splitlines()]
+    status, out, err = commands.capture(["java", "-Djava.awt.headless=true", "-Xmx4g", "-cp",
+                                         IMAGEJ_JAR, IMAGEJ_PROBE, *paths])
+    lines = [line.split("\t") for line in out.splitlines()]
     times = [float(fields[2]) for fields in lines if fields[0] == "OPEN"]
-    if proc.returncode or len(times) != len(paths):
+    if status or len(times) != len(paths):
         failed = [fields[1] for fields in lines if fields[0] == "FAIL"]
-        why = f"could not open {failed[0]}" if failed else commands.first_line(
-            err.decode(errors="replace"))
-        raise commands.CommandError(f"ImageJ (exit {proc.returncode}): {why}")
+        why = f"could not open {failed[0]}" if failed else commands.first_line(err)
+        raise commands.CommandError(f"ImageJ (exit {status}): {why}")
     return times
 
 
