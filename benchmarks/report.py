@@ -172,12 +172,12 @@ def document(results: list[Result], meta: dict) -> dict:
 
 
 def write(results: list[Result], meta: dict, out_dir: str, docs: bool = False) -> list[str]:
-    """Write OUT/YYYY-MM-DD-<rev>[-quick].json/.md/.svg (and docs/ with ``docs``)."""
+    """Write OUT/YYYY-MM-DD-<rev>[-quick][-only].json/.md/.svg (and docs/ with ``docs``)."""
     from benchmarks.plot import plot
 
     os.makedirs(out_dir, exist_ok=True)
-    stem = f"{meta['date'][:10]}-{meta['revision']}" + ("-quick" if meta["mode"] == "quick"
-                                                        else "")
+    stem = (f"{meta['date'][:10]}-{meta['revision']}"
+            + ("-quick" if meta["mode"] == "quick" else "") + ("-only" if meta["only"] else ""))
     base = os.path.join(out_dir, stem)
     content = document(results, meta)
     with open(base + ".json", "w") as fh:
