@@ -1,0 +1,171 @@
+"""The benchmark's data: generated once into ~/.cache/tifffs-bench, reused while intact.
+
+Every case is a folder of TIFFs written by tifffile. A manifest beside each folder (not
+inside: tifffs would list it) records the generator's parameters and every file's size; a
+case is regenerated only when its manifest is missing, different or contradicted by disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+GENERATOR_VERSION = 2
+LINKS = 8  # hard links of the stack: the tree of stacks that the tree render renders
+
+SIZES: dict[str, dict[str, int]] = {
+    "full": {"stack_pages": 101, "stack_side": 2048, "files": 500, "files_pages": 5,
+             "files_side": 256, "files_dirs": 10, "flat": 20000, "flat_pages": 2,
+             "flat_side": 64},
+    "quick": {"stack_pages": 21, "stack_side": 2048, "files": 100, "files_pages": 5,
+              "files_side": 256, "files_dirs": 10, "flat": 2000, "flat_pages": 2,
+              "flat_side": 64},
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """A folder of source TIFFs: ``root`` and the paths of its TIFFs relative to it."""
+
+    name: str
+    title: str
+    root: str
+    relfiles: tuple[str, ...]
+
+    @property
+    def files(self) -> list[str]:
+        """Absolute paths of the case's TIFFs."""
+        return [os.path.join(self.root, rel) for rel in self.relfiles]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on disk (hard links counted once per link)."""
+        return sum(os.path.getsize(path) for path in self.files)
+
+
+def default_data_dir() -> str:
+    """``$XDG_CACHE_HOME/tifffs-bench``, else ``~/.cache/tifffs-bench``."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(cache, "tifffs-bench")
+
+
+def _write_stack(root: str, p: dict[str, int]) -> list[str]:
+    import numpy as np
+    import tifffile
+
+    pages, side = p["stack_pages"], p["stack_side"]
+    rng = np.random.default_rng(1)
+    y, x = np.ogrid[:side, :side]
+    base = (1000 + 400 * np.sin(x / 53.0) * np.cos(y / 71.0)).astype(np.uint16)
+
+    def planes() -> Iterator[Any]:
+        for i in range(pages):
+            yield base + rng.integers(0, 256, (side, side), dtype=np.uint16) + np.uint16(i)
+
+    tifffile.imwrite(os.path.join(root, "stack.tif"), planes(), shape=(pages, side, side),
+                     dtype="uint16", photometric="minisblack", rowsperstrip=side,
+                     metadata={"axes": "ZYX"})
+    return ["stack.tif"]
+
+
+def _write_small(root: str, count: int, pages: int, side: int, dirs: int,
+                 seed: int) -> list[str]:
+    import numpy as np
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    width = len(str(count - 1))
+    rels = []
+    for i in range(count):
+        name = f"f{i:0{width}d}.tif"
+        rel = os.path.join(f"d{i % dirs:02d}", name) if dirs > 1 else name
+        os.makedirs(os.path.join(root, os.path.dirname(rel)), exist_ok=True)
+        data = rng.integers(0, 4096, (pages, side, side), dtype=np.uint16)
+        tifffile.imwrite(os.path.join(root, rel), data, photometric="minisblack",
+                         metadata={"axes": "ZYX"})
+        rels.append(rel)
+    return sorted(rels)
+
+
+def _write_files(root: str, p: dict[str, int]) -> list[str]:
+    return _write_small(root, p["files"], p["files_pages"], p["files_side"], p["files_dirs"], 3)
+
+
+def _write_flat(root: str, p: dict[str, int]) -> list[str]:
+    return _write_small(root, p["flat"], p["flat_pages"], p["flat_side"], 1, 4)
+
+
+WRITERS: dict[str, tuple[str, Callable[[str, dict[str, int]], list[str]]]] = {
+    "stack": ("light-sheet {stack_pages} x {stack_side} x {stack_side} uint16, uncompressed",
+              _write_stack),
+    "files": (("{files} files of {files_pages} x {files_side} x {files_side} uint16 in "
+               "{files_dirs} folders"), _write_files),
+    "flat": ("{flat} files of {flat_pages} x {flat_side} x {flat_side} uint16 in one folder",
+             _write_flat),
+}
+
+
+def _intact(root: str, manifest: dict[str, Any]) -> bool:
+    sizes = manifest.get("sizes") or {}
+    try:
+        return bool(sizes) and all(os.path.getsize(os.path.join(root, rel)) == size
+                                   for rel, size in sizes.items())
+    except OSError:
+        return False
+
+
+def _prepare_case(base: str, name: str, params: dict[str, int],
+                  log: Callable[[str], None]) -> Case:
+    title_format, writer = WRITERS[name]
+    root = os.path.join(base, name)
+    manifest_path = root + ".json"
+    wanted = {"generator": GENERATOR_VERSION, "params": params}
+    manifest: dict[str, Any] = {}
+    try:
+        with open(manifest_path) as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError):
+        pass
+    if manifest.get("wanted") != wanted or not _intact(root, manifest):
+        log(f"generating {name} in {root} (once; reused afterwards)")
+        start = time.perf_counter()
+        shutil.rmtree(root, ignore_errors=True)
+        partial = root + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+        rels = writer(partial, params)
+        os.rename(partial, root)
+        manifest = {"wanted": wanted,
+                    "sizes": {rel: os.path.getsize(os.path.join(root, rel)) for rel in rels}}
+        with open(manifest_path, "w") as fh:
+            json.dump(manifest, fh)
+        log(f"  {name}: {len(rels)} files in {time.perf_counter() - start:.1f} s")
+    return Case(name, title_format.format(**params), root, tuple(sorted(manifest["sizes"])))
+
+
+def _link_tree(base: str, stack: Case) -> Case:
+    """LINKS hard links of the stack in two folders: a tree of stacks, no extra disk."""
+    root = os.path.join(base, "stacks")
+    shutil.rmtree(root, ignore_errors=True)
+    rels = []
+    for i in range(LINKS):
+        rel = os.path.join(f"run{i % 2}", f"stack{i}.tif")
+        os.makedirs(os.path.join(root, os.path.dirname(rel)), exist_ok=True)
+        os.link(stack.files[0], os.path.join(root, rel))
+        rels.append(rel)
+    return Case("stacks", f"{LINKS} hard links of the light-sheet stack in 2 folders", root,
+                tuple(sorted(rels)))
+
+
+def prepare(data_dir: str, mode: str, log: Callable[[str], None]) -> dict[str, Case]:
+    """Every case of ``mode`` ("full" or "quick"), generated where missing or damaged."""
+    base = os.path.join(data_dir, mode)
+    os.makedirs(base, exist_ok=True)
+    cases = {name: _prepare_case(base, name, SIZES[mode], log) for name in WRITERS}
+    cases["stacks"] = _link_tree(base, cases["stack"])
+    return cases

@@ -1,0 +1,152 @@
+"""Scenarios on many small files: listings with and without the index, find, cp -r."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from benchmarks import commands
+from benchmarks.contenders import Context, Sample, contender
+from benchmarks.data import Case
+from benchmarks.mount import Mount
+
+FACTOR = 4
+CACHE_MB = 256  # passed explicitly, so that the memory target's limit is known
+
+
+def _index_dir(ctx: Context, name: str) -> str:
+    path = os.path.join(ctx.workdir, f"index-{name}")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _prime(ctx: Context, case: Case, index_dir: str) -> None:
+    """Bring ``index_dir`` up to date for ``case`` (untimed): tifffs index, else a listing."""
+    if "index" in ctx.features:
+        views = ["--factors", "4", "--views", "x4"] if "index --views" in ctx.features else []
+        commands.run([sys.executable, "-m", "tifffs", "index", case.root,
+                      "--index-dir", index_dir, *views])
+        return
+    with ctx.mount(case, ["x4"], CACHE_MB, index_dir) as mnt:
+        commands.run(["ls", "-lR", mnt.path("x4")])
+
+
+def _timed_on_mount(ctx: Context, mnt: Mount, argv: list[str]) -> Sample:
+    """Run ``argv`` against a live mount; its time, then the idle daemon's memory and fds."""
+    done = commands.run(argv)
+    return Sample(done.seconds, daemon_mb=mnt.peak_rss_mb(), fds=mnt.open_fds())
+
+
+def _indexed(ctx: Context, case: Case, argv_of: list[str]) -> Sample:
+    """``argv_of`` (with {mnt} for the x4 folder) on a new mount whose index is up to date."""
+    ctx.require("--index-dir")
+    index_dir = _index_dir(ctx, case.name)
+    _prime(ctx, case, index_dir)
+    with ctx.mount(case, ["x4"], CACHE_MB, index_dir) as mnt:
+        ctx.warm(case)
+        return _timed_on_mount(ctx, mnt, [a.format(mnt=mnt.path("x4")) for a in argv_of])
+
+
+def _source(ctx: Context, case: Case, argv: list[str]) -> Sample:
+    ctx.warm(case)
+    return Sample(commands.run([*argv, case.root]).seconds)
+
+
+def _scan(ctx: Context, case: Case) -> Sample:
+    ctx.warm(case)
+    return ctx.task("tifffile-scan", files=case.files)
+
+
+def _touch(case: Case) -> None:
+    """Give every source a new mtime, so that no index entry matches it any more."""
+    stamp = time.time_ns()
+    for i, path in enumerate(case.files):
+        os.utime(path, ns=(stamp + i, stamp + i))
+
+
+# -- 500 files of 5 x 256 x 256 in 10 folders --------------------------------------------
+@contender("files", "ls-lR-touched", "ls -lR MNT/x4 right after every source was touched "
+           "(stale index)", baseline="tifffile-scan")
+def files_touched(ctx: Context) -> Sample:
+    case = ctx.cases["files"]
+    index_dir = _index_dir(ctx, "files-touched")
+    if "--index-dir" in ctx.features:
+        _prime(ctx, case, index_dir)
+    _touch(case)
+    with ctx.mount(case, ["x4"], CACHE_MB, index_dir) as mnt:
+        ctx.warm(case)
+        return _timed_on_mount(ctx, mnt, ["ls", "-lR", mnt.path("x4")])
+
+
+@contender("files", "tifffile-scan", "tifffile: TiffFile + every page's shape, one process")
+def files_scan(ctx: Context) -> Sample:
+    return _scan(ctx, ctx.cases["files"])
+
+
+@contender("files", "ls-lR-indexed", "ls -lR MNT/x4 on a new mount, index up to date",
+           baseline="ls-lR-source")
+def files_indexed(ctx: Context) -> Sample:
+    return _indexed(ctx, ctx.cases["files"], ["ls", "-lR", "{mnt}"])
+
+
+@contender("files", "ls-lR-source", "ls -lR SOURCE")
+def files_ls_source(ctx: Context) -> Sample:
+    return _source(ctx, ctx.cases["files"], ["ls", "-lR"])
+
+
+@contender("files", "cp-r-x4", "cp -r MNT/x4 (fresh mount)", baseline="loop-write")
+def files_cp(ctx: Context) -> Sample:
+    case = ctx.cases["files"]
+    with ctx.scratch() as out, ctx.mount(case, ["x4"], CACHE_MB) as mnt:
+        ctx.warm(case)
+        return _timed_on_mount(ctx, mnt, ["cp", "-r", mnt.path("x4"), out])
+
+
+@contender("files", "loop-write", "tifffile.imread + cv2.resize(INTER_AREA) + tifffile.imwrite "
+           "of every file, one process")
+def files_loop(ctx: Context) -> Sample:
+    case = ctx.cases["files"]
+    with ctx.scratch() as out:
+        ctx.warm(case)
+        return ctx.task("loop-write", root=case.root, relfiles=list(case.relfiles),
+                        out=os.path.join(out, "x4"), factor=FACTOR)
+
+
+# -- 20,000 files of 2 x 64 x 64 in one folder --------------------------------------------
+@contender("flat", "ls-l-indexed", "ls -l MNT/x4 on a new mount, index up to date",
+           baseline="ls-l-source")
+def flat_indexed(ctx: Context) -> Sample:
+    return _indexed(ctx, ctx.cases["flat"], ["ls", "-l", "{mnt}"])
+
+
+@contender("flat", "ls-l-source", "ls -l SOURCE")
+def flat_ls_source(ctx: Context) -> Sample:
+    return _source(ctx, ctx.cases["flat"], ["ls", "-l"])
+
+
+@contender("flat", "ls-l-first", "ls -l MNT/x4, the first listing ever (empty index)",
+           baseline="tifffile-scan")
+def flat_first(ctx: Context) -> Sample:
+    case = ctx.cases["flat"]
+    with ctx.mount(case, ["x4"], CACHE_MB) as mnt:
+        ctx.warm(case)
+        return _timed_on_mount(ctx, mnt, ["ls", "-l", mnt.path("x4")])
+
+
+@contender("flat", "tifffile-scan", "tifffile: TiffFile + every page's shape, one process")
+def flat_scan(ctx: Context) -> Sample:
+    return _scan(ctx, ctx.cases["flat"])
+
+
+@contender("flat", "find-x4", "find MNT/x4 -type f on a new mount, index up to date",
+           baseline="find-source")
+def flat_find(ctx: Context) -> Sample:
+    return _indexed(ctx, ctx.cases["flat"], ["find", "{mnt}", "-type", "f"])
+
+
+@contender("flat", "find-source", "find SOURCE -type f")
+def flat_find_source(ctx: Context) -> Sample:
+    case = ctx.cases["flat"]
+    ctx.warm(case)
+    return Sample(commands.run(["find", case.root, "-type", "f"]).seconds)
