@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import stat
@@ -80,8 +81,11 @@ class _Options:
 def main(argv: list[str]) -> int:
     """``tifffs render``; returns the exit status (``ConfigError`` for invalid options)."""
     args = _parser().parse_args(argv)
-    spec = _spec(args)
     options = _options(args)
+    # one file renders its bands on every core; files rendered at once share the cores
+    # (a cluster's worker threads each render one file)
+    spec = dataclasses.replace(_spec(args), render_slots=1 if options.scheduler else
+                               max(1, (os.cpu_count() or 1) // options.jobs))
     source, output = args.source, args.output
     if not os.path.exists(source):
         raise ConfigError(f"SOURCE {source} does not exist")

@@ -45,6 +45,8 @@ class ViewSpec:
     imagej_large: bool = False
     cache_bytes: int = 64 << 20
     force: bool = False  # write outputs that are up to date too
+    #: bands one file renders side by side: the cores shared among the files at once
+    render_slots: int | None = None
 
     @contextlib.contextmanager
     def open(self, path: str) -> Iterator[Readable]:
@@ -52,7 +54,8 @@ class ViewSpec:
         from tifffs import open_view  # numpy and tifffile: only where rendering
 
         view = open_view(path, method=self.method, view=self.view, use_levels=self.use_levels,
-                         imagej_large=self.imagej_large, cache_bytes=self.cache_bytes)
+                         imagej_large=self.imagej_large, cache_bytes=self.cache_bytes,
+                         render_slots=self.render_slots)
         try:
             yield view
         finally:

@@ -171,14 +171,15 @@ def open_source_view(source: SourceFile, view: View, cache: LruCache[np.ndarray]
 
 def open_view(path: str, factor: int = 4, method: str = "mean", *, view: str | None = None,
               use_levels: bool = False, imagej_large: bool = False,
-              cache_bytes: int = 64 << 20) -> ViewReader:
+              cache_bytes: int = 64 << 20, render_slots: int | None = None) -> ViewReader:
     """The view of the TIFF at ``path``, without a mount: ``.size``, ``.read(offset, n)``
     and ``.close()`` (also a context manager).
 
     ``view`` names any view (``x4z2``, ``x4-max``, ``fit1000``); otherwise ``factor`` and
     ``method`` give ``x<factor>-<method>``; ``use_levels`` starts from a matching
     pyramid level of the source when there is one; ``imagej_large`` writes views over
-    4 GiB in ImageJ's format instead of BigTIFF. Raises ``tifffs.errors.TifffsError``
+    4 GiB in ImageJ's format instead of BigTIFF; ``render_slots`` bands render side by
+    side (default: one per core). Raises ``tifffs.errors.TifffsError``
     (``BrokenSource``, ``UnsupportedSource``) for files tifffs cannot serve,
     ``tifffs.views.ViewError`` for an invalid view, and ``OSError`` as the OS reports it.
     """
@@ -187,5 +188,5 @@ def open_view(path: str, factor: int = 4, method: str = "mean", *, view: str | N
     spec = replace(parse_view(view or f"x{factor}-{method}", method), use_levels=use_levels,
                    imagej_large=imagej_large)
     virtual = open_source_view(open_source(path), spec, band_cache(cache_bytes),
-                               RenderPool())
+                               RenderPool(render_slots))
     return virtual.reader()
