@@ -182,7 +182,11 @@ def served_pages(path: Path) -> list[tuple[np.ndarray, int, bool]]:
     pages = []
     with tifffile.TiffFile(path) as tif:
         for page in tif.pages:
-            pixels = page.asarray().reshape(page.imagelength, page.imagewidth, -1)
+            pixels = page.asarray()
+            if page.planarconfig == 2 and page.samplesperpixel > 1:
+                pixels = np.moveaxis(pixels, 0, -1)
+            pixels = pixels.reshape(page.imagelength, page.imagewidth, -1)
+            pixels = pixels.astype(pixels.dtype.newbyteorder("="))
             photometric = int(page.photometric)
             grey = page.bitspersample == 1 and photometric in (MINISWHITE, MINISBLACK)
             if grey:
