@@ -31,10 +31,10 @@ def check_supported(where: str, *, compression: int, photometric: int, dtype: An
             if compression in COMPRESSION._value2member_map_ else compression
         raise UnsupportedSource(f"{where}: no decoder for compression {name} "
                                 "(install or upgrade imagecodecs)")
-    whole = dtype is not None and np.dtype(dtype).kind in "uif" and \
-        np.dtype(dtype).itemsize * 8 == bits
-    if not whole and not (dtype is not None and isinstance(bits, int)
-                          and kinds.packed(bits, dtype)):
+    dtype = None if dtype is None else np.dtype(dtype)
+    whole = dtype is not None and dtype.kind in "uif" and dtype.itemsize * 8 == bits
+    packed = dtype is not None and isinstance(bits, int) and kinds.packed(bits, dtype)
+    if not (whole or packed):
         raise UnsupportedSource(
             f"{where}: {bits}-bit samples (sample format {sampleformat}) are not supported "
             "yet")
