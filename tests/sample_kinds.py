@@ -156,7 +156,7 @@ def _ojpeg(root: Path, scratch: Path, kinds: dict[str, str]) -> None:
             ("ojpeg_rgb.tif", rgb, {"photometric": "rgb"}),
             ("ojpeg_gray.tif", rgb[..., 1], {"photometric": "minisblack"})):
         path = scratch / name
-        tifffile.imwrite(path, array, compression="jpeg", rowsperstrip=64, metadata=None,
+        tifffile.imwrite(path, array, compression="jpeg", rowsperstrip=H, metadata=None,
                          **options)
         _set_compression(path, 6)
         shutil.copyfile(path, d / name)

@@ -302,7 +302,7 @@ TIFFFILE_FILES = tuple(f"tifffile/{name}" for name in (
 PACKED_FILES = ("tifffile/bilevel_default_2pages.tif", "tifffile/gray_12bit_2pages.tif",
                 "tiffcp/g4_2pages.tif", "fax2tiff/g3_class_f.tif", "magick/group4.tif",
                 "gdal/nbits1_ccittrle.tif", "gdal/nbits1_palette.tif", "gdal/nbits4.tif",
-                "ojpeg/ojpeg_rgb.tif")
+                "ojpeg/ojpeg_rgb.tif", "ojpeg/ojpeg_gray.tif")
 
 PACKED_WRITERS = {"gdal": "GDAL", "magick": "ImageMagick", "ojpeg": "tifffile, patched"}
 
