@@ -2,7 +2,7 @@
 
 Bilevel (1-bit) pages by tifffile, ImageMagick, libtiff (``tiffcp``, ``fax2tiff``) and
 GDAL, uncompressed, PackBits, CCITT RLE, G3 (1-D and 2-D), G4, fill order 2 and
-palette; 2-, 4-, 10-, 12- and 14-bit packed integers by tifffile and GDAL; old-style
+palette; 2-, 4-, 10-, 12-, 14- and 24-bit packed integers by tifffile and GDAL; old-style
 JPEG (compression 6), which no program here writes, patched from tifffile's JPEG.
 
 ``served_pages`` is what tifffs must serve for a source, computed from tifffile's
@@ -129,6 +129,7 @@ def _gdal(root: Path, scratch: Path, kinds: dict[str, str]) -> None:
                          photometric="palette", colormap=colormap)
     u4 = plain(scratch / "u4.tif", rng.integers(0, 16, (H, W), dtype=np.uint8))
     u12 = plain(scratch / "u12.tif", rng.integers(0, 4096, (H, W), dtype=np.uint16))
+    u24 = plain(scratch / "u24.tif", rng.integers(0, 1 << 24, (H, W), dtype=np.uint32))
     d = root / "gdal"
     d.mkdir(parents=True, exist_ok=True)
     for name, options, input_ in (
@@ -141,6 +142,7 @@ def _gdal(root: Path, scratch: Path, kinds: dict[str, str]) -> None:
               "-co BLOCKYSIZE=64"), ones),
             ("nbits4.tif", "-co NBITS=4", u4),
             ("nbits12_lzw.tif", "-co NBITS=12 -co COMPRESS=LZW", u12),
+            ("nbits24.tif", "-co NBITS=24", u24),
     ):
         run("gdal_translate", "-q", *options.split(), input_, d / name)
         kinds[f"gdal/{name}"] = f"gdal_translate {options}"

@@ -2,7 +2,7 @@
 
 Sources from tifffile, libtiff (``tiffcp``, ``fax2tiff``), ImageMagick and GDAL
 (``sample_kinds.py``): bilevel pages (uncompressed, PackBits, CCITT RLE, G3, G4, fill
-order 2, MinIsWhite and MinIsBlack, palette), 2- to 14-bit packed integers and
+order 2, MinIsWhite and MinIsBlack, palette), 2- to 24-bit packed integers and
 old-style JPEG. For every view, three ways agree: the bytes read through a real mount,
 the bytes of ``tifffs.open_view(...).read``, and a reference computed with numpy from
 ``tifffile``'s decoding of the source.
@@ -53,6 +53,7 @@ WRITTEN = {
     "gdal/nbits1_ccittfax4_tiled.tif": (1, 4, 1),
     "gdal/nbits4.tif": (4, 1, 1),
     "gdal/nbits12_lzw.tif": (12, 5, 1),
+    "gdal/nbits24.tif": (24, 1, 1),
     "ojpeg/ojpeg_rgb.tif": (8, 6, 1),
     "ojpeg/ojpeg_gray.tif": (8, 6, 1),
 }

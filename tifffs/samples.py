@@ -1,14 +1,15 @@
 """Sample kinds that are not whole bytes: how they are served.
 
-tifffile decodes packed samples (bitspersample 1 to 15 other than 8) into the next byte
-size: ``bool`` for 1 bit, ``uint8`` for 2 to 7, ``uint16`` for 9 to 15. tifffs serves
+tifffile decodes packed unsigned samples (1 to 31 bits other than 8 and 16) into the
+next size: ``bool`` for 1 bit, ``uint8`` for 2 to 7, ``uint16`` for 9 to 15, ``uint32``
+for 17 to 31. tifffs serves
 
 * bilevel pages (1-bit MinIsWhite or MinIsBlack): 8-bit MinIsBlack grey, black 0 and
   white 255, so that ``mean`` is the fraction of white scaled to 0-255 and the other
   block methods keep two levels;
-* every other packed page (2- to 15-bit integers, 1-bit palette): the decoded values
-  as they are, in ``uint8`` or ``uint16``; a palette's colour map is padded to the
-  256 entries an 8-bit palette has.
+* every other packed page (2- to 31-bit integers, 1-bit palette): the decoded values
+  as they are, in ``uint8``, ``uint16`` or ``uint32``; a palette's colour map is padded
+  to the 256 or 65536 entries of an 8- or 16-bit palette.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 import numpy as np
 from tifffile import PHOTOMETRIC
 
-#: Largest packed sample size served (tifffile decodes up to 31 bits; 17 to 31 untested).
-MAX_PACKED_BITS = 16
+#: Largest packed sample size tifffile decodes.
+MAX_PACKED_BITS = 31
 #: A bilevel page's white, as served.
 WHITE = 255
 
@@ -57,7 +58,7 @@ def served_photometric(photometric: int, white: int | None) -> int:
 def served_colormap(colormap: np.ndarray | None, bits: int) -> np.ndarray | None:
     """A palette of ``2**bits`` colours padded with black to 256 (``bits`` < 8) or
     65536 entries, as the served 8- or 16-bit palette needs."""
-    if colormap is None or bits in (8, 16):
+    if colormap is None or bits == 8 or bits >= 16:
         return colormap
     colormap = np.asarray(colormap, dtype=np.uint16).reshape(3, -1)
     entries = 256 if bits < 8 else 65536
