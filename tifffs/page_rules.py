@@ -89,12 +89,15 @@ def make_page(f: dict[str, Any], file_size: int) -> SourcePage:
         colormap=None if colormap is None else np.asarray(colormap, dtype=np.uint16),
         subfiletype=f["subfiletype"], offsets=_EMPTY, bytecounts=_EMPTY,
         xresolution=f["xresolution"], yresolution=f["yresolution"],
-        resolutionunit=f["resolutionunit"], direct=direct, bits=bits, bilevel_white=white)
+        resolutionunit=f["resolutionunit"] if f["resolutionunit"] in _UNITS else None,
+        direct=direct, bits=bits, bilevel_white=white)
     return with_segments(page, page.index, page.ifd_offset, f["offsets"], f["bytecounts"],
                          file_size)
 
 
 _EMPTY = np.zeros(0, dtype=np.uint64)
+#: ResolutionUnit values of the TIFF 6 spec (none, inch, centimetre); others are dropped
+_UNITS = (1, 2, 3)
 
 
 def with_segments(page: SourcePage, index: int, ifd_offset: int, offsets: Any,
