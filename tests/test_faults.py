@@ -488,3 +488,13 @@ def test_resolution_unit_out_of_range_is_dropped(tmp_path, unit):
         assert "ResolutionUnit" not in tif.pages.first.tags
         np.testing.assert_array_equal(tif.asarray(), reference_page(
             tifffile.imread(path), 2, "mean"))
+
+
+@pytest.mark.parametrize("tag", [262, 277, 339])
+def test_short_field_out_of_range_is_a_broken_source(tmp_path, tag):
+    """Photometric, samples per pixel or sample format beyond a SHORT (found by the
+    fuzzer on a bilevel page) is a broken source: one error, never a crash."""
+    path = tmp_path / "short.tif"
+    path.write_bytes(gray8(**{f"t{tag}": (4, 1, 70000)}))
+    with pytest.raises(TifffsError):
+        open_view(str(path), 2)

@@ -58,6 +58,7 @@ def make_page(f: dict[str, Any], file_size: int) -> SourcePage:
     if samples < 1 or (f["tiled"] and (tile_rows < 1 or tile_width < 1)):
         raise BrokenSource(f"{where}: no samples per pixel or empty tiles")
     planar_separate = f["planar_separate"] and samples > 1
+    _check_shorts(where, f)
     bits = f["bits"]
     dtype = kinds.served_dtype(f["dtype"])
     row_bytes = width * (1 if planar_separate else samples) * dtype.itemsize
@@ -93,6 +94,14 @@ def make_page(f: dict[str, Any], file_size: int) -> SourcePage:
         direct=direct, bits=bits, bilevel_white=white)
     return with_segments(page, page.index, page.ifd_offset, f["offsets"], f["bytecounts"],
                          file_size)
+
+
+def _check_shorts(where: str, f: dict[str, Any]) -> None:
+    """Fields a view writes back as SHORT must fit one (a mutated IFD may store a LONG)."""
+    values = [f["samples"], f["photometric"], f["sampleformat"], *f["extrasamples"]]
+    if not all(0 <= int(v) <= 0xFFFF for v in values):
+        raise BrokenSource(f"{where}: samples, photometric, sample format or extra samples "
+                           "out of range")
 
 
 _EMPTY = np.zeros(0, dtype=np.uint64)
