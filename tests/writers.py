@@ -13,6 +13,7 @@ A missing program fails (never skips): ``scripts/test`` installs them.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
