@@ -148,7 +148,7 @@ def broken_files() -> dict[str, bytes]:
         "strip_bytecounts_past_end.tif": tifffile_bytes(
             np.zeros((48, 64), np.uint8), compression="zlib")[:-40],
         "samples_65535.tif": gray8(t277=(SHORT, 1, 65535)),
-        "bits_3.tif": gray8(t258=(SHORT, 1, 3)),
+        "bits_3_signed.tif": gray8(t258=(SHORT, 1, 3), t339=(SHORT, 1, 2)),
         "zero_width.tif": gray8(t256=(LONG, 1, 0)),
         "corrupt_lzw.tif": overwrite_first_strip(lzw, b"\xff" * 16),
         "corrupt_deflate.tif": overwrite_first_strip(deflate, b"\0" * 8),

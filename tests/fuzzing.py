@@ -106,6 +106,10 @@ def seeds() -> dict[str, bytes]:
         "bigendian.tif": write(u16, byteorder=">"),
         "bigtiff.tif": write(u8, bigtiff=True),
         "pyramid_subifds.tif": pyramid.getvalue(),
+        "bilevel_packbits.tif": write(u8[0] > 127, photometric="miniswhite",
+                                      compression="packbits", rowsperstrip=9),
+        "u12_packed.tif": write(u16[0] >> 4, bitspersample=12),
+        "u4_packed.tif": write(u8[0] >> 4, bitspersample=4, rowsperstrip=8),
     }
 
 

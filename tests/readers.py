@@ -45,7 +45,7 @@ INSTALL_HINT = ("run scripts/test, which installs libtiff-tools, imagej, Java, g
 IMAGEJ_JAR = Path("/usr/share/java/ij.jar")
 PROBE = Path(__file__).with_name("ImageJProbe.java")
 TOOL_TIMEOUT = 600
-PALETTE, RGB, YCBCR = 3, 2, 6
+MINISWHITE, MINISBLACK, PALETTE, RGB, YCBCR = 0, 1, 3, 2, 6
 
 
 class ReaderMissing(MissingTool):
@@ -85,6 +85,12 @@ def tifffile_pages(path: Path) -> list[Page]:
                 pixels = pixels[:, :, np.newaxis]
             pixels = pixels.astype(pixels.dtype.newbyteorder("="))
             photometric = int(page.photometric)
+            if pixels.dtype == bool and photometric in (MINISWHITE, MINISBLACK):
+                # bilevel: the picture readers show (and tifffs serves), white 255
+                pixels = np.where(pixels == (photometric == MINISBLACK), 255, 0).astype(np.uint8)
+                photometric = MINISBLACK
+            if pixels.dtype == bool:
+                pixels = pixels.astype(np.uint8)
             colormap = None
             if photometric == PALETTE:
                 colormap = np.asarray(page.colormap, dtype=np.uint16)

@@ -23,7 +23,7 @@ import pytest
 import tifffile
 
 from conftest import mounted, wait_for
-from crafted import FAIL_ON_READ, broken_files, ifd_chain, tifffile_bytes
+from crafted import FAIL_ON_READ, broken_files, gray8, ifd_chain, tifffile_bytes
 from reference import reference_page
 from robustness import call_with_timeout, errno_of, guarded_errno, memory_kib, python_in_subprocess
 from tifffs import open_view
@@ -475,3 +475,26 @@ def test_crafted_files_are_what_their_names_say():
     chain = ifd_chain(tifffile_bytes(np.zeros((130, 4, 4), np.uint8)))
     looped = BROKEN["ifd_loop_after_100.tif"]
     assert struct.unpack_from("<I", looped, chain[-1].next_field)[0] == chain[110].offset
+
+
+@pytest.mark.parametrize("unit", [0, 4, 70000])
+def test_resolution_unit_out_of_range_is_dropped(tmp_path, unit):
+    """A ResolutionUnit outside the spec (found by the fuzzer: 70000 could not be
+    written back as a SHORT) is served without a unit, never an error."""
+    path = tmp_path / "unit.tif"
+    path.write_bytes(gray8(t296=(4, 1, unit)))
+    view = open_view(str(path), 2)
+    with tifffile.TiffFile(io.BytesIO(view.read(0, view.size))) as tif:
+        assert "ResolutionUnit" not in tif.pages.first.tags
+        np.testing.assert_array_equal(tif.asarray(), reference_page(
+            tifffile.imread(path), 2, "mean"))
+
+
+@pytest.mark.parametrize("tag", [262, 277, 339])
+def test_short_field_out_of_range_is_a_broken_source(tmp_path, tag):
+    """Photometric, samples per pixel or sample format beyond a SHORT (found by the
+    fuzzer on a bilevel page) is a broken source: one error, never a crash."""
+    path = tmp_path / "short.tif"
+    path.write_bytes(gray8(**{f"t{tag}": (4, 1, 70000)}))
+    with pytest.raises(TifffsError):
+        open_view(str(path), 2)

@@ -31,6 +31,7 @@ import pytest
 import tifffile
 
 import readers
+import sample_kinds
 import writers
 from conftest import Mount, mounted
 from reference import reference_page
@@ -75,14 +76,15 @@ OME_KINDS = [name for name in KIND_NAMES if ".ome." in name]
 
 
 def reference_pages(source: Path, factor: int, method: str) -> list[np.ndarray]:
-    pages = readers.tifffile_pages(source)
-    return [reference_page(p.pixels, factor,
-                           "nearest" if p.photometric == readers.PALETTE else method)
-            for p in pages]
+    """The source's pages as tifffs serves them (bilevel as 0/255 grey), reduced."""
+    return [reference_page(pixels, factor,
+                           "nearest" if photometric == readers.PALETTE else method)
+            for pixels, photometric, _ in sample_kinds.served_pages(source)]
 
 
 # -- what the writers wrote
-COMPRESSIONS = {"lzw": 5, "zip": 8, "deflate": 8, "zstd": 50000, "packbits": 32773, "jpeg": 7}
+COMPRESSIONS = {"lzw": 5, "zip": 8, "deflate": 8, "zstd": 50000, "packbits": 32773, "jpeg": 7,
+                "ccittrle": 2, "g3": 3, "g4": 4, "group4": 4, "ojpeg": 6}
 
 
 @pytest.mark.parametrize("name", KIND_NAMES)
@@ -142,14 +144,14 @@ def test_view_structure(lab, lab_mount, name):
                 tifffile.TiffFile(lab_mount.path / f"x{factor}" / name) as view:
             assert view.byteorder == "<"
             assert len(view.pages) == len(src.pages)
-            for s, v in zip(src.pages, view.pages):
+            served = sample_kinds.served_pages(root / name)
+            for s, v, (pixels, photometric, _) in zip(src.pages, view.pages, served):
                 assert int(v.compression) == 1 and "SubIFDs" not in v.tags
                 assert (v.imagewidth, v.imagelength) == (-(-s.imagewidth // factor),
                                                          -(-s.imagelength // factor))
-                assert int(v.photometric) == (readers.RGB if s.photometric == readers.YCBCR
-                                              else int(s.photometric))
+                assert int(v.photometric) == photometric
                 assert (v.samplesperpixel, v.planarconfig, v.dtype, int(v.subfiletype)) == \
-                    (s.samplesperpixel, s.planarconfig, s.dtype.newbyteorder("<"),
+                    (s.samplesperpixel, s.planarconfig, pixels.dtype.newbyteorder("<"),
                      int(s.subfiletype))
 
 

@@ -3,14 +3,17 @@
 Every file starts from a numpy array generated here; it is then written by libtiff's
 ``tiffcp``, ImageJ 1.x (headless, ``ImageJWriter.java``), libvips (``vips``), GDAL
 (``gdal_translate``) or tifffile, with the options those programs use in labs (slide
-scanners, microscopes, GIS). ``build_tree`` writes them all under one SOURCE directory,
-one subdirectory per writer, and returns what each file is (``KINDS``).
+scanners, microscopes, GIS); bilevel, packed and old-style JPEG files come from
+``sample_kinds`` (also ImageMagick and fax2tiff). ``build_tree`` writes them all under
+one SOURCE directory, one subdirectory per writer, and returns what each file is
+(``KINDS``).
 
 A missing program fails (never skips): ``scripts/test`` installs them.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +68,7 @@ class Kind:
     """One source file: its name under SOURCE, the program that wrote it and how."""
 
     name: str
-    writer: str  # tiffcp, ImageJ, vips, GDAL, tifffile
+    writer: str  # tiffcp, ImageJ, vips, GDAL, tifffile, ImageMagick, fax2tiff
     how: str  # the command or call, for the reader matrix
     ome: bool = False  # has an OME-XML description
 
@@ -296,9 +299,31 @@ TIFFFILE_FILES = tuple(f"tifffile/{name}" for name in (
     "planar_rgb_u16.tif", "palette_u8.tif", "rgba_deflate_u8.tif"))
 
 
+#: samples that are not whole bytes (``sample_kinds``): a few of each writer and kind
+PACKED_FILES = ("tifffile/bilevel_default_2pages.tif", "tifffile/gray_12bit_2pages.tif",
+                "tiffcp/g4_2pages.tif", "fax2tiff/g3_class_f.tif", "magick/group4.tif",
+                "gdal/nbits1_ccittrle.tif", "gdal/nbits1_palette.tif", "gdal/nbits4.tif",
+                "ojpeg/ojpeg_rgb.tif", "ojpeg/ojpeg_gray.tif")
+
+PACKED_WRITERS = {"gdal": "GDAL", "magick": "ImageMagick", "ojpeg": "tifffile, patched"}
+
+
+def build_packed(root: Path, scratch: Path) -> None:
+    """The ``PACKED_FILES`` of ``sample_kinds`` (which writes more kinds than these)."""
+    import sample_kinds  # it imports this module
+
+    everything = scratch / "packed"
+    hows = sample_kinds.build(everything, scratch)
+    for name in PACKED_FILES:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(everything / name, root / name)
+        folder = name.split("/")[0]
+        _kind(name, PACKED_WRITERS.get(folder, folder), hows[name])
+
+
 def declared_kinds() -> list[str]:
     """The names of all kinds, known without writing anything (for parametrization)."""
-    return [*TIFFCP, *IMAGEJ_FILES, *VIPS, *GDAL, *TIFFFILE_FILES]
+    return [*TIFFCP, *IMAGEJ_FILES, *VIPS, *GDAL, *TIFFFILE_FILES, *PACKED_FILES]
 
 
 def build_tree(root: Path, scratch: Path) -> dict[str, Kind]:
@@ -310,5 +335,6 @@ def build_tree(root: Path, scratch: Path) -> dict[str, Kind]:
     build_vips(root, inputs)
     build_gdal(root, inputs)
     build_tifffile(root)
+    build_packed(root, scratch)
     assert sorted(KINDS) == sorted(declared_kinds()), "declare every kind in declared_kinds"
     return dict(KINDS)

@@ -126,7 +126,8 @@ def page_from_tifffile(page: Any, index: int, byteorder: str, file_size: int) ->
         "yresolution": _rational(tags, "YResolution"),
         "resolutionunit": int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags
         else None,
-        "direct_candidate": int(page.fillorder) == 1 and int(page.predictor) == 1}
+        "direct_candidate": int(page.fillorder) == 1 and int(page.predictor) == 1,
+        "bits": int(page.bitspersample)}
     return make_page(fields, file_size)
 
 

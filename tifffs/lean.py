@@ -302,7 +302,7 @@ def page_fields(tags: dict[int, Any], index: int, offset: int, byteorder: str,
         "bytecounts": tags[325 if tiled else 279], "xresolution": _resolution(tags, 282),
         "yresolution": _resolution(tags, 283),
         "resolutionunit": _one(tags, 296) if 296 in tags else None,
-        "direct_candidate": _one(tags, 266, 1) == 1 and _one(tags, 317, 1) == 1}
+        "direct_candidate": _one(tags, 266, 1) == 1 and _one(tags, 317, 1) == 1, "bits": bits}
     return make_page(fields, file_size)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import tifffile
 from tifffile import COMPRESSION, PHOTOMETRIC
 
+from tifffs import samples as kinds
 from tifffs.arith import ceil_div
 from tifffs.errors import BrokenSource, UnsupportedSource
 from tifffs.pages import SourcePage
@@ -30,12 +31,15 @@ def check_supported(where: str, *, compression: int, photometric: int, dtype: An
             if compression in COMPRESSION._value2member_map_ else compression
         raise UnsupportedSource(f"{where}: no decoder for compression {name} "
                                 "(install or upgrade imagecodecs)")
-    if dtype is None or np.dtype(dtype).kind not in "uif" or \
-            np.dtype(dtype).itemsize * 8 != bits:
+    dtype = None if dtype is None else np.dtype(dtype)
+    whole = dtype is not None and dtype.kind in "uif" and dtype.itemsize * 8 == bits
+    packed = dtype is not None and isinstance(bits, int) and kinds.packed(bits, dtype)
+    if not (whole or packed):
         raise UnsupportedSource(
             f"{where}: {bits}-bit samples (sample format {sampleformat}) are not supported "
             "yet")
-    if photometric == PHOTOMETRIC.YCBCR and compression != COMPRESSION.JPEG:
+    if photometric == PHOTOMETRIC.YCBCR and compression not in (COMPRESSION.JPEG,
+                                                                COMPRESSION.OJPEG):
         raise UnsupportedSource(f"{where}: YCbCr pixels without JPEG are not supported yet")
 
 
@@ -43,7 +47,8 @@ def make_page(f: dict[str, Any], file_size: int) -> SourcePage:
     """Validate the fields read from one IFD and build its ``SourcePage``.
 
     ``f`` holds the raw tag values (``tile`` as (length, width), ``rowsperstrip``,
-    ``direct_candidate`` for fill order 1 and no predictor).
+    ``direct_candidate`` for fill order 1 and no predictor, ``bits`` per sample) and the
+    ``dtype`` tifffile decodes to.
     """
     where = f"page {f['index']}"
     width, height, samples = f["width"], f["height"], f["samples"]
@@ -53,7 +58,9 @@ def make_page(f: dict[str, Any], file_size: int) -> SourcePage:
     if samples < 1 or (f["tiled"] and (tile_rows < 1 or tile_width < 1)):
         raise BrokenSource(f"{where}: no samples per pixel or empty tiles")
     planar_separate = f["planar_separate"] and samples > 1
-    dtype = np.dtype(f["dtype"])
+    _check_shorts(where, f)
+    bits = f["bits"]
+    dtype = kinds.served_dtype(f["dtype"])
     row_bytes = width * (1 if planar_separate else samples) * dtype.itemsize
     if row_bytes > MAX_ROW_BYTES:
         raise UnsupportedSource(f"{where}: rows of {row_bytes} bytes are too wide")
@@ -62,7 +69,7 @@ def make_page(f: dict[str, Any], file_size: int) -> SourcePage:
     else:
         segment_rows, segment_width = max(1, min(f["rowsperstrip"] or height, height)), width
     direct = (f["compression"] == COMPRESSION.NONE and not f["tiled"]
-              and f["direct_candidate"])
+              and f["direct_candidate"] and bits == 8 * dtype.itemsize)
     if not direct:
         decoded = segment_rows * segment_width * (row_bytes // width)
         if decoded > MAX_SEGMENT_BYTES:
@@ -71,22 +78,35 @@ def make_page(f: dict[str, Any], file_size: int) -> SourcePage:
     photometric = f["photometric"]
     if photometric == PHOTOMETRIC.YCBCR:  # JPEG: tifffile decodes YCbCr to RGB
         photometric = int(PHOTOMETRIC.RGB)
-    colormap = f["colormap"]
+    white = kinds.bilevel_white(bits, photometric) if samples == 1 else None
+    colormap = kinds.served_colormap(f["colormap"], bits)
     page = SourcePage(
         index=f["index"], ifd_offset=f["ifd_offset"], width=width, height=height,
         samples=samples, planar_separate=planar_separate, dtype=dtype,
-        sampleformat=f["sampleformat"], photometric=photometric,
+        sampleformat=f["sampleformat"],
+        photometric=kinds.served_photometric(photometric, white),
         compression=f["compression"], tiled=f["tiled"], segment_rows=segment_rows,
         segment_width=segment_width, extrasamples=f["extrasamples"],
         colormap=None if colormap is None else np.asarray(colormap, dtype=np.uint16),
         subfiletype=f["subfiletype"], offsets=_EMPTY, bytecounts=_EMPTY,
         xresolution=f["xresolution"], yresolution=f["yresolution"],
-        resolutionunit=f["resolutionunit"], direct=direct)
+        resolutionunit=f["resolutionunit"] if f["resolutionunit"] in _UNITS else None,
+        direct=direct, bits=bits, bilevel_white=white)
     return with_segments(page, page.index, page.ifd_offset, f["offsets"], f["bytecounts"],
                          file_size)
 
 
+def _check_shorts(where: str, f: dict[str, Any]) -> None:
+    """Fields a view writes back as SHORT must fit one (a mutated IFD may store a LONG)."""
+    values = [f["samples"], f["photometric"], f["sampleformat"], *f["extrasamples"]]
+    if not all(0 <= int(v) <= 0xFFFF for v in values):
+        raise BrokenSource(f"{where}: samples, photometric, sample format or extra samples "
+                           "out of range")
+
+
 _EMPTY = np.zeros(0, dtype=np.uint64)
+#: ResolutionUnit values of the TIFF 6 spec (none, inch, centimetre); others are dropped
+_UNITS = (1, 2, 3)
 
 
 def with_segments(page: SourcePage, index: int, ifd_offset: int, offsets: Any,

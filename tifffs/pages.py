@@ -22,7 +22,7 @@ from tifffile import PHOTOMETRIC, PLANARCONFIG
 from tifffs.arith import ceil_div
 
 #: Version of the serialised form; an index entry of another format is described anew.
-FORMAT = 1
+FORMAT = 2
 #: Serialised descriptions longer than this are compressed.
 _COMPRESS_ABOVE = 4096
 
@@ -73,6 +73,10 @@ class SourcePage:
     resolutionunit: int | None
     #: uncompressed strips read with ``pread`` as they are; otherwise tifffile decodes
     direct: bool
+    #: bits per sample in the file (``dtype`` is the type served, see ``samples``)
+    bits: int
+    #: on a bilevel page served as 0/255 grey, the decoded value meaning white; else None
+    bilevel_white: int | None = None
 
     @property
     def planes(self) -> int:

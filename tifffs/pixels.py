@@ -23,6 +23,7 @@ import tifffile
 from tifffs.arith import ceil_div
 from tifffs.errors import BrokenSource, SourceChanged
 from tifffs.pages import FileDescription, SourcePage, SourceVersion
+from tifffs.samples import bilevel_to_grey
 
 #: Rows read one by one with gaps up to this are read as one span (``nearest``).
 SMALL_GAP_BYTES = 256 << 10
@@ -105,6 +106,8 @@ class SourceFile:
                 self._pread_rows(page, plane, rows, out)
             else:
                 self._decode_rows(page, plane, rows, out)
+                if page.bilevel_white is not None:
+                    bilevel_to_grey(out, page.bilevel_white)
         if out.dtype.byteorder == ">":
             out = out.byteswap().view(out.dtype.newbyteorder("<"))
         return out

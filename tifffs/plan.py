@@ -107,7 +107,10 @@ def plan_view(description: FileDescription, view: View,
 
 def method_for(page: SourcePage, method: str) -> str:
     """The method used for ``page``: averages of palette indices are meaningless
-    colours, so palette pages use nearest (the most frequent, ``mode``, is fine)."""
+    colours, so palette pages use nearest (the most frequent, ``mode``, is fine); the
+    median of a bilevel block is its mode (two levels, never a mean of the middle two)."""
+    if page.bilevel_white is not None and method == "median":
+        return "mode"
     return "nearest" if page.is_palette and method != "mode" else method
 
 
