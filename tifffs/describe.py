@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -69,13 +70,20 @@ def _from_tifffile(tif: tifffile.TiffFile, file_size: int) -> FileDescription:
     seen: set[int] = set()
     truncated = None
     byteorder = tif.byteorder
-    for index, page in enumerate(tif.pages):
+    for index, page in enumerate(_pages_until_broken(tif)):
         offset = getattr(page, "offset", None)
-        if offset in seen:
-            truncated = f"the IFD chain loops back to offset {offset}"
+        if isinstance(page, str) or offset in seen:
+            truncated = page if isinstance(page, str) else \
+                f"the IFD chain loops back to offset {offset}"
             break
         seen.add(offset)
-        pages.append(page_from_tifffile(page, index, byteorder, file_size))
+        try:
+            pages.append(page_from_tifffile(page, index, byteorder, file_size))
+        except TifffsError as exc:  # a broken or unsupported page after good ones
+            if not pages:
+                raise
+            truncated = f"page {index}: {exc}"
+            break
     first = tif.pages.first
     tag = first.tags.get(50839)
     counts = first.tags.get(50838)
@@ -88,6 +96,25 @@ def _from_tifffile(tif: tifffile.TiffFile, file_size: int) -> FileDescription:
         else (),
         byteorder=byteorder)
     return FileDescription(tuple(pages), metadata, truncated)
+
+
+def _pages_until_broken(tif: tifffile.TiffFile) -> Iterator[Any]:
+    """tifffile's pages of the main chain, then, if an IFD after the first cannot be
+    read, a string saying which (the pages before it are served, as tifffile reads them)."""
+    pages = iter(tif.pages)
+    index = 0
+    while True:
+        try:
+            page = next(pages)
+        except StopIteration:
+            return
+        except Exception as exc:
+            if index == 0:
+                raise
+            yield f"IFD {index} is unreadable: {exc}"
+            return
+        yield page
+        index += 1
 
 
 def _raw_tag(tif: tifffile.TiffFile, tag: Any) -> bytes | None:

@@ -122,7 +122,13 @@ class _Chain:
                 break
             if not self.pages:
                 metadata = _file_metadata(tags, self.layout.byteorder)
-            self.pages.append(self._page(tags, offset))
+            try:
+                self.pages.append(self._page(tags, offset))
+            except TifffsError as exc:  # a broken or unsupported page after good ones
+                if not self.pages:
+                    raise
+                truncated = f"page {len(self.pages)}: {exc}"
+                break
             offset = next_offset
         return FileDescription(tuple(self.pages), metadata, truncated)
 

@@ -1,0 +1,78 @@
+"""Describing sources without a mount: the lean IFD reader gives exactly tifffile's
+description wherever it answers, and broken trailing pages are cut off, not fatal."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import SOURCE_KINDS, sample_array, write_stack
+from tifffs import lean
+from tifffs.describe import _describe_with_tifffile, describe
+from tifffs.errors import BrokenSource
+from tifffs.pages import FileDescription
+
+
+def _both(path: Path) -> tuple[FileDescription | None, FileDescription]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        return lean.read_description(fd, size), _describe_with_tifffile(fd, size, path.name)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("name", sorted(SOURCE_KINDS))
+def test_the_lean_reader_describes_as_tifffile_does(tmp_path, name):
+    dtype, shape, kwargs = SOURCE_KINDS[name]
+    path = tmp_path / name
+    write_stack(path, sample_array(dtype, shape, seed=3), **kwargs)
+    quick, reference = _both(path)
+    if quick is None:  # not a plain file: tifffile describes it (JPEG's YCbCr tags...)
+        assert name == "rgb_u8_tiled_jpeg.tif"
+        return
+    assert quick.metadata == reference.metadata
+    assert [p.to_json() for p in quick.pages] == [p.to_json() for p in reference.pages]
+    again = FileDescription.from_bytes(quick.to_bytes())  # and it survives the index
+    assert [p.to_json() for p in again.pages] == [p.to_json() for p in quick.pages]
+
+
+def _three_pages_with_page_2_past_the_end() -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.arange(3 * 16 * 16, dtype=np.uint8).reshape(3, 16, 16),
+                     photometric="minisblack")
+    data = bytearray(buffer.getvalue())
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        at = tif.pages[2].tags["StripOffsets"].valueoffset
+    struct.pack_into("<I", data, at, 10**7)
+    return bytes(data)
+
+
+def test_a_broken_page_after_good_ones_cuts_the_file_there(tmp_path):
+    path = tmp_path / "broken_third.tif"
+    path.write_bytes(_three_pages_with_page_2_past_the_end())
+    for description in _both(path):
+        assert description is not None
+        assert len(description.pages) == 2
+        assert "page 2" in description.truncated and "past the end" in description.truncated
+
+
+def test_a_broken_first_page_is_a_broken_source(tmp_path):
+    data = bytearray(_three_pages_with_page_2_past_the_end())
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        at = tif.pages[0].tags["StripOffsets"].valueoffset
+    struct.pack_into("<I", data, at, 10**7)
+    path = tmp_path / "broken_first.tif"
+    path.write_bytes(bytes(data))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(BrokenSource, match="past the end"):
+            describe(fd, os.fstat(fd).st_size, path.name)
+    finally:
+        os.close(fd)
