@@ -84,8 +84,10 @@ def main(argv: list[str]) -> int:
     options = _options(args)
     # one file renders its bands on every core; files rendered at once share the cores
     # (a cluster's worker threads each render one file)
-    spec = dataclasses.replace(_spec(args), render_slots=1 if options.scheduler else
-                               max(1, (os.cpu_count() or 1) // options.jobs))
+    shared = options.scheduler or os.path.isdir(args.source)
+    spec = dataclasses.replace(_spec(args), render_slots=None if not shared else 1 if
+                               options.scheduler else max(1, (os.cpu_count() or 1) //
+                                                          options.jobs))
     source, output = args.source, args.output
     if not os.path.exists(source):
         raise ConfigError(f"SOURCE {source} does not exist")
