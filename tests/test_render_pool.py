@@ -54,3 +54,18 @@ def test_a_buffer_grows_once_and_is_reused():
     data = buffer.data
     second = buffer.array((32, 128, 1), np.dtype("<u2"))
     assert buffer.data is data and np.shares_memory(first, second)
+
+
+def test_read_ahead_starts_after_four_bands_and_survives_slightly_out_of_order_reads():
+    from tifffs.readahead import SequentialReadAhead
+
+    strategy = SequentialReadAhead(depth=2)
+    band_bytes = 1 << 18
+    asked = [strategy.after_read(i * band_bytes, (i + 1) * band_bytes, (0, 0, i))
+             for i in range(4)]
+    assert asked == [0, 0, 0, 2] and strategy.stats.runs_started == 1
+    # the kernel's concurrent read-ahead: a request a little behind the last one
+    assert strategy.after_read(3 * band_bytes + 4096, 4 * band_bytes, (0, 0, 3)) == 2
+    assert strategy.after_read(5 * band_bytes, 6 * band_bytes, (0, 0, 5)) == 2
+    # a jump elsewhere (a look at another page) starts over
+    assert strategy.after_read(100 * band_bytes, 101 * band_bytes, (0, 0, 100)) == 0

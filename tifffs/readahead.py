@@ -10,6 +10,8 @@ from dataclasses import dataclass
 BandKey = tuple[int, int, int]
 #: A reader is sequential once it has read on into this many bands in a row.
 START_AFTER_BANDS = 4
+#: Reads this close to where the run got to (before or after) continue the run.
+IN_ORDER_SLACK = 1 << 20
 
 
 @dataclass
@@ -49,16 +51,18 @@ class SequentialReadAhead:
 
     def after_read(self, offset: int, end: int, last_band: BandKey) -> int:
         self.stats.reads += 1
-        if offset != self._end:
+        # the kernel's read-ahead sends a few requests at once, so they may arrive a
+        # little out of order: near where the run has got to is still the same run
+        if abs(offset - self._end) > IN_ORDER_SLACK:
             self._bands_in_run = 0
         if last_band != self._last_band:
             self._bands_in_run += 1
             self._last_band = last_band
-        self._end = end
+            if self._bands_in_run == START_AFTER_BANDS:
+                self.stats.runs_started += 1
+        self._end = max(self._end, end) if self._bands_in_run else end
         if self._bands_in_run < START_AFTER_BANDS:
             return 0
-        if self._bands_in_run == START_AFTER_BANDS:
-            self.stats.runs_started += 1
         self.stats.bands_requested += self.depth
         return self.depth
 
