@@ -8,6 +8,7 @@ Pure data, no file handles: a description is built once per source version (see
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import struct
 import zlib
@@ -111,7 +112,7 @@ class SourcePage:
         return self.width, self.height, self.samples, self.dtype
 
     def to_json(self) -> dict[str, Any]:
-        record = {f.name: getattr(self, f.name) for f in fields(self)}
+        record = {name: getattr(self, name) for name in _page_field_names()}
         record["dtype"] = self.dtype.str
         record["colormap"] = None if self.colormap is None else _array_text(self.colormap)
         record["offsets"] = _array_text(self.offsets)
@@ -134,6 +135,11 @@ class SourcePage:
             value = record[name]
             record[name] = None if value is None else Fraction(*value)
         return cls(**record)
+
+
+@functools.cache
+def _page_field_names() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(SourcePage))
 
 
 @dataclass(frozen=True)
