@@ -254,9 +254,10 @@ def _notify_systemd() -> None:
 
 def _serve(config: MountConfig, on_ready: Callable[[], None] | None) -> int:
     from tifffs.fs import TifffsOperations, mount
-    from tifffs.setup import build_tree, raise_descriptor_limit
+    from tifffs.setup import build_tree, limit_malloc_arenas, raise_descriptor_limit
 
     raise_descriptor_limit()
+    limit_malloc_arenas()
     tree = build_tree(config.source, config.views, config.cache_bytes,
                       None if config.no_index else config.index_dir or "")
     operations = TifffsOperations(tree, on_ready=on_ready)

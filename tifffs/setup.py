@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import resource
@@ -23,6 +25,21 @@ def build_tree(source: str, views: tuple[View, ...], cache_bytes: int,
     catalog = Catalog(band_cache(cache_bytes), RenderPool(), index,
                       inside=os.path.realpath(source))
     return ViewTree(source, views, catalog)
+
+
+#: glibc's mallopt parameter for the number of malloc arenas.
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Keep glibc to a few malloc arenas. By default every thread that allocates may get
+    an arena of its own (up to 8 per core), and the freed band buffers of a dozen FUSE
+    threads then stay resident in a dozen arenas. A no-op where glibc is not the libc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_ARENA_MAX, arenas)
+    except (OSError, AttributeError):
+        pass
 
 
 def raise_descriptor_limit() -> int:
