@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from reference import served_pixels
 from tools import MissingTool, require
 
 INSTALL_HINT = ("run scripts/test, which installs libtiff-tools, imagej, Java, gdal-bin, "
@@ -78,23 +79,12 @@ def tifffile_pages(path: Path) -> list[Page]:
     pages = []
     with tifffile.TiffFile(path) as tif:
         for page in tif.pages:
-            pixels = page.asarray()
-            if page.planarconfig == 2 and page.samplesperpixel > 1:
-                pixels = np.moveaxis(pixels, 0, -1)
-            if pixels.ndim == 2:
-                pixels = pixels[:, :, np.newaxis]
-            pixels = pixels.astype(pixels.dtype.newbyteorder("="))
-            photometric = int(page.photometric)
-            if pixels.dtype == bool and photometric in (MINISWHITE, MINISBLACK):
-                # bilevel: the picture readers show (and tifffs serves), white 255
-                pixels = np.where(pixels == (photometric == MINISBLACK), 255, 0).astype(np.uint8)
-                photometric = MINISBLACK
-            if pixels.dtype == bool:
-                pixels = pixels.astype(np.uint8)
+            # bilevel: the picture readers show (and tifffs serves), white 255
+            pixels, photometric, _ = served_pixels(page)
             colormap = None
             if photometric == PALETTE:
                 colormap = np.asarray(page.colormap, dtype=np.uint16)
-            pages.append(Page(pixels, RGB if photometric == YCBCR else photometric, colormap))
+            pages.append(Page(pixels, photometric, colormap))
     return pages
 
 

@@ -124,3 +124,23 @@ def reference_area(page: np.ndarray, height: int, width: int) -> np.ndarray:
         sums = rows.dot(page[:, :, k].astype(rows.dtype)).dot(cols.T)
         out[:, :, k] = ((2 * sums + total) // (2 * total)).astype(page.dtype)
     return out
+
+
+def served_pixels(page: tifffile.TiffPage) -> tuple[np.ndarray, int, bool]:
+    """A source page as tifffs serves it, from tifffile's decoding: (pixels as (rows,
+    columns, samples) in native byte order, photometric, is bilevel grey). Bilevel
+    MinIsWhite/MinIsBlack pages become 0/255 MinIsBlack, other 1-bit pages 0/1 uint8,
+    and JPEG's YCbCr is RGB as tifffile decodes it."""
+    pixels = page.asarray()
+    if page.planarconfig == 2 and page.samplesperpixel > 1:
+        pixels = np.moveaxis(pixels, 0, -1)
+    pixels = pixels.reshape(page.imagelength, page.imagewidth, -1)
+    pixels = pixels.astype(pixels.dtype.newbyteorder("="))
+    photometric = int(page.photometric)
+    grey = page.bitspersample == 1 and photometric in (0, 1)  # MinIsWhite, MinIsBlack
+    if grey:
+        pixels = np.where(pixels.astype(bool) == (photometric == 1), 255, 0).astype(np.uint8)
+        photometric = 1
+    elif pixels.dtype == bool:
+        pixels = pixels.astype(np.uint8)
+    return pixels, 2 if photometric == 6 else photometric, grey

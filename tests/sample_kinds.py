@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from reference import served_pixels
 from writers import H, W, plain, run
 
 MINISWHITE, MINISBLACK, PALETTE = 0, 1, 3
@@ -181,23 +182,5 @@ def _set_compression(path: Path, value: int) -> None:
 def served_pages(path: Path) -> list[tuple[np.ndarray, int, bool]]:
     """Every page as tifffs serves it, from tifffile's decoding: (pixels as (rows,
     columns, samples), photometric, is bilevel grey)."""
-    pages = []
     with tifffile.TiffFile(path) as tif:
-        for page in tif.pages:
-            pixels = page.asarray()
-            if page.planarconfig == 2 and page.samplesperpixel > 1:
-                pixels = np.moveaxis(pixels, 0, -1)
-            pixels = pixels.reshape(page.imagelength, page.imagewidth, -1)
-            pixels = pixels.astype(pixels.dtype.newbyteorder("="))
-            photometric = int(page.photometric)
-            grey = page.bitspersample == 1 and photometric in (MINISWHITE, MINISBLACK)
-            if grey:
-                white = photometric == MINISBLACK
-                pixels = np.where(pixels.astype(bool) == white, 255, 0).astype(np.uint8)
-                photometric = MINISBLACK
-            elif pixels.dtype == bool:
-                pixels = pixels.astype(np.uint8)
-            if photometric == 6:  # YCbCr: tifffile decodes JPEG to RGB
-                photometric = 2
-            pages.append((pixels, photometric, grey))
-    return pages
+        return [served_pixels(page) for page in tif.pages]
