@@ -16,6 +16,22 @@ is_installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"
 }
 
+# apt_update_once : refresh the package lists, at most once per script (a bare machine
+# may have none, and then apt-cache knows no package).
+APT_UPDATED=
+apt_update_once() {
+  [ -n "$APT_UPDATED" ] && return 0
+  as_root apt-get update -qq
+  APT_UPDATED=1
+}
+
+# apt_has PACKAGE : the package can be installed (the lists are refreshed once if needed).
+apt_has() {
+  apt-cache show "$1" >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null || return 1
+  apt_update_once && apt-cache show "$1" >/dev/null 2>&1
+}
+
 # ensure_packages PACKAGE... : apt-get install those that are not installed yet.
 ensure_packages() {
   local missing=()
@@ -28,7 +44,7 @@ ensure_packages() {
     return 1
   fi
   echo "tifffs: installing ${missing[*]}" >&2
-  as_root apt-get update -qq
+  apt_update_once
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
 }
@@ -36,7 +52,7 @@ ensure_packages() {
 # ensure_base PACKAGE... : FUSE (fusermount and libfuse 2, which fusepy loads), venv, more.
 ensure_base() {
   local libfuse=libfuse2
-  if is_installed libfuse2t64 || apt-cache show libfuse2t64 >/dev/null 2>&1; then
+  if is_installed libfuse2t64 || { ! is_installed libfuse2 && apt_has libfuse2t64; }; then
     libfuse=libfuse2t64  # the name on newer Ubuntu
   fi
   ensure_packages fuse3 "$libfuse" python3-venv "$@"
