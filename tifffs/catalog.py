@@ -64,7 +64,7 @@ class Catalog:
         self._series: LruCache[SeriesInfo] = LruCache(MAX_PLANS)
         self._held: dict[tuple[str, SourceVersion], _Held] = {}
         self._lock = threading.Lock()
-        # (folder, what) -> the paths the index has, as a listing of the folder found them:
+        # (folder, what) -> the paths the index had when the folder's first stat asked:
         # the others are not looked up one by one (a first listing of a new folder)
         self._indexed: LruCache[frozenset[str]] = LruCache(8)
 
@@ -108,8 +108,8 @@ class Catalog:
         self._indexed.put((directory, ""), self.index.paths_in(directory))
 
     def _may_be_indexed(self, path: str, what: str) -> bool:
-        """False when the last listing of the path's folder found no entry of ``what``
-        (a view's sizes, or "" for descriptions) for it in the index."""
+        """False when the index had no entry of ``what`` (a view's sizes, or "" for
+        descriptions) for the path when its folder was preloaded."""
         known = self._indexed.peek((os.path.dirname(path), what))
         return known is None or path in known
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -66,24 +65,7 @@ def _describe_with_tifffile(fd: int, file_size: int, name: str) -> FileDescripti
 
 
 def _from_tifffile(tif: tifffile.TiffFile, file_size: int) -> FileDescription:
-    pages: list[SourcePage] = []
-    seen: set[int] = set()
-    truncated = None
-    byteorder = tif.byteorder
-    for index, page in enumerate(_pages_until_broken(tif)):
-        offset = getattr(page, "offset", None)
-        if isinstance(page, str) or offset in seen:
-            truncated = page if isinstance(page, str) else \
-                f"the IFD chain loops back to offset {offset}"
-            break
-        seen.add(offset)
-        try:
-            pages.append(page_from_tifffile(page, index, byteorder, file_size))
-        except TifffsError as exc:  # a broken or unsupported page after good ones
-            if not pages:
-                raise
-            truncated = f"page {index}: {exc}"
-            break
+    pages, truncated = _pages_of(tif, file_size)
     first = tif.pages.first
     tag = first.tags.get(50839)
     counts = first.tags.get(50838)
@@ -94,27 +76,36 @@ def _from_tifffile(tif: tifffile.TiffFile, file_size: int) -> FileDescription:
         imagej_tag=_raw_tag(tif, tag) if with_tag else None,
         imagej_tag_counts=tuple(int(c) for c in np.atleast_1d(counts.value)) if with_tag
         else (),
-        byteorder=byteorder)
+        byteorder=tif.byteorder)
     return FileDescription(tuple(pages), metadata, truncated)
 
 
-def _pages_until_broken(tif: tifffile.TiffFile) -> Iterator[Any]:
-    """tifffile's pages of the main chain, then, if an IFD after the first cannot be
-    read, a string saying which (the pages before it are served, as tifffile reads them)."""
-    pages = iter(tif.pages)
-    index = 0
+def _pages_of(tif: tifffile.TiffFile, file_size: int) -> tuple[list[SourcePage], str | None]:
+    """The pages of the main chain up to a loop, an unreadable IFD or a broken page after
+    good ones, and why the chain was cut there (None: at its end). tifffile itself would
+    go round a loop for ever."""
+    pages: list[SourcePage] = []
+    seen: set[int] = set()
+    chain = iter(tif.pages)
     while True:
         try:
-            page = next(pages)
+            page = next(chain)
         except StopIteration:
-            return
+            return pages, None
         except Exception as exc:
-            if index == 0:
+            if not pages:
                 raise
-            yield f"IFD {index} is unreadable: {exc}"
-            return
-        yield page
-        index += 1
+            return pages, f"IFD {len(pages)} is unreadable: {exc}"
+        offset = getattr(page, "offset", None)
+        if offset in seen:
+            return pages, f"the IFD chain loops back to offset {offset}"
+        seen.add(offset)
+        try:
+            pages.append(page_from_tifffile(page, len(pages), tif.byteorder, file_size))
+        except TifffsError as exc:  # a broken or unsupported page after good ones
+            if not pages:
+                raise
+            return pages, f"page {len(pages)}: {exc}"
 
 
 def _raw_tag(tif: tifffile.TiffFile, tag: Any) -> bytes | None:

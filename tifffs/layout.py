@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import functools
 import struct
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
 from tifffs.arith import ceil_div
+from tifffs.cache import LruCache
 
 #: Preferred size of an output strip; small pages get one strip.
 TARGET_STRIP_BYTES = 1 << 20
@@ -159,17 +158,8 @@ class _EntryMaker:
 
     def __call__(self, page: OutputPage, pixel_offset: int | None) -> list[Entry]:
         """All entries of ``page``, sorted; strip offsets are 0 when ``pixel_offset`` is None."""
-        key = (_signature(page), self.bigtiff)
-        with _STATIC_LOCK:
-            static = _STATIC.get(key)
-            if static is not None:
-                _STATIC.move_to_end(key)
-        if static is None:
-            static = _static_entries(page, self.bigtiff)
-            with _STATIC_LOCK:
-                _STATIC[key] = static
-                if len(_STATIC) > _STATIC_KEPT:
-                    _STATIC.popitem(last=False)
+        static = _STATIC.get((_signature(page), self.bigtiff),
+                             lambda: _static_entries(page, self.bigtiff))
         offsets = _strip_offsets(page, pixel_offset or 0)
         if pixel_offset is None:
             offsets = [0] * len(offsets)
@@ -177,10 +167,8 @@ class _EntryMaker:
         return sorted([*static, strip_offsets])
 
 
-#: Static entries by page signature, shared by all layouts (LRU, thread-safe).
-_STATIC: OrderedDict[tuple, list[Entry]] = OrderedDict()
-_STATIC_LOCK = threading.Lock()
-_STATIC_KEPT = 1024
+#: Static entries by page signature, shared by all layouts.
+_STATIC: LruCache[list[Entry]] = LruCache(1024)
 
 
 def _signature(page: OutputPage) -> tuple:

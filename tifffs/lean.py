@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import struct
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 import tifffile
 
+from tifffs.cache import LruCache
 from tifffs.errors import TifffsError
 from tifffs.page_rules import check_supported, make_page, positive_fraction, with_segments
 from tifffs.pages import FileDescription, FileMetadata, SourcePage
@@ -137,11 +136,8 @@ class _Chain:
             (code, value) for code, value in tags.items() if code not in _SEGMENT_TAGS))
         index, size = len(self.pages), self.file.size
         try:
-            template = _TEMPLATES.get(key)
-            if template is None:
-                page = page_fields(tags, index, offset, self.layout.byteorder, size)
-                _TEMPLATES.put(key, page)
-                return page
+            template = _TEMPLATES.get(key, lambda: page_fields(tags, index, offset,
+                                                               self.layout.byteorder, size))
             return with_segments(template, index, offset, tags[324 if template.tiled
                                  else 273], tags[325 if template.tiled else 279], size)
         except TifffsError:
@@ -150,29 +146,8 @@ class _Chain:
             raise _GiveUp from exc
 
 
-class _Templates:
-    """Pages by their tags but for the segments: a small LRU shared by all reads."""
-
-    def __init__(self, capacity: int) -> None:
-        self._items: OrderedDict[tuple, SourcePage] = OrderedDict()
-        self._capacity = capacity
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple) -> SourcePage | None:
-        with self._lock:
-            page = self._items.get(key)
-            if page is not None:
-                self._items.move_to_end(key)
-            return page
-
-    def put(self, key: tuple, page: SourcePage) -> None:
-        with self._lock:
-            self._items[key] = page
-            if len(self._items) > self._capacity:
-                self._items.popitem(last=False)
-
-
-_TEMPLATES = _Templates(256)
+#: Pages by their tags but for the segments, shared by all reads.
+_TEMPLATES: LruCache[SourcePage] = LruCache(256)
 
 
 class _Layout:

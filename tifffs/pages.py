@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import tifffile
-from tifffile import PHOTOMETRIC, PLANARCONFIG
+from tifffile import PHOTOMETRIC
 
 from tifffs.arith import ceil_div
 
@@ -216,5 +216,3 @@ def _array_of(record: list) -> np.ndarray:
     dtype, shape, data = record
     return np.frombuffer(base64.b64decode(data), dtype=np.dtype(dtype)).reshape(shape)
 
-
-PLANAR_SEPARATE = int(PLANARCONFIG.SEPARATE)

@@ -1,6 +1,6 @@
-"""Read-ahead strategies, one object per open handle (two readers of one file do not
-reset each other's run), in the manner of fsspec's cache classes: each decides from
-the reads it sees which bands to render ahead, and counts what it did."""
+"""Read-ahead, one object per open handle (two readers of one file do not reset each
+other's run), in the manner of fsspec's cache classes: it decides from the reads it
+sees how many bands to render ahead, and counts what it did."""
 
 from __future__ import annotations
 
@@ -21,26 +21,10 @@ class ReadAheadStats:
     bands_requested: int = 0  # bands asked to be rendered ahead
 
 
-class NoReadAhead:
-    """Render only what is read."""
-
-    name = "none"
-
-    def __init__(self, depth: int = 0) -> None:
-        self.stats = ReadAheadStats()
-
-    def after_read(self, offset: int, end: int, last_band: BandKey) -> int:
-        """How many bands after ``last_band`` to render ahead (0: none)."""
-        self.stats.reads += 1
-        return 0
-
-
 class SequentialReadAhead:
     """Render ``depth`` bands ahead (one per core, so they render side by side) of a
     reader that has read on through three bands in order: a copy, not a look at one
     page (the kernel's own read-ahead alone reaches two bands past a small page)."""
-
-    name = "sequential"
 
     def __init__(self, depth: int) -> None:
         self.depth = depth
@@ -66,5 +50,3 @@ class SequentialReadAhead:
         self.stats.bands_requested += self.depth
         return self.depth
 
-
-STRATEGIES = {cls.name: cls for cls in (NoReadAhead, SequentialReadAhead)}

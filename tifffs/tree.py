@@ -230,11 +230,8 @@ class ViewTree:
         view = mount_path.view
         assert view is not None
         if is_tiff_name(mount_path.relative):
-            return ViewHandle(self.catalog, source, view,
-                              view_inode_of=lambda st: view_inode(st.st_dev, st.st_ino,
-                                                                  view.name))
-        return PassthroughFile(source, self.real_root,
-                               lambda st: view_inode(st.st_dev, st.st_ino, view.name))
+            return ViewHandle(self.catalog, source, view)
+        return PassthroughFile(source, self.real_root, view.name)
 
     def statfs(self) -> dict[str, int]:
         """Figures of the source's filesystem, as they are: ``df`` shows the source's
@@ -283,11 +280,11 @@ class Snapshot:
 class ViewHandle:
     """An open view: a reader of one source version, held until closed."""
 
-    def __init__(self, catalog: Catalog, source: str, view: View, view_inode_of: Any) -> None:
+    def __init__(self, catalog: Catalog, source: str, view: View) -> None:
         self._catalog = catalog
         self.reader = catalog.open(source, view)
         self.version: SourceVersion | None = self.reader.view.source.version
-        self._inode_of = view_inode_of
+        self._view = view.name
 
     def read(self, offset: int, length: int) -> bytes:
         return self.reader.read(offset, length)
@@ -295,7 +292,7 @@ class ViewHandle:
     def attributes(self) -> dict[str, Any]:
         """Attributes of the version this handle serves, even if replaced since."""
         st = os.fstat(self.reader.view.source.fd)
-        attrs = _attributes(st, self._inode_of(st))
+        attrs = _attributes(st, view_inode(st.st_dev, st.st_ino, self._view))
         attrs["st_size"] = self.reader.size
         attrs["st_blocks"] = ceil_div(attrs["st_size"], 512)
         return attrs
@@ -307,17 +304,17 @@ class ViewHandle:
 class PassthroughFile:
     """A non-TIFF source file served unchanged."""
 
-    def __init__(self, path: str, real_root: str, inode_of: Any) -> None:
+    def __init__(self, path: str, real_root: str, view: str) -> None:
         self.fd = open_regular(path, inside=real_root)
         self.version: SourceVersion | None = SourceVersion.of(os.fstat(self.fd))
-        self._inode_of = inode_of
+        self._view = view
 
     def read(self, offset: int, length: int) -> bytes:
         return os.pread(self.fd, length, offset)
 
     def attributes(self) -> dict[str, Any]:
         st = os.fstat(self.fd)
-        return _attributes(st, self._inode_of(st))
+        return _attributes(st, view_inode(st.st_dev, st.st_ino, self._view))
 
     def close(self) -> None:
         os.close(self.fd)

@@ -18,7 +18,7 @@ import numpy as np
 from tifffs.cache import LruCache
 from tifffs.pixels import SourceFile
 from tifffs.plan import ViewPlan, band_bytes, plan_view
-from tifffs.readahead import BandKey, NoReadAhead, SequentialReadAhead
+from tifffs.readahead import BandKey, SequentialReadAhead
 from tifffs.render import RenderPool, render_band
 from tifffs.series import SeriesInfo, series_of
 from tifffs.views import View, parse_view
@@ -47,10 +47,9 @@ class VirtualTiff:
         """Exact size of the view file in bytes."""
         return self.layout.size
 
-    def reader(self, readahead: bool = True) -> ViewReader:
+    def reader(self) -> ViewReader:
         """A reader for one open handle, with its own read-ahead state."""
-        strategy = SequentialReadAhead(self._pool.slots) if readahead else NoReadAhead()
-        return ViewReader(self, strategy)
+        return ViewReader(self, SequentialReadAhead(self._pool.slots))
 
     def read(self, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset + length)`` of the view, short only at the end of file."""
@@ -127,7 +126,7 @@ class VirtualTiff:
 class ViewReader:
     """One open handle's reads of a view, with its read-ahead strategy."""
 
-    def __init__(self, view: VirtualTiff, readahead: NoReadAhead | SequentialReadAhead) -> None:
+    def __init__(self, view: VirtualTiff, readahead: SequentialReadAhead) -> None:
         self.view = view
         self.readahead = readahead
 
