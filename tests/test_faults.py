@@ -288,11 +288,13 @@ BROKEN = broken_files()
 LOOPS = sorted(name for name in BROKEN if "loop" in name)
 
 
-@pytest.fixture(scope="module")
-def broken_mount(tmp_path_factory):
+@pytest.fixture(scope="module", params=["2", "3"], ids=["libfuse2", "libfuse3"])
+def broken_mount(request, tmp_path_factory):
     """A mount of every broken input (but the IFD loops), a good neighbour, a directory
     named .tif, fifos and a socket; names looked up are cached for a minute, so that a
-    file replaced after its lookup is opened without a new lookup."""
+    file replaced after its lookup is opened without a new lookup. Once with each
+    libfuse: with 3, listings carry attributes (readdirplus), and a broken file's
+    must still fail its lookup, with its one log line."""
     work = tmp_path_factory.mktemp("broken")
     source = work / "src"
     source.mkdir()
@@ -308,7 +310,7 @@ def broken_mount(tmp_path_factory):
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(source / "socket.tif"))
     try:
-        with mounted(source, work, "-o", "entry_timeout=60",
+        with mounted(source, work, "-o", "entry_timeout=60", "--libfuse", request.param,
                      source_is_constant=False) as mount:
             mount.good = reference_page(good, 2, "mean")  # type: ignore[attr-defined]
             mount.start_memory = memory_kib(mount.process.pid)  # type: ignore[attr-defined]

@@ -14,14 +14,14 @@ def _fields(text: str) -> dict[str, str]:
 
 def test_format_stats_lists_counters_then_one_line_per_failing_file():
     counters = ReadCounters()
-    counters.add(opens=2, reads=5, bytes_served=4096, getattrs=9)
+    counters.add(opens=2, reads=5, bytes_served=4096, getattrs=9, listed_attributes=6)
     bands = CacheStats(hits=7, misses=3, evictions=1, weight=1024, entries=2)
     text = format_stats(counters, bands, 1 << 20, {"/b.tif": 1, "/a c.tif": 2},
                         more={"sources_open": 4})
     assert text.endswith("\n")
     fields = _fields(text)
     assert int(fields.pop("uptime_seconds")) >= 0
-    assert fields == {"opens": "2", "getattrs": "9", "reads": "5", "bytes_served": "4096",
+    assert fields == {"opens": "2", "getattrs": "9", "listed_attributes": "6", "reads": "5", "bytes_served": "4096",
                       "sources_open": "4",
                       "band_cache_hits": "7", "band_cache_misses": "3",
                       "band_cache_evictions": "1", "band_cache_bytes": "1024",

@@ -32,6 +32,7 @@ from tifffs.config import (
     MountConfig,
     cache_size_at_least_a_band,
     parse_factors,
+    parse_libfuse,
     parse_method,
     parse_size,
     parse_views,
@@ -91,6 +92,10 @@ def _mount_parser() -> argparse.ArgumentParser:
                         "$XDG_CACHE_HOME/tifffs, else ~/.cache/tifffs)")
     parser.add_argument("--no-index", action="store_true",
                         help="keep no index on disk (metadata is kept in memory only)")
+    parser.add_argument("--libfuse", choices=("2", "3"),
+                        help="libfuse to mount with: 2 (fusepy, the default) or 3 (mfusepy: "
+                             "listings carry attributes, so ls -l of a large folder is "
+                             "several times faster; reads of up to 1 MiB)")
     parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT]",
                         help="mount options: factors=2:4, method=, cache_size=, log_file=, "
                              "debug, plus libfuse options such as allow_other")
@@ -122,6 +127,7 @@ def _config(args: argparse.Namespace) -> MountConfig:
         cache_bytes=cache_bytes,
         index_dir=args.index_dir or ours.get("index_dir"),
         no_index=args.no_index or "no_index" in ours,
+        libfuse=parse_libfuse(args.libfuse or ours.get("libfuse") or "2"),
         foreground=args.foreground or "foreground" in ours,
         debug=args.debug or "debug" in ours,
         log_file=_absolute(args.log_file or ours.get("log_file")),
@@ -165,6 +171,14 @@ def check_mount_preconditions(config: MountConfig) -> None:
     except (OSError, ImportError) as exc:
         raise ConfigError(f"libfuse 2 is not usable ({exc}): install it, on Debian/Ubuntu "
                           "with: sudo apt install libfuse2 fuse3") from None
+    if config.libfuse == 3:
+        try:
+            from tifffs.fs3 import check_usable
+            check_usable()
+        except (OSError, ImportError) as exc:
+            raise ConfigError(f"libfuse 3 is not usable ({exc}): install it, on Debian/Ubuntu "
+                              "with: sudo apt install fuse3 libfuse3-3, or mount with "
+                              "--libfuse 2") from None
 
 
 def _is_stale_mount(mountpoint: str) -> bool:
@@ -253,7 +267,7 @@ def _notify_systemd() -> None:
 
 
 def _serve(config: MountConfig, on_ready: Callable[[], None] | None) -> int:
-    from tifffs.fs import TifffsOperations, mount
+    from tifffs.fs import TifffsOperations
     from tifffs.setup import build_tree, limit_malloc_arenas, raise_descriptor_limit
 
     raise_descriptor_limit()
@@ -262,12 +276,17 @@ def _serve(config: MountConfig, on_ready: Callable[[], None] | None) -> int:
                       None if config.no_index else config.index_dir or "")
     operations = TifffsOperations(tree, on_ready=on_ready)
     index = tree.catalog.index
-    log.info("mounting %s on %s (views %s, method %s, cache %d MiB, index %s)",
+    log.info("mounting %s on %s (views %s, method %s, cache %d MiB, index %s, libfuse %d)",
              config.source, config.mountpoint, ",".join(v.name for v in config.views),
-             config.method, config.cache_bytes >> 20, index.path if index else "none")
+             config.method, config.cache_bytes >> 20, index.path if index else "none",
+             config.libfuse)
     # libfuse handles SIGINT/SIGTERM only if they are at their default
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
+        if config.libfuse == 3:
+            from tifffs.fs3 import mount
+        else:
+            from tifffs.fs import mount
         mount(operations, config.mountpoint, dict(config.fuse_options))
     except RuntimeError as exc:
         log.error("mount failed: %s", exc)

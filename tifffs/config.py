@@ -39,6 +39,7 @@ class MountConfig:
     log_file: str | None = None
     index_dir: str | None = None  # None: $XDG_CACHE_HOME/tifffs or ~/.cache/tifffs
     no_index: bool = False
+    libfuse: int = 2  # 3: mfusepy over libfuse 3 (readdirplus, 1 MiB reads)
     fuse_options: dict[str, str | bool] = field(default_factory=dict)
 
     @property
@@ -105,6 +106,14 @@ def parse_views(text: str, method: str) -> tuple[str, ...]:
     return names
 
 
+def parse_libfuse(text: str) -> int:
+    """The libfuse major version to mount with: 2 or 3."""
+    if text.strip() not in ("2", "3"):
+        raise ConfigError(f"invalid libfuse {text!r}: choose 2 (fusepy, the default) or 3 "
+                          "(mfusepy: listings with attributes, larger reads)")
+    return int(text)
+
+
 def parse_method(text: str) -> str:
     if text not in METHODS:
         raise ConfigError(f"invalid method {text!r}: choose one of {', '.join(METHODS)}")
@@ -115,7 +124,8 @@ def split_mount_options(options: list[str]) -> tuple[dict[str, str], dict[str, s
     """Split ``-o`` lists into tifffs settings and libfuse options.
 
     tifffs settings: ``factors``, ``views``, ``method``, ``use_levels``, ``imagej_large``,
-    ``cache_size``, ``log_file``, ``debug``, ``foreground``, ``index_dir``, ``no_index``.
+    ``cache_size``, ``log_file``, ``debug``, ``foreground``, ``index_dir``, ``no_index``,
+    ``libfuse``.
     Options mount(8) adds (``rw``, ``noauto``, ...) are dropped; all others
     (``allow_other``, ``uid=``...) go to libfuse.
     """
@@ -130,7 +140,7 @@ def split_mount_options(options: list[str]) -> tuple[dict[str, str], dict[str, s
             normal = key.replace("-", "_")
             if normal in ("factors", "views", "method", "cache_size", "log_file", "debug",
                           "foreground", "use_levels", "imagej_large", "index_dir",
-                          "no_index"):
+                          "no_index", "libfuse"):
                 ours[normal] = value if sep else "1"
             elif key not in IGNORED_MOUNT_OPTIONS:
                 fuse[key] = value if sep else True

@@ -17,7 +17,7 @@ import tempfile
 
 log = logging.getLogger("tifffs")
 FORMAT = "%(asctime)s tifffs[%(process)d] %(levelname)s %(message)s"
-THIRD_PARTY = ("tifffile", "fuse")
+THIRD_PARTY = ("tifffile", "fuse", "mfusepy")
 
 
 def log_file_candidates() -> list[str]:

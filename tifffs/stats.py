@@ -19,15 +19,17 @@ class ReadCounters:
     started: float = field(default_factory=time.monotonic)
     opens: int = 0
     getattrs: int = 0
+    listed_attributes: int = 0  # attributes passed on by listings (readdirplus)
     reads: int = 0
     bytes_served: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, opens: int = 0, reads: int = 0, bytes_served: int = 0,
-            getattrs: int = 0) -> None:
+            getattrs: int = 0, listed_attributes: int = 0) -> None:
         with self._lock:
             self.opens += opens
             self.getattrs += getattrs
+            self.listed_attributes += listed_attributes
             self.reads += reads
             self.bytes_served += bytes_served
 
@@ -46,6 +48,7 @@ def format_stats(counters: ReadCounters, bands: CacheStats, band_capacity: int,
         f"uptime_seconds {time.monotonic() - counters.started:.0f}",
         f"opens {counters.opens}",
         f"getattrs {counters.getattrs}",
+        f"listed_attributes {counters.listed_attributes}",
         f"reads {counters.reads}",
         f"bytes_served {counters.bytes_served}",
         f"band_cache_hits {bands.hits}",

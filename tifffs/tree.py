@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol
 
 from tifffs.arith import ceil_div
 from tifffs.catalog import Catalog
+from tifffs.errors import TifffsError
 from tifffs.kernel_cache import KernelCachePolicy
 from tifffs.pages import SourceVersion
 from tifffs.problems import ProblemLog
@@ -137,6 +138,56 @@ class ViewTree:
     def attributes(self, path: str) -> dict[str, Any]:
         """``stat`` of a mount path: sizes of views from metadata alone."""
         self.counters.add(getattrs=1)
+        return self._attributes_of(path)
+
+    def listed_attributes(self, folder: str, names: list[str]) -> list[dict[str, Any] | None]:
+        """The attributes of ``names``, listed in the mount folder ``folder``, for a
+        listing that carries them (readdirplus), as ``attributes`` gives them; None
+        where they cannot be given, so that the kernel asks with a lookup, which
+        reports the cause. The folder is resolved once for all names."""
+        self.counters.add(listed_attributes=len(names))
+        mount_path = parse_mount_path(folder, self.views)
+        view = mount_path.view if mount_path is not None else None
+        if view is None or folder == STATS_DIR:
+            return [self._attributes_or_none(f"{folder.rstrip('/')}/{n}") for n in names]
+        try:
+            source_folder = source_path(self.root, mount_path.relative)
+            real_folder = os.path.realpath(source_folder)
+        except OSError:
+            return [None] * len(names)
+        if not is_inside(real_folder, self.real_root):
+            return [None] * len(names)
+        return [self._listed_file(folder, source_folder, view, name) for name in names]
+
+    def _listed_file(self, folder: str, source_folder: str, view: View,
+                     name: str) -> dict[str, Any] | None:
+        """``attributes`` of a name in a resolved folder: one ``lstat``, no path walk."""
+        path = f"{folder.rstrip('/')}/{name}"
+        source = f"{source_folder}/{name}"
+        try:
+            st = os.lstat(source)
+            if stat.S_ISLNK(st.st_mode):  # confined and followed the general way
+                return self._attributes_of(path)
+            attrs = _attributes(st, view_inode(st.st_dev, st.st_ino, view.name))
+            if stat.S_ISDIR(st.st_mode):
+                return attrs
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            if is_tiff_name(name):
+                attrs["st_size"] = self.catalog.size(source, st, view)
+                attrs["st_blocks"] = ceil_div(attrs["st_size"], 512)
+        except (OSError, TifffsError):
+            return None
+        self.caching.reported(path, SourceVersion.of(st))
+        return attrs
+
+    def _attributes_or_none(self, path: str) -> dict[str, Any] | None:
+        try:
+            return self._attributes_of(path)
+        except (OSError, TifffsError):
+            return None
+
+    def _attributes_of(self, path: str) -> dict[str, Any]:
         if path in (STATS_DIR, STATS_FILE):
             return self._stats_attributes(path)
         mount_path, source, st = self._resolve_with_stat(path)

@@ -1,0 +1,204 @@
+"""The libfuse 3 adapter (``--libfuse 3``): the same operations over mfusepy.
+
+What libfuse 3 adds for tifffs: listings that carry each entry's attributes
+(readdirplus), so ``ls -l``, file dialogs and ``rsync`` need no lookup per file, and
+reads of up to 1 MiB instead of 128 KiB. libfuse's high-level API passes attributes on
+only when the file system lists with offsets (a listing given whole at offset 0 reaches
+the kernel without them), so each open folder keeps its names, and the attributes of a
+chunk are computed when the kernel asks for that chunk with them: a ``find`` that
+never stats does not pay for sizes.
+
+mfusepy reads ``FUSE_LIBRARY_NAME`` when it is first imported, so this module must be
+imported before anything else imports mfusepy.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from tifffs.fs import DEFAULT_FUSE_OPTIONS, TifffsOperations, _os_path
+
+os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
+import mfusepy
+
+#: fuse_readdir_flags / fuse_fill_dir_flags / fuse_conn_info.want bits (fuse_common.h).
+READDIR_PLUS = 1 << 0
+FILL_DIR_PLUS = 1 << 1
+_CAP_READDIRPLUS = 1 << 13
+#: Names whose attributes are computed together: about what one readdirplus reply holds.
+PLUS_CHUNK = 256
+#: Largest read the kernel sends: libfuse 3 takes up to 1 MiB per request.
+MAX_READAHEAD = 1 << 20
+#: libfuse 3.14.0 warns about its own default of idle threads unless one is given;
+#: 10 is the default libfuse documents.
+LIBFUSE3_OPTIONS = {"max_idle_threads": "10"}
+#: libfuse 2 options libfuse 3 refuses (it mounts on non-empty folders by default).
+_LIBFUSE2_ONLY = {"nonempty"}
+
+
+def check_usable() -> None:
+    """Raise ``OSError`` when mfusepy found no libfuse 3."""
+    if mfusepy.fuse_version_major != 3:
+        raise OSError(f"mfusepy loaded libfuse {mfusepy.fuse_version_major}, not 3")
+
+
+class _Listing:
+    """One open folder: its names with their type and inode, and the attributes of
+    the names a readdirplus request is about to pass on."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.names: list[bytes] = []
+        self.kinds: list[tuple[int, int] | None] = []  # (st_mode, st_ino); None: . and ..
+        self.attributes: dict[int, dict[str, Any] | None] = {}  # by position
+        self.loaded = False
+
+
+class Libfuse3Operations:
+    """``TifffsOperations`` as mfusepy calls them (it calls methods by name, not through
+    the error-mapping ``__call__``), plus the open folders' listings."""
+
+    use_ns = True  # times in integer nanoseconds
+
+    def __init__(self, operations: TifffsOperations) -> None:
+        self.operations = operations
+        self.tree = operations.tree
+        self._listings: dict[int, _Listing] = {}
+        self._next_listing = 1
+        self._lock = threading.Lock()
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        if conn is not None:
+            conn.want |= conn.capable & _CAP_READDIRPLUS
+            conn.max_readahead = MAX_READAHEAD
+        self.operations("init", "/")
+
+    def destroy(self, path: str) -> None:
+        self.operations("destroy", path)
+
+    def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+        return self.operations("getattr", path, fh)
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return self.operations("statfs", path)
+
+    def access(self, path: str, amode: int) -> int:
+        return self.operations("access", path, amode)
+
+    def open(self, path: str, fi: Any) -> int:
+        return self.operations("open", path, fi)
+
+    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+        return self.operations("read", path, size, offset, fi)
+
+    def release(self, path: str, fi: Any) -> int:
+        return self.operations("release", path, fi)
+
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, Any] | None, int]]:
+        return self.operations("readdir", path, fh)
+
+    def opendir(self, path: str) -> int:
+        with self._lock:
+            handle = self._next_listing
+            self._next_listing += 1
+            self._listings[handle] = _Listing(path)
+        return handle
+
+    def releasedir(self, path: str, fh: int) -> int:
+        with self._lock:
+            self._listings.pop(fh, None)
+        return 0
+
+    def open_listing(self, fh: int) -> _Listing:
+        """The open folder ``fh`` as last listed."""
+        return self._listings[fh]
+
+    def listing(self, fh: int) -> _Listing:
+        """The open folder ``fh``, its names read again from the source (offset 0 of a
+        listing, which ``rewinddir`` also asks for)."""
+        listing = self._listings[fh]
+        entries = self.readdir(listing.folder, fh)
+        listing.names = [name.encode("latin-1") for name, _, _ in entries]
+        listing.kinds = [(attrs["st_mode"], attrs["st_ino"]) if attrs else None
+                         for _, attrs, _ in entries]
+        listing.attributes = {}
+        listing.loaded = True
+        return listing
+
+    def fill_attributes(self, listing: _Listing, start: int) -> None:
+        """Find the attributes of the names from ``start`` on (as many as one reply
+        may hold), and forget those of names already passed on."""
+        if len(listing.attributes) > 2 * PLUS_CHUNK:
+            listing.attributes = {p: a for p, a in listing.attributes.items() if p >= start}
+        positions = [p for p in range(start, min(start + PLUS_CHUNK, len(listing.names)))
+                     if listing.kinds[p] is not None and p not in listing.attributes]
+        names = [_os_path(listing.names[p].decode("latin-1")) for p in positions]
+        found = self.tree.listed_attributes(_os_path(listing.folder), names)
+        listing.attributes.update(zip(positions, found))
+
+
+def _fill_stat(entry_stat: Any, attrs: dict[str, Any]) -> None:
+    """Copy ``ViewTree`` attributes (times in nanoseconds) into a ``struct stat``."""
+    entry_stat.st_mode = attrs["st_mode"]
+    entry_stat.st_ino = attrs["st_ino"]
+    entry_stat.st_nlink = attrs["st_nlink"]
+    entry_stat.st_uid = attrs["st_uid"]
+    entry_stat.st_gid = attrs["st_gid"]
+    entry_stat.st_size = attrs["st_size"]
+    entry_stat.st_blocks = attrs.get("st_blocks", 0)
+    entry_stat.st_blksize = attrs.get("st_blksize", 0)
+    for name in ("st_atime", "st_mtime", "st_ctime"):
+        spec = getattr(entry_stat, name + "spec")
+        spec.tv_sec, spec.tv_nsec = divmod(attrs[name], 1_000_000_000)
+
+
+class _FUSE3(mfusepy.FUSE):
+    """mfusepy's binding with a ``readdir`` that lists with offsets and, when the
+    kernel asks for readdirplus, passes each entry's attributes on."""
+
+    def readdir_fuse_3(self, path: Any, buf: Any, filler: Any, offset: int, fip: Any,
+                       flags: int) -> int:
+        operations: Libfuse3Operations = self.operations
+        fh = fip.contents.fh
+        listing = operations.open_listing(fh)
+        if offset == 0 or not listing.loaded:
+            listing = operations.listing(fh)
+        plus = flags & READDIR_PLUS
+        entry_stat = mfusepy.c_stat()  # libfuse copies what it needs at each call
+        names, kinds, attributes = listing.names, listing.kinds, listing.attributes
+        for position in range(offset, len(names)):
+            kind = kinds[position]
+            fill_flags = 0
+            if kind is not None:
+                attrs = None
+                if plus:
+                    if position not in attributes:
+                        operations.fill_attributes(listing, position)
+                        attributes = listing.attributes
+                    attrs = attributes.get(position)
+                if attrs is not None:
+                    _fill_stat(entry_stat, attrs)
+                    fill_flags = FILL_DIR_PLUS
+                else:
+                    entry_stat.st_mode, entry_stat.st_ino = kind
+            # the offset given is that of the next entry, where a later call resumes
+            if filler(buf, names[position], entry_stat if kind else None, position + 1,
+                      fill_flags):
+                break
+        return 0
+
+
+def mount(operations: TifffsOperations, mountpoint: str, fuse_options: dict[str, Any]) -> None:
+    """Mount with libfuse 3 in the foreground until unmounted or signalled."""
+    check_usable()
+    root = operations.tree.root
+    options = {key: value for key, value in {**DEFAULT_FUSE_OPTIONS, **LIBFUSE3_OPTIONS,
+                                             **fuse_options}.items()
+               if key not in _LIBFUSE2_ONLY}
+    _FUSE3(Libfuse3Operations(operations), mountpoint, foreground=True, nothreads=False,
+           raw_fi=True, encoding="latin-1", ro=True, default_permissions=True,
+           subtype="tifffs", fsname=root.replace("\\", "\\\\").replace(",", "\\,"),
+           **options)
+
