@@ -117,9 +117,13 @@ class Context:
             raise Unavailable(f"this tifffs has no {', '.join(missing)}")
 
     def mount(self, case: Case, views: list[str], cache_mb: int | None = None,
-              index_dir: str | None = None) -> Mount:
-        """A fresh mount of ``case`` with ``views``; its own empty index unless given one."""
+              index_dir: str | None = None, libfuse: int = 2) -> Mount:
+        """A fresh mount of ``case`` with ``views``; its own empty index unless given one;
+        with libfuse 3 (``--libfuse 3``) if asked."""
         options = ["--factors", "4", "--views", ",".join(views)]
+        if libfuse == 3:
+            self.require("--libfuse")
+            options += ["--libfuse", "3"]
         if cache_mb is not None:
             options += ["--cache-size", f"{cache_mb}M"]
         if "--index-dir" in self.features:

@@ -38,12 +38,12 @@ def _timed_on_mount(ctx: Context, mnt: Mount, argv: list[str]) -> Sample:
     return Sample(done.seconds, daemon_mb=mnt.peak_rss_mb(), fds=mnt.open_fds())
 
 
-def _indexed(ctx: Context, case: Case, argv_of: list[str]) -> Sample:
+def _indexed(ctx: Context, case: Case, argv_of: list[str], libfuse: int = 2) -> Sample:
     """``argv_of`` (with {mnt} for the x4 folder) on a new mount whose index is up to date."""
     ctx.require("--index-dir")
     index_dir = _index_dir(ctx, case.name)
     _prime(ctx, case, index_dir)
-    with ctx.mount(case, ["x4"], CACHE_MB, index_dir) as mnt:
+    with ctx.mount(case, ["x4"], CACHE_MB, index_dir, libfuse) as mnt:
         ctx.warm(case)
         return _timed_on_mount(ctx, mnt, [a.format(mnt=mnt.path("x4")) for a in argv_of])
 
@@ -90,6 +90,12 @@ def files_indexed(ctx: Context) -> Sample:
     return _indexed(ctx, ctx.cases["files"], ["ls", "-lR", "{mnt}"])
 
 
+@contender("files", "ls-lR-indexed-fuse3", "the same with --libfuse 3 (listings carry "
+           "attributes)", baseline="ls-lR-source")
+def files_indexed_fuse3(ctx: Context) -> Sample:
+    return _indexed(ctx, ctx.cases["files"], ["ls", "-lR", "{mnt}"], libfuse=3)
+
+
 @contender("files", "ls-lR-source", "ls -lR SOURCE")
 def files_ls_source(ctx: Context) -> Sample:
     return _source(ctx, ctx.cases["files"], ["ls", "-lR"])
@@ -120,6 +126,12 @@ def flat_indexed(ctx: Context) -> Sample:
     return _indexed(ctx, ctx.cases["flat"], ["ls", "-l", "{mnt}"])
 
 
+@contender("flat", "ls-l-indexed-fuse3", "the same with --libfuse 3 (listings carry "
+           "attributes)", baseline="ls-l-source")
+def flat_indexed_fuse3(ctx: Context) -> Sample:
+    return _indexed(ctx, ctx.cases["flat"], ["ls", "-l", "{mnt}"], libfuse=3)
+
+
 @contender("flat", "ls-l-source", "ls -l SOURCE")
 def flat_ls_source(ctx: Context) -> Sample:
     return _source(ctx, ctx.cases["flat"], ["ls", "-l"])
@@ -134,6 +146,14 @@ def flat_first(ctx: Context) -> Sample:
         return _timed_on_mount(ctx, mnt, ["ls", "-l", mnt.path("x4")])
 
 
+@contender("flat", "ls-l-first-fuse3", "the same with --libfuse 3", baseline="tifffile-scan")
+def flat_first_fuse3(ctx: Context) -> Sample:
+    case = ctx.cases["flat"]
+    with ctx.mount(case, ["x4"], CACHE_MB, libfuse=3) as mnt:
+        ctx.warm(case)
+        return _timed_on_mount(ctx, mnt, ["ls", "-l", mnt.path("x4")])
+
+
 @contender("flat", "tifffile-scan", "tifffile: TiffFile + every page's shape, one process")
 def flat_scan(ctx: Context) -> Sample:
     return _scan(ctx, ctx.cases["flat"])
@@ -143,6 +163,11 @@ def flat_scan(ctx: Context) -> Sample:
            baseline="find-source")
 def flat_find(ctx: Context) -> Sample:
     return _indexed(ctx, ctx.cases["flat"], ["find", "{mnt}", "-type", "f"])
+
+
+@contender("flat", "find-x4-fuse3", "the same with --libfuse 3", baseline="find-source")
+def flat_find_fuse3(ctx: Context) -> Sample:
+    return _indexed(ctx, ctx.cases["flat"], ["find", "{mnt}", "-type", "f"], libfuse=3)
 
 
 @contender("flat", "find-source", "find SOURCE -type f")

@@ -15,9 +15,9 @@ IMAGEJ_JAR = "/usr/share/java/ij.jar"
 IMAGEJ_PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ImageJTimes.java")
 
 
-def _cp_view(ctx: Context, view: str, cold: bool = False) -> Sample:
+def _cp_view(ctx: Context, view: str, cold: bool = False, libfuse: int = 2) -> Sample:
     case = ctx.cases["stack"]
-    with ctx.scratch() as out, ctx.mount(case, [view]) as mnt:
+    with ctx.scratch() as out, ctx.mount(case, [view], libfuse=libfuse) as mnt:
         if cold:
             ctx.drop_caches()
         else:
@@ -38,6 +38,12 @@ def _loop(ctx: Context, task: str) -> Sample:
            baseline="memmap-area")
 def cp_mean(ctx: Context) -> Sample:
     return _cp_view(ctx, "x4")
+
+
+@contender("stack", "cp-x4-mean-fuse3", "the same with --libfuse 3 (reads of up to 1 MiB)",
+           baseline="memmap-area")
+def cp_mean_fuse3(ctx: Context) -> Sample:
+    return _cp_view(ctx, "x4", libfuse=3)
 
 
 @contender("stack", "memmap-area", "tifffile.memmap + cv2.resize(INTER_AREA) loop, to a file")
