@@ -4,8 +4,10 @@ description wherever it answers, and broken trailing pages are cut off, not fata
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,10 @@ def test_the_lean_reader_describes_as_tifffile_does(tmp_path, name):
     assert [p.to_json() for p in quick.pages] == [p.to_json() for p in reference.pages]
     again = FileDescription.from_bytes(quick.to_bytes())  # and it survives the index
     assert [p.to_json() for p in again.pages] == [p.to_json() for p in quick.pages]
+    # the index's text holds each page's to_json (its shared part is encoded once)
+    data = quick.to_bytes()
+    stored = json.loads(data if data[:1] == b"{" else zlib.decompress(data))
+    assert stored["pages"] == json.loads(json.dumps([p.to_json() for p in quick.pages]))
 
 
 def _three_pages_with_page_2_past_the_end() -> bytes:

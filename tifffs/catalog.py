@@ -39,6 +39,8 @@ MAX_DESCRIPTIONS = 1024
 MAX_SIZES = 65536
 #: View plans (layout and page plans) kept in memory.
 MAX_PLANS = 256
+#: View sizes by what they depend on (a description but where its pixels lie).
+MAX_LAYOUT_SIZES = 1024
 _ERRORS = {cls.__name__: cls for cls in (BrokenSource, UnsupportedSource, TifffsError)}
 
 
@@ -61,6 +63,7 @@ class Catalog:
             LruCache(MAX_DESCRIPTIONS)
         self._sizes: LruCache[int] = LruCache(MAX_SIZES)
         self._plans: LruCache[ViewPlan] = LruCache(MAX_PLANS)
+        self._layout_sizes: LruCache[int] = LruCache(MAX_LAYOUT_SIZES)
         self._series: LruCache[SeriesInfo] = LruCache(MAX_PLANS)
         self._held: dict[tuple[str, SourceVersion], _Held] = {}
         self._lock = threading.Lock()
@@ -86,13 +89,13 @@ class Catalog:
                 return size
         description = self.description(path, version)
         if view.z_factor > 1 or view.use_levels:  # their plan needs the series
-            plan = self._plan_with_file(path, version, view)
-        else:
-            plan = self._plans.get((path, version, view), lambda: plan_view(
-                description, view, _no_series))
+            size = self._plan_with_file(path, version, view).size
+        else:  # alike files (a folder of one acquisition) are planned once
+            size = self._layout_sizes.get((description.layout_key(), view), lambda: plan_view(
+                description, view, _no_series).size)
         if self.index is not None:
-            self.index.put_size(path, version, view.name, plan.size)
-        return plan.size
+            self.index.put_size(path, version, view.name, size)
+        return size
 
     def _preload(self, directory: str, view: View) -> None:
         """Bring the index's sizes of ``view`` for every file of ``directory`` into memory

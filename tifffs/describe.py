@@ -30,6 +30,8 @@ from tifffs.page_rules import check_supported, make_page, positive_fraction
 from tifffs.pages import FileDescription, FileMetadata, SourcePage
 
 log = logging.getLogger("tifffs")
+#: Files up to this size are described without changing the kernel's read-ahead.
+SMALL_FILE = 1 << 20
 
 def describe(fd: int, file_size: int, name: str) -> FileDescription:
     """Describe the open source file; reads IFDs only, never pixel data.
@@ -38,15 +40,18 @@ def describe(fd: int, file_size: int, name: str) -> FileDescription:
     """
     if file_size == 0:
         raise BrokenSource("empty file")
-    # random access for the IFD scan: the kernel's read-ahead (often MiBs) would load
-    # pixel data around every IFD
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    # random access for the IFD scan of a large file: the kernel's read-ahead (often
+    # MiBs) would load pixel data around every IFD (a small file is read whole anyway)
+    random_access = file_size > SMALL_FILE
+    if random_access:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
     try:
         description = lean.read_description(fd, file_size)
         if description is None:
             description = _describe_with_tifffile(fd, file_size, name)
     finally:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_NORMAL)
+        if random_access:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_NORMAL)
     if not description.pages:
         raise BrokenSource("TIFF has no pages")
     return description

@@ -12,7 +12,7 @@ import functools
 import json
 import struct
 import zlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from fractions import Fraction
 from typing import Any, NamedTuple
 
@@ -21,6 +21,7 @@ import tifffile
 from tifffile import PHOTOMETRIC
 
 from tifffs.arith import ceil_div
+from tifffs.cache import LruCache
 
 #: Version of the serialised form; an index entry of another format is described anew.
 FORMAT = 2
@@ -111,6 +112,29 @@ class SourcePage:
         """What pages of one ImageJ stack or Z run must share."""
         return self.width, self.height, self.samples, self.dtype
 
+    def layout_key(self) -> tuple:
+        """Every field but where the page lies (index, IFD offset, segments): pages with
+        equal keys, in equal order, make views of equal layout and size. Kept on the
+        page; a page copied to other segments (``with_segments``) keeps it rightly."""
+        key = self.__dict__.get("_layout_key")
+        if key is None:
+            key = tuple(getattr(self, name) if name != "colormap" else
+                        (None if self.colormap is None else self.colormap.tobytes())
+                        for name in _layout_field_names())
+            object.__setattr__(self, "_layout_key", key)
+        return key
+
+    def json_text(self) -> str:
+        """``to_json`` as JSON text. What the page shares with alike pages is encoded
+        once per kind of page (a folder of alike files is indexed at listing speed)."""
+        where = json.dumps({"index": self.index, "ifd_offset": self.ifd_offset,
+                            "offsets": _array_text(self.offsets),
+                            "bytecounts": _array_text(self.bytecounts)}, separators=(",", ":"))
+        shared = _SHARED_JSON.get(self.layout_key(), lambda: json.dumps(
+            {name: value for name, value in self.to_json().items()
+             if name in _layout_field_names()}, separators=(",", ":")))
+        return f"{shared[:-1]},{where[1:]}"
+
     def to_json(self) -> dict[str, Any]:
         record = {name: getattr(self, name) for name in _page_field_names()}
         record["dtype"] = self.dtype.str
@@ -140,6 +164,16 @@ class SourcePage:
 @functools.cache
 def _page_field_names() -> tuple[str, ...]:
     return tuple(f.name for f in fields(SourcePage))
+
+
+#: The JSON of the fields pages share with alike pages, by their ``layout_key``.
+_SHARED_JSON: LruCache[str] = LruCache(256)
+
+
+@functools.cache
+def _layout_field_names() -> tuple[str, ...]:
+    where = {"index", "ifd_offset", "offsets", "bytecounts"}
+    return tuple(name for name in _page_field_names() if name not in where)
 
 
 @dataclass(frozen=True)
@@ -180,14 +214,21 @@ class FileDescription:
         first = self.pages[0].shape_key()
         return all(page.shape_key() == first for page in self.pages)
 
+    def layout_key(self) -> tuple:
+        """What the layout of its views depends on: the pages but where their pixels
+        lie, the metadata, the truncation (FileMetadata is frozen, so hashable)."""
+        return tuple(page.layout_key() for page in self.pages), self.metadata, self.truncated
+
     def to_bytes(self) -> bytes:
         """JSON, compressed when large (offsets of many tiles, long OME-XML)."""
-        metadata = asdict(self.metadata)
+        metadata = dict(vars(self.metadata))  # its fields, all plain values
         if self.metadata.imagej_tag is not None:
             metadata["imagej_tag"] = base64.b64encode(self.metadata.imagej_tag).decode()
-        record = {"format": FORMAT, "pages": [p.to_json() for p in self.pages],
-                  "metadata": metadata, "truncated": self.truncated}
-        text = json.dumps(record, separators=(",", ":")).encode()
+        compact = (",", ":")
+        pages = ",".join(page.json_text() for page in self.pages)
+        text = (f'{{"format":{FORMAT},"pages":[{pages}],"metadata":'
+                f'{json.dumps(metadata, separators=compact)},'
+                f'"truncated":{json.dumps(self.truncated)}}}').encode()
         return zlib.compress(text, 1) if len(text) > _COMPRESS_ABOVE else text
 
     @classmethod
