@@ -15,7 +15,7 @@ import tifffile
 from tifffs.kernel_cache import KernelCachePolicy
 from tifffs.pages import SourceVersion
 from tifffs.setup import build_tree
-from tifffs.tree import STATS_DIR_INO, view_inode
+from tifffs.tree import STATS_DIR_INO, view_inode, view_inodes
 from tifffs.views import parse_view
 
 VIEWS = (parse_view("x2", "mean"), parse_view("x4-max", "mean"))
@@ -82,6 +82,18 @@ def test_other_files_pass_through_and_inodes_differ_per_view(tree):
                                                                          "x2")
     assert tree.attributes("/x2/run/notes.txt")["st_ino"] != \
         tree.attributes("/x4-max/run/notes.txt")["st_ino"]
+
+
+def test_listed_inodes_equal_the_inodes_of_a_stat(tree):
+    listed = {entry.name: entry.attributes["st_ino"] for entry in tree.list("/x2/run")
+              if entry.attributes}
+    assert sorted(listed) == ["a.tif", "notes.txt"]
+    assert listed == {name: tree.attributes(f"/x2/run/{name}")["st_ino"] for name in listed}
+    rng = np.random.default_rng(5)
+    for device in (0, 2049, 2**40 + 7, 2**63):
+        inodes = [0, 1, 2**64 - 1, *map(int, rng.integers(0, 2**63, 500, dtype=np.int64))]
+        assert view_inodes(device, inodes, "x4") == [view_inode(device, i, "x4")
+                                                     for i in inodes]
 
 
 def test_folders_cannot_be_opened_and_the_stats_file_counts(tree):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,12 +37,11 @@ DEFAULT_FUSE_OPTIONS: dict[str, Any] = {"attr_timeout": "1", "entry_timeout": "1
                                         "use_ino": True}
 
 
+_FS_ENCODING = sys.getfilesystemencoding()
+
+
 def _os_path(fuse_path: str) -> str:
     return os.fsdecode(fuse_path.encode("latin-1"))
-
-
-def _fuse_name(os_name: str) -> str:
-    return os.fsencode(os_name).decode("latin-1")
 
 
 class TifffsOperations(Operations):
@@ -125,8 +125,11 @@ class TifffsOperations(Operations):
             return open_file[1].attributes()
         return self.tree.attributes(_os_path(path))
 
-    def readdir(self, path: str, fh: Any) -> list[tuple[str, dict[str, Any] | None, int]]:
-        return [(_fuse_name(entry.name), entry.attributes, 0)
+    def readdir(self, path: str, fh: Any) -> list[tuple[bytes, dict[str, Any] | None]]:
+        """The names (as bytes, which the adapters hand to libfuse as they are) and the
+        type and inode of each."""
+        encoding, errors = _FS_ENCODING, "surrogateescape"
+        return [(entry.name.encode(encoding, errors), entry.attributes)
                 for entry in self.tree.list(_os_path(path))]
 
     def statfs(self, path: str) -> dict[str, int]:
@@ -192,16 +195,15 @@ class _FUSE(FUSE):
 
     def readdir(self, path: Any, buf: Any, filler: Any, offset: int, fip: Any) -> int:
         entry_stat = c_stat()
-        encoding = self.encoding
-        for name, attrs, _ in self.operations("readdir", self._decode_optional_path(path),
-                                              fip.contents.fh):
+        for name, attrs in self.operations("readdir", self._decode_optional_path(path),
+                                           fip.contents.fh):
             if attrs:
                 entry_stat.st_mode = attrs["st_mode"]
                 entry_stat.st_ino = attrs["st_ino"]
                 stat_pointer = entry_stat
             else:
                 stat_pointer = None
-            if filler(buf, name.encode(encoding), stat_pointer, 0) != 0:
+            if filler(buf, name, stat_pointer, 0) != 0:
                 break
         return 0
 

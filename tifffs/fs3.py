@@ -96,7 +96,7 @@ class Libfuse3Operations:
     def release(self, path: str, fi: Any) -> int:
         return self.operations("release", path, fi)
 
-    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, Any] | None, int]]:
+    def readdir(self, path: str, fh: int) -> list[tuple[bytes, dict[str, Any] | None]]:
         return self.operations("readdir", path, fh)
 
     def opendir(self, path: str) -> int:
@@ -120,9 +120,9 @@ class Libfuse3Operations:
         listing, which ``rewinddir`` also asks for)."""
         listing = self._listings[fh]
         entries = self.readdir(listing.folder, fh)
-        listing.names = [name.encode("latin-1") for name, _, _ in entries]
+        listing.names = [name for name, _ in entries]
         listing.kinds = [(attrs["st_mode"], attrs["st_ino"]) if attrs else None
-                         for _, attrs, _ in entries]
+                         for _, attrs in entries]
         listing.attributes = {}
         listing.loaded = True
         return listing
@@ -134,7 +134,7 @@ class Libfuse3Operations:
             listing.attributes = {p: a for p, a in listing.attributes.items() if p >= start}
         positions = [p for p in range(start, min(start + PLUS_CHUNK, len(listing.names)))
                      if listing.kinds[p] is not None and p not in listing.attributes]
-        names = [_os_path(listing.names[p].decode("latin-1")) for p in positions]
+        names = [os.fsdecode(listing.names[p]) for p in positions]
         found = self.tree.listed_attributes(_os_path(listing.folder), names)
         listing.attributes.update(zip(positions, found))
 

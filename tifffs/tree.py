@@ -15,8 +15,9 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any, NamedTuple, Protocol
+
+import numpy as np
 
 from tifffs.arith import ceil_div
 from tifffs.catalog import Catalog
@@ -70,7 +71,26 @@ def view_inode(device: int, inode: int, view: str) -> int:
     on every mount and in every order of lookups, different for each view. The view's
     salt, the device and the inode are mixed by splitmix64's finaliser (cheap enough for
     a listing of 20,000 entries)."""
-    x = (inode + device * 0x9E3779B97F4A7C15 + _view_salt(view)) & _MASK64
+    return _mix(inode + _inode_base(device, view))
+
+
+def _inode_base(device: int, view: str) -> int:
+    """What ``view_inode`` adds to every inode of ``device`` in ``view``."""
+    return device * 0x9E3779B97F4A7C15 + _view_salt(view)
+
+
+def view_inodes(device: int, inodes: list[int], view: str) -> list[int]:
+    """``view_inode`` of many inodes of one device at once (numpy's wrapping uint64
+    arithmetic: a folder of 20,000 files in well under a millisecond)."""
+    x = np.array(inodes, dtype=np.uint64) + np.uint64(_inode_base(device, view) & _MASK64)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = (x ^ (x >> np.uint64(31))) >> np.uint64(1)
+    return np.maximum(x, np.uint64(_FIRST_VIEW_INO + 1024)).tolist()
+
+
+def _mix(x: int) -> int:
+    x &= _MASK64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
     return max(_FIRST_VIEW_INO + 1024, (x ^ (x >> 31)) >> 1)
@@ -232,35 +252,43 @@ class ViewTree:
                 *self._entries(source, device, view.name, above)]
 
     def _entries(self, source: str, device: int, view: str,
-                 above: list[str]) -> Iterator[Entry]:
+                 above: list[str]) -> list[Entry]:
+        listed: list[tuple[str, int, int | None]] = []  # name, type, inode if on device
+        linked: dict[str, int] = {}  # inode numbers of symlinks' targets
         with os.scandir(source) as entries:
             for entry in entries:
-                mode = self._listed_type(entry, above)
-                if mode is None:
+                try:  # without a system call: the listing's entry types
+                    if entry.is_symlink():
+                        mode = self._listed_link_type(entry, above)
+                        if mode is not None:
+                            st = entry.stat()
+                            linked[entry.name] = view_inode(st.st_dev, st.st_ino, view)
+                            listed.append((entry.name, mode, None))
+                        continue
+                    if entry.is_file(follow_symlinks=False):
+                        mode = stat.S_IFREG
+                    elif entry.is_dir(follow_symlinks=False):
+                        mode = stat.S_IFDIR
+                    else:
+                        continue
+                    listed.append((entry.name, mode, entry.inode()))
+                except OSError:
                     continue
-                if entry.is_symlink():
-                    st = entry.stat()
-                    ino = view_inode(st.st_dev, st.st_ino, view)
-                else:
-                    ino = view_inode(device, entry.inode(), view)
-                yield Entry(entry.name, {"st_mode": mode, "st_ino": ino})
+        numbers = iter(view_inodes(device, [i for _, _, i in listed if i is not None], view))
+        return [Entry(name, {"st_mode": mode,
+                             "st_ino": next(numbers) if inode is not None else linked[name]})
+                for name, mode, inode in listed]
 
-    def _listed_type(self, entry: os.DirEntry, above: list[str]) -> int | None:
-        """S_IFREG or S_IFDIR for what is listed: regular files and folders; symlinks
-        only to inside SOURCE, and not to a folder the listing is already in (recursive
-        tools would never finish). None for the rest."""
-        try:
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if not is_inside(target, self.real_root):
-                    return None
-                if entry.is_dir() and any(is_inside(d, target) for d in above):
-                    return None
-            if entry.is_dir():
-                return stat.S_IFDIR
-            return stat.S_IFREG if entry.is_file() else None
-        except OSError:
+    def _listed_link_type(self, entry: os.DirEntry, above: list[str]) -> int | None:
+        """S_IFREG or S_IFDIR for a symlink that is listed: one to a file or folder
+        inside SOURCE, but not to a folder the listing is already in (recursive tools
+        would never finish). None for the rest."""
+        target = os.path.realpath(entry.path)
+        if not is_inside(target, self.real_root):
             return None
+        if entry.is_dir():
+            return None if any(is_inside(d, target) for d in above) else stat.S_IFDIR
+        return stat.S_IFREG if entry.is_file() else None
 
     def _real_directories(self, relative: str) -> list[str]:
         """Resolved paths of SOURCE and of every folder down to ``relative``."""
