@@ -44,6 +44,7 @@ def _power_of_two(n: int) -> bool:
     return n & (n - 1) == 0
 
 
+@cache
 def _largest_magnitude(dtype: np.dtype) -> int:
     info = np.iinfo(dtype)
     return max(-int(info.min), int(info.max))

@@ -39,8 +39,6 @@ MAX_DESCRIPTIONS = 1024
 MAX_SIZES = 65536
 #: View plans (layout and page plans) kept in memory.
 MAX_PLANS = 256
-#: View sizes by what they depend on (a description but where its pixels lie).
-MAX_LAYOUT_SIZES = 1024
 _ERRORS = {cls.__name__: cls for cls in (BrokenSource, UnsupportedSource, TifffsError)}
 
 
@@ -63,7 +61,6 @@ class Catalog:
             LruCache(MAX_DESCRIPTIONS)
         self._sizes: LruCache[int] = LruCache(MAX_SIZES)
         self._plans: LruCache[ViewPlan] = LruCache(MAX_PLANS)
-        self._layout_sizes: LruCache[int] = LruCache(MAX_LAYOUT_SIZES)
         self._series: LruCache[SeriesInfo] = LruCache(MAX_PLANS)
         self._held: dict[tuple[str, SourceVersion], _Held] = {}
         self._lock = threading.Lock()
@@ -88,11 +85,10 @@ class Catalog:
             if size is not None:
                 return size
         description = self.description(path, version)
-        if view.z_factor > 1 or view.use_levels:  # their plan needs the series
+        if _needs_series(view):
             size = self._plan_with_file(path, version, view).size
-        else:  # alike files (a folder of one acquisition) are planned once
-            size = self._layout_sizes.get((description.layout_key(), view), lambda: plan_view(
-                description, view, _no_series).size)
+        else:
+            size = self._shared_plan(description, view).size
         if self.index is not None:
             self.index.put_size(path, version, view.name, size)
         return size
@@ -184,8 +180,17 @@ class Catalog:
             return self._series.get(key, lambda: series_of(source.fd, source.path,
                                                            source.pages))
 
+        if not _needs_series(view):
+            return self._shared_plan(source.description, view)
         return self._plans.get((*key, view), lambda: plan_view(source.description, view,
                                                                   series))
+
+    def _shared_plan(self, description: FileDescription, view: View) -> ViewPlan:
+        """The plan of a view that needs no series. It depends on the description but
+        for where the pixels lie, so alike files (a folder of one acquisition) share it,
+        and its layout, instead of planning each."""
+        return self._plans.get((description.layout_key(), view),
+                               lambda: plan_view(description, view, _no_series))
 
     # -- open views, holding the file
     def open(self, path: str, view: View) -> ViewReader:
@@ -250,3 +255,8 @@ class Catalog:
 
 def _no_series() -> SeriesInfo:
     raise AssertionError("plain factor views do not read series")
+
+
+def _needs_series(view: View) -> bool:
+    """Whether the plan of ``view`` reads the source's series (Z runs, pyramid levels)."""
+    return view.z_factor > 1 or view.use_levels

@@ -23,6 +23,10 @@ from tifffs.render import RenderPool, render_band
 from tifffs.series import SeriesInfo, series_of
 from tifffs.views import View, parse_view
 
+#: A read renders its further bands side by side when they hold at least this many
+#: output bytes; below, handing them to other threads costs more than it saves.
+SIDE_BY_SIDE_BYTES = 256 << 10
+
 
 def band_cache(capacity_bytes: int) -> LruCache[np.ndarray]:
     """A cache of rendered bands, bounded by their total size in bytes."""
@@ -69,10 +73,12 @@ class VirtualTiff:
             pieces.append(head[position:])
             position = len(head)
         spans = list(self._spans(position, end))
-        # a read over several bands renders them side by side (a large read, e.g.
-        # ``tifffs render``); bands the pool has no room for are rendered below, in turn
-        for key, _, _ in spans[1:]:
-            self._prefetch(key)
+        # a large read over several bands (``tifffs render``) renders them side by side;
+        # bands the pool has no room for are rendered below, in turn. Small bands (a
+        # folder of small files) render faster here than handed to another thread.
+        if sum(stop - start for _, start, stop in spans[1:]) >= SIDE_BY_SIDE_BYTES:
+            for key, _, _ in spans[1:]:
+                self._prefetch(key)
         for (page, plane, band), start, stop in spans:
             data = memoryview(self._band(page, plane, band).reshape(-1).view(np.uint8))
             pieces.append(data[start:stop])
