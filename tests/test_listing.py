@@ -79,13 +79,18 @@ def test_find_and_walk_get_types_from_readdir_without_a_stat_each(tmp_path):
         assert types["notes.txt"] == (True, False) and types["sub"] == (False, True)
 
 
-def test_a_new_mount_lists_from_the_index_without_opening_the_sources(tmp_path):
-    source = _folder(tmp_path / "src")
+@pytest.mark.parametrize("libfuse, files", [("2", 40), ("3", 600)])
+def test_a_new_mount_lists_from_the_index_without_opening_the_sources(tmp_path, libfuse,
+                                                                      files):
+    """With libfuse 3 the listing itself carries the sizes (readdirplus), in chunks: the
+    first from the index's rows of its files, the others from the folder's rows."""
+    source = _folder(tmp_path / "src", files=files)
     index = tmp_path / "index"
     with mounted(source, tmp_path / "one", "--index-dir", str(index)) as mount:
         first = {e.name: e.stat().st_size for e in os.scandir(mount.path / "x4" / "many")}
     require("strace")
-    with mounted(source, tmp_path / "two", "--index-dir", str(index)) as mount:
+    with mounted(source, tmp_path / "two", "--index-dir", str(index), "--libfuse",
+                 libfuse) as mount:
         log = tmp_path / "strace.txt"
         tracer = subprocess.Popen(["strace", "-f", "-e", "trace=openat", "-o", str(log),
                                    "-p", str(mount.process.pid)], stderr=subprocess.PIPE)
@@ -100,6 +105,8 @@ def test_a_new_mount_lists_from_the_index_without_opening_the_sources(tmp_path):
         assert second == first
         opened = [line for line in log.read_text().splitlines() if "/many/f" in line]
         assert not opened, opened[:3]
+        if libfuse == "3":
+            assert _stats(mount)["listed_attributes"] >= files
 
 
 def test_tifffs_index_builds_the_index_ahead_with_a_summary(tmp_path):

@@ -64,9 +64,11 @@ class Catalog:
         self._series: LruCache[SeriesInfo] = LruCache(MAX_PLANS)
         self._held: dict[tuple[str, SourceVersion], _Held] = {}
         self._lock = threading.Lock()
-        # (folder, what) -> the paths the index had when the folder's first stat asked:
-        # the others are not looked up one by one (a first listing of a new folder)
-        self._indexed: LruCache[frozenset[str]] = LruCache(8)
+        # what the index had when a folder's first stat asked: the sizes of a view (by
+        # folder and view), the paths with a description (by folder)
+        self._folder_sizes: LruCache[dict] = LruCache(MAX_SIZES, weigh=len)
+        self._described: LruCache[frozenset[str]] = LruCache(MAX_SIZES, weigh=len)
+        self._chunked: LruCache[bool] = LruCache(64)  # folders a listing read a chunk of
 
     # -- metadata, without holding the file
     def size(self, path: str, st: os.stat_result, view: View) -> int:
@@ -75,15 +77,13 @@ class Catalog:
         key = (path, version, view.name)
         size = self._sizes.peek(key)
         if size is None:
-            self._preload(os.path.dirname(path), view)
+            indexed = self._indexed_sizes(os.path.dirname(path), view).get(path)
+            if indexed is not None and indexed[0] == version:
+                return indexed[1]
             size = self._sizes.get(key, lambda: self._size(path, version, view))
         return size
 
     def _size(self, path: str, version: SourceVersion, view: View) -> int:
-        if self.index is not None and self._may_be_indexed(path, view.name):
-            size = self.index.lookup_size(path, version, view.name)
-            if size is not None:
-                return size
         description = self.description(path, version)
         if _needs_series(view):
             size = self._plan_with_file(path, version, view).size
@@ -93,24 +93,34 @@ class Catalog:
             self.index.put_size(path, version, view.name, size)
         return size
 
-    def _preload(self, directory: str, view: View) -> None:
-        """Bring the index's sizes of ``view`` for every file of ``directory`` into memory
-        at the first ``stat`` there that memory cannot answer: one query instead of one
-        per ``stat`` of a listing (and none for a ``find`` that stats nothing)."""
-        if self.index is None or self._indexed.peek((directory, view.name)) is not None:
-            return
-        with_sizes = []
-        for path, version, size in self.index.sizes_in(directory, view.name):
-            self._sizes.put((path, version, view.name), size)
-            with_sizes.append(path)
-        self._indexed.put((directory, view.name), frozenset(with_sizes))
-        self._indexed.put((directory, ""), self.index.paths_in(directory))
+    def _indexed_sizes(self, directory: str, view: View) -> dict[str, tuple[tuple, int]]:
+        """The index's sizes of ``view`` for the files of ``directory`` (path -> version,
+        size), read at the first ``stat`` there that memory cannot answer: one query
+        instead of one per ``stat`` of a listing."""
+        if self.index is None:
+            return {}
+        return self._folder_sizes.get((directory, view.name),
+                                      lambda: self.index.sizes_in(directory, view.name))
 
-    def _may_be_indexed(self, path: str, what: str) -> bool:
-        """False when the index had no entry of ``what`` (a view's sizes, or "" for
-        descriptions) for the path when its folder was preloaded."""
-        known = self._indexed.peek((os.path.dirname(path), what))
-        return known is None or path in known
+    def prepare_sizes(self, directory: str, paths: list[str], view: View) -> None:
+        """Ready the index's sizes of ``paths`` (files of ``directory`` a listing is
+        about to give with their attributes). The first such chunk of a folder reads
+        just those rows, later chunks the whole folder: a listing that stops after its
+        first chunk (``find``'s, which needs no sizes) does not read 20,000 rows."""
+        if self.index is None or self._folder_sizes.peek((directory, view.name)) is not None:
+            return
+        if self._chunked.peek((directory, view.name)) is not None:
+            self._indexed_sizes(directory, view)
+            return
+        self._chunked.put((directory, view.name), True)
+        for path, (version, size) in self.index.sizes_of(paths, view.name).items():
+            self._sizes.put((path, SourceVersion(*version), view.name), size)
+
+    def _may_be_described(self, path: str) -> bool:
+        """False when the index has no description of ``path`` (of any version): a first
+        listing of a new folder looks none up."""
+        directory = os.path.dirname(path)
+        return path in self._described.get(directory, lambda: self.index.paths_in(directory))
 
     def shutdown(self) -> None:
         """Stop rendering ahead."""
@@ -128,7 +138,7 @@ class Catalog:
 
     def _describe(self, path: str, version: SourceVersion,
                   fd: int | None) -> FileDescription | TifffsError:
-        if self.index is not None and self._may_be_indexed(path, ""):
+        if self.index is not None and self._may_be_described(path):
             entry = self.index.lookup(path, version)
             if entry is not None:
                 if entry.error is not None:

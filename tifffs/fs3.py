@@ -168,7 +168,8 @@ class _FUSE3(mfusepy.FUSE):
         plus = flags & READDIR_PLUS
         entry_stat = mfusepy.c_stat()  # libfuse copies what it needs at each call
         names, kinds, attributes = listing.names, listing.kinds, listing.attributes
-        for position in range(offset, len(names)):
+        end = min(len(names), offset + PLUS_CHUNK) if plus else len(names)
+        for position in range(offset, end):
             kind = kinds[position]
             fill_flags = 0
             if kind is not None:

@@ -173,13 +173,25 @@ class Index:
             (os.fsencode(path), view, *version, ENTRY_FORMAT))
         return None if row is None else int(row[0])
 
-    def sizes_in(self, directory: str, view: str) -> list[tuple[str, SourceVersion, int]]:
-        """(path, version, size) of every file of ``directory`` with a size of ``view``."""
+    def sizes_in(self, directory: str, view: str) -> dict[str, tuple[tuple[int, ...], int]]:
+        """path -> (version, size of ``view``) of the files of ``directory`` with one;
+        the version as a plain tuple (it equals the file's ``SourceVersion`` when
+        current): a folder of 20,000 files is read in one query."""
         rows = self._query_all(
             "SELECT path, dev, ino, size, mtime_ns, ctime_ns, view_size FROM sizes "
             "WHERE dir=? AND view=? AND format=?",
             (os.fsencode(directory), view, ENTRY_FORMAT))
-        return [(os.fsdecode(r[0]), SourceVersion(*r[1:6]), int(r[6])) for r in rows]
+        decode = os.fsdecode
+        return {decode(r[0]): (r[1:6], r[6]) for r in rows}
+
+    def sizes_of(self, paths: list[str], view: str) -> dict[str, tuple[tuple[int, ...], int]]:
+        """``sizes_in`` for just these paths (at most a few hundred: one query)."""
+        rows = self._query_all(
+            "SELECT path, dev, ino, size, mtime_ns, ctime_ns, view_size FROM sizes "
+            f"WHERE path IN ({','.join('?' * len(paths))}) AND view=? AND format=?",
+            (*map(os.fsencode, paths), view, ENTRY_FORMAT)) if paths else []
+        decode = os.fsdecode
+        return {decode(r[0]): (r[1:6], r[6]) for r in rows}
 
     def paths_in(self, directory: str) -> frozenset[str]:
         """The paths of ``directory`` that have a description of this format (of any

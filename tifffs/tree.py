@@ -177,13 +177,16 @@ class ViewTree:
             return [None] * len(names)
         if not is_inside(real_folder, self.real_root):
             return [None] * len(names)
+        self.catalog.prepare_sizes(source_folder, [os.path.join(source_folder, name)
+                                                   for name in names if is_tiff_name(name)],
+                                   view)
         return [self._listed_file(folder, source_folder, view, name) for name in names]
 
     def _listed_file(self, folder: str, source_folder: str, view: View,
                      name: str) -> dict[str, Any] | None:
         """``attributes`` of a name in a resolved folder: one ``lstat``, no path walk."""
         path = f"{folder.rstrip('/')}/{name}"
-        source = f"{source_folder}/{name}"
+        source = os.path.join(source_folder, name)
         try:
             st = os.lstat(source)
             if stat.S_ISLNK(st.st_mode):  # confined and followed the general way
