@@ -9,6 +9,7 @@ from tifffs.config import (
     ConfigError,
     MountConfig,
     parse_factors,
+    parse_libfuse,
     parse_method,
     parse_size,
     parse_views,
@@ -58,6 +59,14 @@ def test_parse_method():
     assert parse_method("lanczos") == "lanczos"
     with pytest.raises(ConfigError, match="invalid method 'cubic': choose one of mean"):
         parse_method("cubic")
+
+
+def test_parse_libfuse():
+    assert parse_libfuse("2") == 2 and parse_libfuse("3") == 3
+    with pytest.raises(ConfigError, match="invalid libfuse '4': choose 2"):
+        parse_libfuse("4")
+    assert split_mount_options(["libfuse=3,allow_other"]) == ({"libfuse": "3"},
+                                                              {"allow_other": True})
 
 
 def test_split_mount_options_separates_ours_libfuse_and_ignored():

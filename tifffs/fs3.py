@@ -5,8 +5,9 @@ What libfuse 3 adds for tifffs: listings that carry each entry's attributes
 reads of up to 1 MiB instead of 128 KiB. libfuse's high-level API passes attributes on
 only when the file system lists with offsets (a listing given whole at offset 0 reaches
 the kernel without them), so each open folder keeps its names, and the attributes of a
-chunk are computed when the kernel asks for that chunk with them: a ``find`` that
-never stats does not pay for sizes.
+chunk are computed when the kernel asks for that chunk with them. The kernel asks for
+the first chunk of every listing with attributes; replies carry at most ``PLUS_CHUNK``
+entries, so a ``find`` that never stats pays for the sizes of that many files only.
 
 mfusepy reads ``FUSE_LIBRARY_NAME`` when it is first imported, so this module must be
 imported before anything else imports mfusepy.
@@ -27,9 +28,9 @@ import mfusepy
 READDIR_PLUS = 1 << 0
 FILL_DIR_PLUS = 1 << 1
 _CAP_READDIRPLUS = 1 << 13
-#: Names whose attributes are computed together: about what one readdirplus reply holds.
+#: Entries of one readdirplus reply, whose attributes are computed together.
 PLUS_CHUNK = 256
-#: Largest read the kernel sends: libfuse 3 takes up to 1 MiB per request.
+#: The read-ahead asked of the kernel (libfuse 3 takes requests of up to 1 MiB).
 MAX_READAHEAD = 1 << 20
 #: libfuse 3.14.0 warns about its own default of idle threads unless one is given;
 #: 10 is the default libfuse documents.
