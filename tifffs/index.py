@@ -33,8 +33,11 @@ log = logging.getLogger("tifffs")
 SCHEMA = 1
 FILE_NAME = f"index-v{SCHEMA}.sqlite"
 ENTRY_FORMAT = f"{FORMAT}/{__version__}"
-_BATCH = 2048
-_BATCH_SECONDS = 0.5
+#: Rows are written once none was queued for this long (a listing is not slowed by
+#: the writer thread), or when this many bytes wait (a long scan; bounded memory).
+QUIET_SECONDS = 0.3
+MAX_PENDING_BYTES = 32 << 20
+_ROW_BYTES = 256  # a row's own weight in the pending bytes, beside its description
 #: Connections to the database shared by all threads.
 READERS = 2
 _SCHEMA_SQL = """
@@ -78,10 +81,13 @@ class Index:
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._reader_slots = threading.BoundedSemaphore(READERS)
         self._all: list[sqlite3.Connection] = []
-        # rows to write, taken by the writer thread every _BATCH_SECONDS (or sooner when
-        # _BATCH pile up): appending wakes no thread, so a stat pays almost nothing
+        # rows to write, taken by the writer thread when none came for QUIET_SECONDS
+        # (or MAX_PENDING_BYTES pile up): appending wakes no thread, so a stat pays
+        # almost nothing, and a listing runs without the writer beside it
         self._pending_files: list[tuple] = []
         self._pending_sizes: list[tuple] = []
+        self._pending_bytes = 0
+        self._last_queued = 0.0
         self._pending_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
@@ -226,19 +232,22 @@ class Index:
             error: str | None) -> None:
         """Record a description (or the error) of ``path`` at ``version``."""
         self._queue("file", (os.fsencode(path), os.fsencode(os.path.dirname(path)),
-                             *version, ENTRY_FORMAT, description, error))
+                             *version, ENTRY_FORMAT, description, error),
+                    len(description or b""))
 
     def put_size(self, path: str, version: SourceVersion, view: str, size: int) -> None:
         self._queue("size", (os.fsencode(path), view, os.fsencode(os.path.dirname(path)),
                              *version, ENTRY_FORMAT, size))
 
-    def _queue(self, kind: str, row: tuple) -> None:
+    def _queue(self, kind: str, row: tuple, extra_bytes: int = 0) -> None:
         if self._failed:
             return
         with self._pending_lock:
             pending = self._pending_files if kind == "file" else self._pending_sizes
             pending.append(row)
-            many = len(self._pending_files) + len(self._pending_sizes) >= _BATCH
+            self._last_queued = time.monotonic()
+            self._pending_bytes += _ROW_BYTES + extra_bytes
+            many = self._pending_bytes >= MAX_PENDING_BYTES
             if self._writer is None:
                 self._stop = False
                 self._writer = threading.Thread(target=self._write_loop, name="index-writer",
@@ -249,12 +258,17 @@ class Index:
 
     def _write_loop(self) -> None:
         while True:
-            self._wake.wait(_BATCH_SECONDS)
+            self._wake.wait(QUIET_SECONDS)
             self._wake.clear()
             with self._pending_lock:
+                stop = self._stop
+                due = (stop or time.monotonic() - self._last_queued >= QUIET_SECONDS
+                       or self._pending_bytes >= MAX_PENDING_BYTES)
+                if not due:
+                    continue
                 files, self._pending_files = self._pending_files, []
                 sizes, self._pending_sizes = self._pending_sizes, []
-                stop = self._stop
+                self._pending_bytes = 0
             if files or sizes:
                 self._write(files, sizes)
             if stop:
