@@ -34,6 +34,8 @@ PLAIN_CODECS = frozenset({1, 5, 7, 8, 32773, 32946, 34925, 50000, 34712, 33003, 
 _TYPES = {1: ("B", 1), 2: ("B", 1), 3: ("H", 2), 4: ("I", 4), 5: ("I", 4), 6: ("b", 1),
           7: ("B", 1), 8: ("h", 2), 9: ("i", 4), 10: ("i", 4), 11: ("f", 4), 12: ("d", 8),
           13: ("I", 4), 16: ("Q", 8), 17: ("q", 8), 18: ("Q", 8)}
+#: Types that are never one plain number: ASCII and UNDEFINED (bytes), rationals (pairs).
+_NOT_SINGLE = {2, 5, 7, 10}
 #: IFDs with more entries than this are broken (tifffile's limit too).
 MAX_TAGS = 4096
 _CHUNK = 4096
@@ -160,6 +162,10 @@ class _Layout:
         self.entry_format = byteorder + ("HHQ8s" if bigtiff else "HHI4s")
         self.inline = 8 if bigtiff else 4
         self.offset_format = byteorder + ("Q" if bigtiff else "I")
+        #: one numeric value held in the entry itself, the common case: its decoder
+        self.single = {field_type: struct.Struct(byteorder + code)
+                       for field_type, (code, size) in _TYPES.items()
+                       if field_type not in _NOT_SINGLE and size <= self.inline}
 
 
 def _read_ifd(file: _File, layout: _Layout, offset: int) -> tuple[dict[int, Any], int]:
@@ -171,16 +177,19 @@ def _read_ifd(file: _File, layout: _Layout, offset: int) -> tuple[dict[int, Any]
     table = file.read(start, count * layout.entry_size + layout.inline)
     tags: dict[int, Any] = {}
     fields = struct.unpack_from(layout.byteorder + layout.entry_format[1:] * count, table)
+    single = layout.single
     for i in range(0, 4 * count, 4):
         code, field_type, n, value = fields[i:i + 4]
         if code not in KNOWN_TAGS or field_type not in _TYPES:
             raise _GiveUp
         if code in tags:
             continue  # tifffile keeps the first too
-        tags[code] = (field_type, n, value)
+        if n == 1 and field_type in single:
+            tags[code] = single[field_type].unpack_from(value)
+        else:
+            tags[code] = _value(file, layout, field_type, n, value, code in _SEGMENT_TAGS)
     next_offset = struct.unpack_from(layout.offset_format, table, count * layout.entry_size)[0]
-    return {code: _value(file, layout, *entry, code in _SEGMENT_TAGS)
-            for code, entry in tags.items()}, next_offset
+    return tags, next_offset
 
 
 def _value(file: _File, layout: _Layout, field_type: int, count: int, inline: bytes,

@@ -127,13 +127,12 @@ class SourcePage:
     def json_text(self) -> str:
         """``to_json`` as JSON text. What the page shares with alike pages is encoded
         once per kind of page (a folder of alike files is indexed at listing speed)."""
-        where = json.dumps({"index": self.index, "ifd_offset": self.ifd_offset,
-                            "offsets": _array_text(self.offsets),
-                            "bytecounts": _array_text(self.bytecounts)}, separators=(",", ":"))
         shared = _SHARED_JSON.get(self.layout_key(), lambda: json.dumps(
             {name: value for name, value in self.to_json().items()
              if name in _layout_field_names()}, separators=(",", ":")))
-        return f"{shared[:-1]},{where[1:]}"
+        return (f'{shared[:-1]},"index":{int(self.index)},"ifd_offset":{int(self.ifd_offset)},'
+                f'"offsets":{_array_json(self.offsets)},'
+                f'"bytecounts":{_array_json(self.bytecounts)}}}')
 
     def to_json(self) -> dict[str, Any]:
         record = {name: getattr(self, name) for name in _page_field_names()}
@@ -166,8 +165,10 @@ def _page_field_names() -> tuple[str, ...]:
     return tuple(f.name for f in fields(SourcePage))
 
 
-#: The JSON of the fields pages share with alike pages, by their ``layout_key``.
+#: The JSON of the fields pages share with alike pages, by their ``layout_key``; of
+#: the metadata files share.
 _SHARED_JSON: LruCache[str] = LruCache(256)
+_METADATA_JSON: LruCache[str] = LruCache(64)
 
 
 @functools.cache
@@ -186,6 +187,13 @@ class FileMetadata:
     imagej_tag: bytes | None = None
     imagej_tag_counts: tuple[int, ...] = ()
     byteorder: str = "<"
+
+    def json_text(self) -> str:
+        """The metadata as JSON (the IJMetadata bytes in base64)."""
+        record = dict(vars(self))  # its fields, all plain values
+        if self.imagej_tag is not None:
+            record["imagej_tag"] = base64.b64encode(self.imagej_tag).decode()
+        return json.dumps(record, separators=(",", ":"))
 
     def imagej_metadata(self) -> dict[str, Any] | None:
         """The IJMetadata tag parsed by tifffile (ranges, LUTs, labels...), or None."""
@@ -221,13 +229,9 @@ class FileDescription:
 
     def to_bytes(self) -> bytes:
         """JSON, compressed when large (offsets of many tiles, long OME-XML)."""
-        metadata = dict(vars(self.metadata))  # its fields, all plain values
-        if self.metadata.imagej_tag is not None:
-            metadata["imagej_tag"] = base64.b64encode(self.metadata.imagej_tag).decode()
-        compact = (",", ":")
         pages = ",".join(page.json_text() for page in self.pages)
         text = (f'{{"format":{FORMAT},"pages":[{pages}],"metadata":'
-                f'{json.dumps(metadata, separators=compact)},'
+                f'{_METADATA_JSON.get(self.metadata, self.metadata.json_text)},'
                 f'"truncated":{json.dumps(self.truncated)}}}').encode()
         return zlib.compress(text, 1) if len(text) > _COMPRESS_ABOVE else text
 
@@ -246,6 +250,12 @@ class FileDescription:
             return cls(pages, FileMetadata(**metadata), record["truncated"])
         except (zlib.error, KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"not a tifffs description: {exc}") from None
+
+
+def _array_json(array: np.ndarray) -> str:
+    """``_array_text`` as JSON text (dtype names and base64 need no escaping)."""
+    kind, shape, data = _array_text(array)
+    return f'["{kind}",[{",".join(map(str, shape))}],"{data}"]'
 
 
 def _array_text(array: np.ndarray) -> list:
