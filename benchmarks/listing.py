@@ -79,6 +79,19 @@ def files_touched(ctx: Context) -> Sample:
         return _timed_on_mount(ctx, mnt, ["ls", "-lR", mnt.path("x4")])
 
 
+@contender("files", "ls-lR-touched-fuse3", "the same with --libfuse 3",
+           baseline="tifffile-scan")
+def files_touched_fuse3(ctx: Context) -> Sample:
+    case = ctx.cases["files"]
+    index_dir = _index_dir(ctx, "files-touched-fuse3")
+    if "--index-dir" in ctx.features:
+        _prime(ctx, case, index_dir)
+    _touch(case)
+    with ctx.mount(case, ["x4"], CACHE_MB, index_dir, libfuse=3) as mnt:
+        ctx.warm(case)
+        return _timed_on_mount(ctx, mnt, ["ls", "-lR", mnt.path("x4")])
+
+
 @contender("files", "tifffile-scan", "tifffile: TiffFile + every page's shape, one process")
 def files_scan(ctx: Context) -> Sample:
     return _scan(ctx, ctx.cases["files"])

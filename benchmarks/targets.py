@@ -51,6 +51,8 @@ TARGETS: tuple[Target, ...] = (
     # issue 9: many files, the index, descriptors
     Target(9, "10 folders: ls -lR x4 after touching <= 1.0x tifffile scan",
            "files/ls-lR-touched", "files/tifffile-scan", 1.0),
+    Target(9, "10 folders: ls -lR x4 after touching <= 1.0x tifffile scan (--libfuse 3)",
+           "files/ls-lR-touched-fuse3", "files/tifffile-scan", 1.0),
     Target(9, "10 folders: ls -lR x4, index present <= 10x ls -lR SOURCE",
            "files/ls-lR-indexed", "files/ls-lR-source", 10.0),
     Target(9, "10 folders: ls -lR x4, index present <= 10x ls -lR SOURCE (--libfuse 3)",

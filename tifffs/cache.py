@@ -29,12 +29,21 @@ class CacheStats:
 
 
 class _Pending:
-    """A computation in flight; waiters block on ``done``."""
+    """A computation in flight: a gate held by its owner until the value is there
+    (a lock is much cheaper to make than an Event, and a cache miss makes one)."""
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self._gate = threading.Lock()
+        self._gate.acquire()
         self.value: object = None
         self.error: BaseException | None = None
+
+    def wait(self) -> None:
+        with self._gate:  # each waiter passes the open gate in turn
+            pass
+
+    def finish(self) -> None:
+        self._gate.release()
 
 
 def _fresh(error: BaseException) -> BaseException:
@@ -79,7 +88,7 @@ class LruCache(Generic[V]):
             if owner:
                 pending = self._pending[key] = _Pending()
         if not owner:
-            pending.done.wait()
+            pending.wait()
             if pending.error is not None:
                 raise _fresh(pending.error)
             return pending.value  # type: ignore[return-value]
@@ -95,7 +104,7 @@ class LruCache(Generic[V]):
         finally:
             with self._lock:
                 del self._pending[key]
-            pending.done.set()
+            pending.finish()
 
     def prefetch(self, key: Hashable, compute: Callable[[], V],
                  submit: Callable[[Callable[[], None]], object]) -> None:
