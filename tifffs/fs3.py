@@ -15,14 +15,18 @@ imported before anything else imports mfusepy.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any
 
 from tifffs.fs import DEFAULT_FUSE_OPTIONS, TifffsOperations, _os_path
+from tifffs.problems import printable
 
 os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
-import mfusepy
+import mfusepy  # after the library is chosen
+
+log = logging.getLogger("tifffs")
 
 #: fuse_readdir_flags / fuse_fill_dir_flags / fuse_conn_info.want bits (fuse_common.h).
 READDIR_PLUS = 1 << 0
@@ -136,7 +140,13 @@ class Libfuse3Operations:
         positions = [p for p in range(start, min(start + PLUS_CHUNK, len(listing.names)))
                      if listing.kinds[p] is not None and p not in listing.attributes]
         names = [os.fsdecode(listing.names[p]) for p in positions]
-        found = self.tree.listed_attributes(_os_path(listing.folder), names)
+        try:
+            found = self.tree.listed_attributes(_os_path(listing.folder), names)
+        except Exception as exc:  # a bug: the names go without attributes, looked up later
+            log.error("internal error while listing %s: %r (please report it; --debug "
+                      "logs the traceback)", printable(_os_path(listing.folder)), exc)
+            log.debug("traceback of the internal error", exc_info=True)
+            found = [None] * len(positions)
         listing.attributes.update(zip(positions, found))
 
 
