@@ -66,30 +66,28 @@ def _touch(case: Case) -> None:
 
 
 # -- 500 files of 5 x 256 x 256 in 10 folders --------------------------------------------
-@contender("files", "ls-lR-touched", "ls -lR MNT/x4 right after every source was touched "
-           "(stale index)", baseline="tifffile-scan")
-def files_touched(ctx: Context) -> Sample:
+def _touched(ctx: Context, libfuse: int) -> Sample:
+    """``ls -lR`` of x4 on a new mount right after every source was touched."""
     case = ctx.cases["files"]
-    index_dir = _index_dir(ctx, "files-touched")
+    index_dir = _index_dir(ctx, f"files-touched-{libfuse}")
     if "--index-dir" in ctx.features:
         _prime(ctx, case, index_dir)
     _touch(case)
-    with ctx.mount(case, ["x4"], CACHE_MB, index_dir) as mnt:
+    with ctx.mount(case, ["x4"], CACHE_MB, index_dir, libfuse) as mnt:
         ctx.warm(case)
         return _timed_on_mount(ctx, mnt, ["ls", "-lR", mnt.path("x4")])
+
+
+@contender("files", "ls-lR-touched", "ls -lR MNT/x4 right after every source was touched "
+           "(stale index)", baseline="tifffile-scan")
+def files_touched(ctx: Context) -> Sample:
+    return _touched(ctx, libfuse=2)
 
 
 @contender("files", "ls-lR-touched-fuse3", "the same with --libfuse 3",
            baseline="tifffile-scan")
 def files_touched_fuse3(ctx: Context) -> Sample:
-    case = ctx.cases["files"]
-    index_dir = _index_dir(ctx, "files-touched-fuse3")
-    if "--index-dir" in ctx.features:
-        _prime(ctx, case, index_dir)
-    _touch(case)
-    with ctx.mount(case, ["x4"], CACHE_MB, index_dir, libfuse=3) as mnt:
-        ctx.warm(case)
-        return _timed_on_mount(ctx, mnt, ["ls", "-lR", mnt.path("x4")])
+    return _touched(ctx, libfuse=3)
 
 
 @contender("files", "tifffile-scan", "tifffile: TiffFile + every page's shape, one process")
