@@ -17,27 +17,11 @@ import tifffile
 
 from conftest import mounted, wait_for
 from tifffs import open_view
+from tools import evict, resident_bytes
 
 pytestmark = pytest.mark.mount
 
 LIGHTSHEET_SHAPE = (101, 2048, 2048)
-
-
-def resident_bytes(path: Path) -> int:
-    """Bytes of ``path`` in the page cache, as util-linux ``fincore`` reports them."""
-    result = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES",
-                             str(path)], capture_output=True, text=True, check=True)
-    return int(result.stdout.strip())
-
-
-def evict(path: Path) -> None:
-    """Drop the cached pages of one file (written back first; no root needed)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,14 @@
-"""The programs and mounts the tests drive: one place to find a tool or read the mount
-table. A missing tool fails the test (never a skip): scripts/test installs them all."""
+"""The programs and mounts the tests drive: one place to find a tool, read the mount
+table or the page cache. A missing tool fails the test (never a skip): scripts/test
+installs them all."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+from pathlib import Path
 from typing import NamedTuple
 
 INSTALL_HINT = "run scripts/test, which installs it"
@@ -42,3 +46,21 @@ def mount_table() -> list[MountEntry]:
                 entries.append(MountEntry(unescape(fields[0]), unescape(fields[1]), fields[2],
                                           tuple(fields[3].split(","))))
     return entries
+
+
+def resident_bytes(path: Path) -> int:
+    """Bytes of ``path`` in the page cache, as util-linux ``fincore`` reports them."""
+    result = subprocess.run([require("fincore"), "--bytes", "--noheadings", "--raw",
+                             "--output", "RES", str(path)],
+                            capture_output=True, text=True, check=True)
+    return int(result.stdout.strip())
+
+
+def evict(path: Path) -> None:
+    """Drop the cached pages of one file (written back first; no root needed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)

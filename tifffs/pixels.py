@@ -112,6 +112,15 @@ class SourceFile:
             out = out.byteswap().view(out.dtype.newbyteorder("<"))
         return out
 
+    def advise_rows(self, page: SourcePage, plane: int, start: int, stop: int) -> None:
+        """Have the kernel start reading the bytes of rows ``start:stop`` into its page
+        cache (``POSIX_FADV_WILLNEED``), for a render ahead that will read them: from a
+        cold disk the reads then overlap the rendering."""
+        span = row_span(page, plane, start, min(stop, page.height))
+        if span is not None:
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self.fd, span[0], span[1], os.POSIX_FADV_WILLNEED)
+
     def _pread_rows(self, page: SourcePage, plane: int, rows: range, out: np.ndarray) -> None:
         """Fill ``out`` with ``rows`` of uncompressed strips: one ``preadv`` per run of
         rows in one strip; rows skipped by ``step`` go to a scratch buffer when the gap
@@ -239,6 +248,33 @@ def _tifffile_decoder(fd: int, page: SourcePage, name: str) -> Callable[..., Any
         return decode(data, index, jpegtables=tables)
 
     return run
+
+
+#: The most bytes one read-ahead advice covers.
+MAX_ADVICE_BYTES = 64 << 20
+
+
+def row_span(page: SourcePage, plane: int, start: int, stop: int) -> tuple[int, int] | None:
+    """(offset, length) of the file bytes that hold rows ``start:stop`` of one plane
+    (from the first to the last of their strips or tiles), or None when there is none
+    or the segments are not in file order."""
+    if start >= stop:
+        return None
+    seg_rows = page.segment_rows
+    first = plane * page.segments_per_plane
+    top, bottom = start // seg_rows, (stop - 1) // seg_rows
+    if page.direct:  # uncompressed strips: exactly the rows' bytes
+        strips = page.offsets[first:]
+        begin = int(strips[top]) + (start - top * seg_rows) * page.row_bytes
+        end = int(strips[bottom]) + (stop - bottom * seg_rows) * page.row_bytes
+    else:
+        across = page.segments_across
+        segments = slice(first + top * across, first + (bottom + 1) * across)
+        offsets, counts = page.offsets[segments], page.bytecounts[segments]
+        begin, end = int(offsets.min()), int((offsets + counts).max())
+    if end <= begin:
+        return None
+    return begin, min(end - begin, MAX_ADVICE_BYTES)
 
 
 def _runs(page: SourcePage, plane: int, rows: range, target: memoryview,

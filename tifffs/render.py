@@ -130,6 +130,26 @@ def _render_rows(source: SourceFile, plan: PagePlan, plane: int, first: int, las
     return downsample.reduce_blocks(slices, f, plan.method)
 
 
+def advise_band(source: SourceFile, plan: PagePlan, plane: int, band: int) -> None:
+    """Have the kernel read ahead the source rows that ``render_band`` of this band will
+    read (the same rows as ``_render_rows`` picks)."""
+    first = band * plan.band_rows
+    last = min(first + plan.band_rows, plan.out.height)
+    pages = source.pages
+    if isinstance(plan, BlockPlan):
+        f = plan.factor // plan.level_factor
+        read_pages = [plan.level] if plan.level is not None else \
+            [pages[i] for i in plan.sources]
+        for page in read_pages:
+            source.advise_rows(page, plane, first * f, last * f)
+    elif isinstance(plan, FitPlan):
+        start, stop = plan.rows.source_range(first, last)
+        source.advise_rows(pages[plan.sources[0]], plane, start, stop)
+    else:
+        page = pages[plan.sources[0]]
+        source.advise_rows(page, plane, 0, page.height)
+
+
 def _read(source: SourceFile, page: SourcePage, plane: int, start: int, stop: int,
           step: int, buffer: _RowBuffer) -> np.ndarray:
     """Rows of a page read into ``buffer`` (reused: the result is valid until the next

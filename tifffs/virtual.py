@@ -9,17 +9,20 @@ keeps its own read-ahead state.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
+import itertools
 from collections.abc import Hashable, Iterator
 from dataclasses import replace
 
 import numpy as np
 
 from tifffs.cache import LruCache
+from tifffs.errors import SourceChanged
 from tifffs.pixels import SourceFile
 from tifffs.plan import ViewPlan, band_bytes, plan_view
 from tifffs.readahead import BandKey, SequentialReadAhead
-from tifffs.render import RenderPool, render_band
+from tifffs.render import RenderPool, advise_band, render_band
 from tifffs.series import SeriesInfo, series_of
 from tifffs.views import View, parse_view
 
@@ -100,9 +103,22 @@ class VirtualTiff:
             position = band_start + stop
 
     def prefetch_after(self, key: BandKey, count: int) -> None:
-        """Start rendering the ``count`` bands that follow ``key`` in the file."""
+        """Start rendering the ``count`` bands that follow ``key`` in the file, and have
+        the kernel read the source rows of the ``3 * count`` bands after those (the
+        source's descriptor reads at random: the kernel reads ahead nothing by itself,
+        and from a cold disk the reads then overlap the rendering)."""
+        for i, following in enumerate(itertools.islice(self._bands_after(key), 4 * count)):
+            if i < count:
+                self._prefetch(following)
+            else:
+                page, plane, band = following
+                with contextlib.suppress(SourceChanged), self.source.in_use():
+                    advise_band(self.source, self.plan.pages[page], plane, band)
+
+    def _bands_after(self, key: BandKey) -> Iterator[BandKey]:
+        """The bands after ``key``, in file order."""
         page, plane, band = key
-        for _ in range(count):
+        while True:
             plan = self.plan.pages[page]
             if (band + 1) * plan.band_rows < plan.out.height:
                 band += 1
@@ -112,7 +128,7 @@ class VirtualTiff:
                 page, plane, band = page + 1, 0, 0
             else:
                 return
-            self._prefetch((page, plane, band))
+            yield page, plane, band
 
     def _prefetch(self, key: BandKey) -> None:
         """Have the pool render ``key`` in the background (dropped if the pool is busy)."""
