@@ -69,8 +69,10 @@ def test_an_entry_is_used_only_when_every_field_of_the_stat_key_matches(tmp_path
     changed = version._replace(**{field: getattr(version, field) + 1})
     assert index.lookup("/data/a.tif", version) is not None
     assert index.lookup("/data/a.tif", changed) is None
-    assert index.lookup_size("/data/a.tif", version, "x4") == 1234
-    assert index.lookup_size("/data/a.tif", changed, "x4") is None
+    # sizes come with the version they were written for: the catalog serves a size only
+    # for that version (test_a_size_of_another_version_of_the_file_is_not_served)
+    assert index.sizes_of(["/data/a.tif"], "x4") == {"/data/a.tif": (tuple(version), 1234)}
+    assert index.sizes_in("/data", "x4")["/data/a.tif"][0] != tuple(changed)
 
 
 def test_an_entry_of_another_tifffs_version_is_ignored(tmp_path):
@@ -106,6 +108,19 @@ def test_the_catalog_uses_the_index_and_describes_a_changed_file_anew(tmp_path,
         assert len(reader.read(0, 1 << 30)) == bigger
     finally:
         again.close(reader)
+
+
+def test_a_size_of_another_version_of_the_file_is_not_served(tmp_path):
+    path = _tiff(tmp_path / "a.tif")
+    true_size = _catalog(None).size(str(path), os.stat(path), X4)
+    index = Index(str(tmp_path / "index"))
+    index.put_size(str(path), SourceVersion.of(os.stat(path)), "x4", 12345)
+    index.flush()
+    assert _catalog(index).size(str(path), os.stat(path), X4) == 12345  # the row is used
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # the same bytes, a new mtime
+    assert _catalog(index).size(str(path), os.stat(path), X4) == true_size
+    index.close()
 
 
 def test_errors_are_kept_in_the_index_too(tmp_path):
@@ -189,9 +204,9 @@ def test_two_processes_write_one_index_at_once(tmp_path):
     assert [w.wait(timeout=120) for w in writers] == [0, 0]
     index = Index(folder)
     for name in ("one", "two"):
-        assert len(index.sizes_in(f"/{name}", "x4")) == 2000
-        assert index.lookup_size(f"/{name}/1999.tif", SourceVersion(1, 1999, 2, 3, 4),
-                                 "x4") == 1999
+        sizes = index.sizes_in(f"/{name}", "x4")
+        assert len(sizes) == 2000
+        assert sizes[f"/{name}/1999.tif"] == ((1, 1999, 2, 3, 4), 1999)
 
 
 def test_without_an_index_nothing_is_written(tmp_path, monkeypatch):

@@ -172,13 +172,6 @@ class Index:
             (os.fsencode(path), *version, ENTRY_FORMAT))
         return None if row is None else Entry(row[0], row[1])
 
-    def lookup_size(self, path: str, version: SourceVersion, view: str) -> int | None:
-        row = self._query_one(
-            "SELECT view_size FROM sizes WHERE path=? AND view=? AND dev=? AND ino=? AND "
-            "size=? AND mtime_ns=? AND ctime_ns=? AND format=?",
-            (os.fsencode(path), view, *version, ENTRY_FORMAT))
-        return None if row is None else int(row[0])
-
     def sizes_in(self, directory: str, view: str) -> dict[str, tuple[tuple[int, ...], int]]:
         """path -> (version, size of ``view``) of the files of ``directory`` with one;
         the version as a plain tuple (it equals the file's ``SourceVersion`` when
