@@ -135,3 +135,15 @@ def test_no_source_descriptor_is_left_after_a_listing(tmp_path):
         held = [os.readlink(f"/proc/{mount.process.pid}/fd/{fd}")
                 for fd in os.listdir(f"/proc/{mount.process.pid}/fd")]
         assert not [t for t in held if t.startswith(str(source))], held
+
+
+def test_a_large_folder_on_libfuse_2_hints_at_libfuse_3_once(tmp_path):
+    folder = tmp_path / "src" / "big"
+    folder.mkdir(parents=True)
+    for i in range(5001):
+        (folder / f"n{i}.txt").touch()
+    with mounted(tmp_path / "src", tmp_path) as mount:
+        assert len(os.listdir(mount.path / "x4" / "big")) == 5001
+        assert len(os.listdir(mount.path / "x2" / "big")) == 5001
+        hints = [line for line in mount.log_text().splitlines() if "--libfuse 3" in line]
+        assert len(hints) == 1 and "5001 entries" in hints[0], hints
