@@ -69,8 +69,15 @@ class ProcessPool:
         self._executor = self._new_executor()
 
     def _new_executor(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self._workers, mp_context=self._context,
-                                   initializer=_init_worker)
+        """An executor whose workers have all started: a Ctrl-C that comes while a
+        worker is still being made (its interpreter unpickling what it runs) would end
+        that process with a traceback on the terminal; once started, a worker ends
+        quietly (``_init_worker``)."""
+        executor = ProcessPoolExecutor(self._workers, mp_context=self._context,
+                                       initializer=_init_worker)
+        for started in [executor.submit(os.getpid) for _ in range(self._workers)]:
+            started.result()
+        return executor
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         try:
