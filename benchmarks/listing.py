@@ -112,12 +112,21 @@ def files_ls_source(ctx: Context) -> Sample:
     return _source(ctx, ctx.cases["files"], ["ls", "-lR"])
 
 
-@contender("files", "cp-r-x4", "cp -r MNT/x4 (fresh mount)", baseline="loop-write")
-def files_cp(ctx: Context) -> Sample:
+def _cp_r(ctx: Context, libfuse: int) -> Sample:
     case = ctx.cases["files"]
-    with ctx.scratch() as out, ctx.mount(case, ["x4"], CACHE_MB) as mnt:
+    with ctx.scratch() as out, ctx.mount(case, ["x4"], CACHE_MB, libfuse=libfuse) as mnt:
         ctx.warm(case)
         return _timed_on_mount(ctx, mnt, ["cp", "-r", mnt.path("x4"), out])
+
+
+@contender("files", "cp-r-x4", "cp -r MNT/x4 (fresh mount)", baseline="loop-write")
+def files_cp(ctx: Context) -> Sample:
+    return _cp_r(ctx, libfuse=2)
+
+
+@contender("files", "cp-r-x4-fuse3", "the same with --libfuse 3", baseline="loop-write")
+def files_cp_fuse3(ctx: Context) -> Sample:
+    return _cp_r(ctx, libfuse=3)
 
 
 @contender("files", "loop-write", "tifffile.imread + cv2.resize(INTER_AREA) + tifffile.imwrite "

@@ -59,6 +59,8 @@ TARGETS: tuple[Target, ...] = (
            "files/ls-lR-indexed-fuse3", "files/ls-lR-source", 10.0),
     Target(9, "10 folders: cp -r x4 <= 1.2x tifffile + OpenCV loop", "files/cp-r-x4",
            "files/loop-write", 1.2),
+    Target(9, "10 folders: cp -r x4 <= 1.2x tifffile + OpenCV loop (--libfuse 3)",
+           "files/cp-r-x4-fuse3", "files/loop-write", 1.2),
     Target(9, "one folder: ls -l x4, index present <= 10x ls -l SOURCE", "flat/ls-l-indexed",
            "flat/ls-l-source", 10.0),
     Target(9, "one folder: ls -l x4, index present <= 10x ls -l SOURCE (--libfuse 3)",
