@@ -8,6 +8,7 @@ returned as one contiguous little-endian array that the band cache keeps.
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -29,7 +30,7 @@ class _RowBuffer:
         self.data = np.empty(0, dtype=np.uint8)
 
     def array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        nbytes = int(np.prod(shape)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         if self.data.size < nbytes:
             self.data = np.empty(nbytes, dtype=np.uint8)
         return self.data[:nbytes].view(dtype).reshape(shape)
