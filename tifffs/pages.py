@@ -118,9 +118,7 @@ class SourcePage:
         page; a page copied to other segments (``with_segments``) keeps it rightly."""
         key = self.__dict__.get("_layout_key")
         if key is None:
-            key = tuple(getattr(self, name) if name != "colormap" else
-                        (None if self.colormap is None else self.colormap.tobytes())
-                        for name in _layout_field_names())
+            key = tuple(_hashable(getattr(self, name)) for name in _layout_field_names())
             object.__setattr__(self, "_layout_key", key)
         return key
 
@@ -163,6 +161,16 @@ class SourcePage:
 @functools.cache
 def _page_field_names() -> tuple[str, ...]:
     return tuple(f.name for f in fields(SourcePage))
+
+
+def _hashable(value: Any) -> Any:
+    """``value`` as a cheap dictionary key: arrays as bytes, fractions as integer pairs
+    (Python hashes a Fraction anew, slowly, every time)."""
+    if isinstance(value, np.ndarray):
+        return value.tobytes()
+    if isinstance(value, Fraction):
+        return value.numerator, value.denominator
+    return value
 
 
 #: The JSON of the fields pages share with alike pages, by their ``layout_key``; of
