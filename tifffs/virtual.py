@@ -48,6 +48,7 @@ class VirtualTiff:
         self._cache = cache
         self._pool = pool
         self._key_prefix: Hashable = (source.path, source.version, view)
+        self._advised_through: BandKey = (-1, -1, -1)  # the last band read ahead by the kernel
 
     @property
     def size(self) -> int:
@@ -110,7 +111,8 @@ class VirtualTiff:
         for i, following in enumerate(itertools.islice(self._bands_after(key), 4 * count)):
             if i < count:
                 self._prefetch(following)
-            else:
+            elif following > self._advised_through:  # bands are keyed in file order
+                self._advised_through = following
                 page, plane, band = following
                 with contextlib.suppress(SourceChanged), self.source.in_use():
                     advise_band(self.source, self.plan.pages[page], plane, band)
