@@ -234,7 +234,8 @@ ODD_NAMES = [
 RAW_NAMES = [b"caf\xe9.tif", b"\xff\xfe raw.tif", b"dir\x80\x81"]
 
 
-def test_odd_and_non_utf8_names_are_served(tmp_path):
+@pytest.mark.parametrize("libfuse", ["2", "3"])
+def test_odd_and_non_utf8_names_are_served(tmp_path, libfuse):
     source = tmp_path / "src"
     source.mkdir()
     expected: dict[bytes, bytes] = {}
@@ -253,10 +254,14 @@ def test_odd_and_non_utf8_names_are_served(tmp_path):
             os.mkdir(path)
             inner = _tif(Path(os.fsdecode(path)) / "inner\xe9.tif", seed=200)
     assert max(len(name) for name in expected) == 255
-    with mounted(source, tmp_path / "m") as mount:
+    with mounted(source, tmp_path / "m", "--libfuse", libfuse) as mount:
         x2 = os.fsencode(mount.path / "x2")
         listed = set(os.listdir(x2))
         assert listed == set(expected) | {b"dir\x80\x81"}
+        # sizes as a listing with attributes gives them (readdirplus with libfuse 3)
+        with os.scandir(x2) as entries:
+            sizes = {entry.name: entry.stat().st_size for entry in entries}
+        assert all(sizes[name] == len(data) for name, data in expected.items())
         for name, data in expected.items():
             path = os.path.join(x2, name)
             with open(path, "rb") as handle:
