@@ -93,8 +93,7 @@ def _buffer(buffers: list[_RowBuffer], i: int) -> _RowBuffer:
 def render_band(source: SourceFile, plan: PagePlan, plane: int, band: int,
                 buffers: list[_RowBuffer]) -> np.ndarray:
     """Output rows of band ``band`` of one plane, as a C-contiguous little-endian array."""
-    first = band * plan.band_rows
-    last = min(first + plan.band_rows, plan.out.height)
+    first, last = _band_rows(plan, band)
     with source.in_use():
         pixels = _render_rows(source, plan, plane, first, last, buffers)
         # bytes read while the source changed would mix two versions
@@ -107,48 +106,54 @@ def render_band(source: SourceFile, plan: PagePlan, plane: int, band: int,
 
 def _render_rows(source: SourceFile, plan: PagePlan, plane: int, first: int, last: int,
                  buffers: list[_RowBuffer]) -> np.ndarray:
-    pages = source.pages
-    src = pages[plan.sources[0]]
+    reads = _source_rows(source.pages, plan, first, last)
     if isinstance(plan, FitPlan):
-        if (plan.out.width, plan.out.height) == (src.width, src.height):
-            return _read(source, src, plane, first, last, 1, _buffer(buffers, 0))
-        start, stop = plan.rows.source_range(first, last)
-        rows = _read(source, src, plane, start, stop, 1, _buffer(buffers, 0))
+        page, start, stop = reads[0]
+        rows = _read(source, page, plane, start, stop, 1, _buffer(buffers, 0))
+        if (plan.out.width, plan.out.height) == (page.width, page.height):
+            return rows
         return downsample.area_resize(rows, plan.rows, plan.columns, first, last)
     if isinstance(plan, WholePagePlan):
-        page = source.read_rows(src, plane, 0, src.height)
-        return downsample.interpolate(page, plan.out.height, plan.out.width, plan.method)
+        page, start, stop = reads[0]
+        whole = source.read_rows(page, plane, start, stop)
+        return downsample.interpolate(whole, plan.out.height, plan.out.width, plan.method)
     assert isinstance(plan, BlockPlan)
     f = plan.factor // plan.level_factor
-    if plan.level is not None:
-        src = plan.level
     if plan.method == "nearest":
-        rows = _read(source, src, plane, first * f, last * f, f, _buffer(buffers, 0))
-        return downsample.nearest(rows, f)
-    read_pages = [src] if plan.level is not None else [pages[i] for i in plan.sources]
-    slices = [_read(source, page, plane, first * f, last * f, 1, _buffer(buffers, i))
-              for i, page in enumerate(read_pages)]
+        page, start, stop = reads[0]
+        return downsample.nearest(_read(source, page, plane, start, stop, f,
+                                        _buffer(buffers, 0)), f)
+    slices = [_read(source, page, plane, start, stop, 1, _buffer(buffers, i))
+              for i, (page, start, stop) in enumerate(reads)]
     return downsample.reduce_blocks(slices, f, plan.method)
+
+
+def _source_rows(pages: tuple[SourcePage, ...], plan: PagePlan, first: int,
+                 last: int) -> list[tuple[SourcePage, int, int]]:
+    """The source pages, and their rows ``start:stop``, that output rows ``first:last``
+    of ``plan`` are made from (``nearest`` reads every f-th of the first page's)."""
+    src = pages[plan.sources[0]]
+    if isinstance(plan, FitPlan):
+        return [(src, *plan.rows.source_range(first, last))]
+    if isinstance(plan, WholePagePlan):
+        return [(src, 0, src.height)]
+    f = plan.factor // plan.level_factor
+    if plan.level is not None or plan.method == "nearest":
+        return [(plan.level or src, first * f, last * f)]
+    return [(pages[i], first * f, last * f) for i in plan.sources]
+
+
+def _band_rows(plan: PagePlan, band: int) -> tuple[int, int]:
+    """Output rows ``first:last`` of band ``band``."""
+    first = band * plan.band_rows
+    return first, min(first + plan.band_rows, plan.out.height)
 
 
 def advise_band(source: SourceFile, plan: PagePlan, plane: int, band: int) -> None:
     """Have the kernel read ahead the source rows that ``render_band`` of this band will
-    read (the same rows as ``_render_rows`` picks)."""
-    first = band * plan.band_rows
-    last = min(first + plan.band_rows, plan.out.height)
-    pages = source.pages
-    if isinstance(plan, BlockPlan):
-        f = plan.factor // plan.level_factor
-        read_pages = [plan.level] if plan.level is not None else \
-            [pages[i] for i in plan.sources]
-        for page in read_pages:
-            source.advise_rows(page, plane, first * f, last * f)
-    elif isinstance(plan, FitPlan):
-        start, stop = plan.rows.source_range(first, last)
-        source.advise_rows(pages[plan.sources[0]], plane, start, stop)
-    else:
-        page = pages[plan.sources[0]]
-        source.advise_rows(page, plane, 0, page.height)
+    read."""
+    for page, start, stop in _source_rows(source.pages, plan, *_band_rows(plan, band)):
+        source.advise_rows(page, plane, start, stop)
 
 
 def _read(source: SourceFile, page: SourcePage, plane: int, start: int, stop: int,
