@@ -191,18 +191,10 @@ class ViewTree:
             st = os.lstat(source)
             if stat.S_ISLNK(st.st_mode):  # confined and followed the general way
                 return self._attributes_of(path)
-            attrs = _attributes(st, view_inode(st.st_dev, st.st_ino, view.name))
-            if stat.S_ISDIR(st.st_mode):
-                return attrs
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            if is_tiff_name(name):
-                attrs["st_size"] = self.catalog.size(source, st, view)
-                attrs["st_blocks"] = ceil_div(attrs["st_size"], 512)
+            return self._shown(path, source, st, view,
+                               view_inode(st.st_dev, st.st_ino, view.name))
         except (OSError, TifffsError):
             return None
-        self.caching.reported(path, SourceVersion.of(st))
-        return attrs
 
     def _attributes_or_none(self, path: str) -> dict[str, Any] | None:
         try:
@@ -220,19 +212,21 @@ class ViewTree:
             return attrs
         view = mount_path.view
         assert view is not None
-        if not mount_path.relative:
-            attrs = _attributes(st, self._view_ino[view.name])
-        else:
-            attrs = _attributes(st, view_inode(st.st_dev, st.st_ino, view.name))
+        ino = (view_inode(st.st_dev, st.st_ino, view.name) if mount_path.relative
+               else self._view_ino[view.name])
+        return self._shown(path, source, st, view, ino)
+
+    def _shown(self, path: str, source: str, st: os.stat_result, view: View,
+               ino: int) -> dict[str, Any]:
+        """The attributes of a source folder or regular file as ``view`` shows it at
+        ``path``; ENOENT for what is not shown (fifos, sockets, devices)."""
         if stat.S_ISDIR(st.st_mode):
-            return attrs
+            return _attributes(st, ino)
         if not stat.S_ISREG(st.st_mode):
-            raise FileNotFoundError(errno.ENOENT, "not shown")  # fifos, sockets, devices
-        if is_tiff_name(mount_path.relative):
-            attrs["st_size"] = self.catalog.size(source, st, view)
-            attrs["st_blocks"] = ceil_div(attrs["st_size"], 512)
+            raise FileNotFoundError(errno.ENOENT, "not shown")
+        size = self.catalog.size(source, st, view) if is_tiff_name(path) else st.st_size
         self.caching.reported(path, SourceVersion.of(st))
-        return attrs
+        return _attributes(st, ino, size)
 
     # -- listings
     def list(self, path: str) -> list[Entry]:
@@ -374,10 +368,7 @@ class ViewHandle:
     def attributes(self) -> dict[str, Any]:
         """Attributes of the version this handle serves, even if replaced since."""
         st = os.fstat(self.reader.view.source.fd)
-        attrs = _attributes(st, view_inode(st.st_dev, st.st_ino, self._view))
-        attrs["st_size"] = self.reader.size
-        attrs["st_blocks"] = ceil_div(attrs["st_size"], 512)
-        return attrs
+        return _attributes(st, view_inode(st.st_dev, st.st_ino, self._view), self.reader.size)
 
     def close(self) -> None:
         self._catalog.close(self.reader)
@@ -402,10 +393,11 @@ class PassthroughFile:
         os.close(self.fd)
 
 
-def _attributes(st: os.stat_result, ino: int) -> dict[str, Any]:
+def _attributes(st: os.stat_result, ino: int, size: int | None = None) -> dict[str, Any]:
     """Attributes of a source file or folder as the mount shows them: its mode bits
     (copies behave like copies of the source; the mount itself is read-only), times in
-    nanoseconds, a stable inode number."""
+    nanoseconds, a stable inode number, and ``size`` (a view's) or the source's own."""
+    size = st.st_size if size is None else size
     return {
         "st_mode": st.st_mode,
         "st_ino": ino,
@@ -415,7 +407,7 @@ def _attributes(st: os.stat_result, ino: int) -> dict[str, Any]:
         "st_atime": st.st_atime_ns,
         "st_mtime": st.st_mtime_ns,
         "st_ctime": st.st_ctime_ns,
-        "st_size": st.st_size,
-        "st_blocks": ceil_div(st.st_size, 512),
+        "st_size": size,
+        "st_blocks": ceil_div(size, 512),
         "st_blksize": BLOCK_SIZE,
     }
