@@ -88,6 +88,20 @@ def contender(scenario: str, name: str, label: str, baseline: str | None = None,
     return register
 
 
+def contender_and_fuse3(scenario: str, name: str, label: str, baseline: str | None = None,
+                        fuse3_note: str = "") -> Callable:
+    """Register ``fn(ctx, libfuse) -> Sample`` twice, both against ``baseline``: as contender
+    ``name`` run with libfuse 2, then as ``name-fuse3`` run with libfuse 3, labelled "the
+    same with --libfuse 3", followed by " (fuse3_note)" when a note is given."""
+    fuse3_label = "the same with --libfuse 3" + (f" ({fuse3_note})" if fuse3_note else "")
+
+    def register(fn: Callable[[Context, int], Sample]) -> Callable:
+        contender(scenario, name, label, baseline)(lambda ctx: fn(ctx, 2))
+        contender(scenario, f"{name}-fuse3", fuse3_label, baseline)(lambda ctx: fn(ctx, 3))
+        return fn
+    return register
+
+
 def all_contenders() -> list[Contender]:
     """Every registered contender, in scenario order (importing the scenario modules)."""
     import importlib

@@ -7,7 +7,7 @@ import sys
 import time
 
 from benchmarks import commands
-from benchmarks.contenders import Context, Sample, contender
+from benchmarks.contenders import Context, Sample, contender, contender_and_fuse3
 from benchmarks.data import Case
 from benchmarks.mount import Mount
 
@@ -66,7 +66,9 @@ def _touch(case: Case) -> None:
 
 
 # -- 500 files of 5 x 256 x 256 in 10 folders --------------------------------------------
-def _touched(ctx: Context, libfuse: int) -> Sample:
+@contender_and_fuse3("files", "ls-lR-touched", "ls -lR MNT/x4 right after every source was "
+                     "touched (stale index)", baseline="tifffile-scan")
+def files_touched(ctx: Context, libfuse: int) -> Sample:
     """``ls -lR`` of x4 on a new mount right after every source was touched."""
     case = ctx.cases["files"]
     index_dir = _index_dir(ctx, f"files-touched-{libfuse}")
@@ -78,33 +80,15 @@ def _touched(ctx: Context, libfuse: int) -> Sample:
         return _timed_on_mount(ctx, mnt, ["ls", "-lR", mnt.path("x4")])
 
 
-@contender("files", "ls-lR-touched", "ls -lR MNT/x4 right after every source was touched "
-           "(stale index)", baseline="tifffile-scan")
-def files_touched(ctx: Context) -> Sample:
-    return _touched(ctx, libfuse=2)
-
-
-@contender("files", "ls-lR-touched-fuse3", "the same with --libfuse 3",
-           baseline="tifffile-scan")
-def files_touched_fuse3(ctx: Context) -> Sample:
-    return _touched(ctx, libfuse=3)
-
-
 @contender("files", "tifffile-scan", "tifffile: TiffFile + every page's shape, one process")
 def files_scan(ctx: Context) -> Sample:
     return _scan(ctx, ctx.cases["files"])
 
 
-@contender("files", "ls-lR-indexed", "ls -lR MNT/x4 on a new mount, index up to date",
-           baseline="ls-lR-source")
-def files_indexed(ctx: Context) -> Sample:
-    return _indexed(ctx, ctx.cases["files"], ["ls", "-lR", "{mnt}"])
-
-
-@contender("files", "ls-lR-indexed-fuse3", "the same with --libfuse 3 (listings carry "
-           "attributes)", baseline="ls-lR-source")
-def files_indexed_fuse3(ctx: Context) -> Sample:
-    return _indexed(ctx, ctx.cases["files"], ["ls", "-lR", "{mnt}"], libfuse=3)
+@contender_and_fuse3("files", "ls-lR-indexed", "ls -lR MNT/x4 on a new mount, index up to "
+                     "date", baseline="ls-lR-source", fuse3_note="listings carry attributes")
+def files_indexed(ctx: Context, libfuse: int) -> Sample:
+    return _indexed(ctx, ctx.cases["files"], ["ls", "-lR", "{mnt}"], libfuse)
 
 
 @contender("files", "ls-lR-source", "ls -lR SOURCE")
@@ -112,21 +96,12 @@ def files_ls_source(ctx: Context) -> Sample:
     return _source(ctx, ctx.cases["files"], ["ls", "-lR"])
 
 
-def _cp_r(ctx: Context, libfuse: int) -> Sample:
+@contender_and_fuse3("files", "cp-r-x4", "cp -r MNT/x4 (fresh mount)", baseline="loop-write")
+def files_cp(ctx: Context, libfuse: int) -> Sample:
     case = ctx.cases["files"]
     with ctx.scratch() as out, ctx.mount(case, ["x4"], CACHE_MB, libfuse=libfuse) as mnt:
         ctx.warm(case)
         return _timed_on_mount(ctx, mnt, ["cp", "-r", mnt.path("x4"), out])
-
-
-@contender("files", "cp-r-x4", "cp -r MNT/x4 (fresh mount)", baseline="loop-write")
-def files_cp(ctx: Context) -> Sample:
-    return _cp_r(ctx, libfuse=2)
-
-
-@contender("files", "cp-r-x4-fuse3", "the same with --libfuse 3", baseline="loop-write")
-def files_cp_fuse3(ctx: Context) -> Sample:
-    return _cp_r(ctx, libfuse=3)
 
 
 @contender("files", "loop-write", "tifffile.imread + cv2.resize(INTER_AREA) + tifffile.imwrite "
@@ -140,16 +115,10 @@ def files_loop(ctx: Context) -> Sample:
 
 
 # -- 20,000 files of 2 x 64 x 64 in one folder --------------------------------------------
-@contender("flat", "ls-l-indexed", "ls -l MNT/x4 on a new mount, index up to date",
-           baseline="ls-l-source")
-def flat_indexed(ctx: Context) -> Sample:
-    return _indexed(ctx, ctx.cases["flat"], ["ls", "-l", "{mnt}"])
-
-
-@contender("flat", "ls-l-indexed-fuse3", "the same with --libfuse 3 (listings carry "
-           "attributes)", baseline="ls-l-source")
-def flat_indexed_fuse3(ctx: Context) -> Sample:
-    return _indexed(ctx, ctx.cases["flat"], ["ls", "-l", "{mnt}"], libfuse=3)
+@contender_and_fuse3("flat", "ls-l-indexed", "ls -l MNT/x4 on a new mount, index up to date",
+                     baseline="ls-l-source", fuse3_note="listings carry attributes")
+def flat_indexed(ctx: Context, libfuse: int) -> Sample:
+    return _indexed(ctx, ctx.cases["flat"], ["ls", "-l", "{mnt}"], libfuse)
 
 
 @contender("flat", "ls-l-source", "ls -l SOURCE")
@@ -157,19 +126,11 @@ def flat_ls_source(ctx: Context) -> Sample:
     return _source(ctx, ctx.cases["flat"], ["ls", "-l"])
 
 
-@contender("flat", "ls-l-first", "ls -l MNT/x4, the first listing ever (empty index)",
-           baseline="tifffile-scan")
-def flat_first(ctx: Context) -> Sample:
+@contender_and_fuse3("flat", "ls-l-first", "ls -l MNT/x4, the first listing ever (empty "
+                     "index)", baseline="tifffile-scan")
+def flat_first(ctx: Context, libfuse: int) -> Sample:
     case = ctx.cases["flat"]
-    with ctx.mount(case, ["x4"], CACHE_MB) as mnt:
-        ctx.warm(case)
-        return _timed_on_mount(ctx, mnt, ["ls", "-l", mnt.path("x4")])
-
-
-@contender("flat", "ls-l-first-fuse3", "the same with --libfuse 3", baseline="tifffile-scan")
-def flat_first_fuse3(ctx: Context) -> Sample:
-    case = ctx.cases["flat"]
-    with ctx.mount(case, ["x4"], CACHE_MB, libfuse=3) as mnt:
+    with ctx.mount(case, ["x4"], CACHE_MB, libfuse=libfuse) as mnt:
         ctx.warm(case)
         return _timed_on_mount(ctx, mnt, ["ls", "-l", mnt.path("x4")])
 
@@ -179,15 +140,10 @@ def flat_scan(ctx: Context) -> Sample:
     return _scan(ctx, ctx.cases["flat"])
 
 
-@contender("flat", "find-x4", "find MNT/x4 -type f on a new mount, index up to date",
-           baseline="find-source")
-def flat_find(ctx: Context) -> Sample:
-    return _indexed(ctx, ctx.cases["flat"], ["find", "{mnt}", "-type", "f"])
-
-
-@contender("flat", "find-x4-fuse3", "the same with --libfuse 3", baseline="find-source")
-def flat_find_fuse3(ctx: Context) -> Sample:
-    return _indexed(ctx, ctx.cases["flat"], ["find", "{mnt}", "-type", "f"], libfuse=3)
+@contender_and_fuse3("flat", "find-x4", "find MNT/x4 -type f on a new mount, index up to "
+                     "date", baseline="find-source")
+def flat_find(ctx: Context, libfuse: int) -> Sample:
+    return _indexed(ctx, ctx.cases["flat"], ["find", "{mnt}", "-type", "f"], libfuse)
 
 
 @contender("flat", "find-source", "find SOURCE -type f")

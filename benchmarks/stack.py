@@ -6,7 +6,7 @@ import os
 import shutil
 
 from benchmarks import commands
-from benchmarks.contenders import Context, Sample, Unavailable, contender
+from benchmarks.contenders import Context, Sample, Unavailable, contender, contender_and_fuse3
 
 FACTOR = 4
 READER_VIEWS = ["x2", "x4", "x8", "x2-max", "x4-max", "x8-max", "x4-min", "x4-nearest"]
@@ -34,16 +34,10 @@ def _loop(ctx: Context, task: str) -> Sample:
                         factor=FACTOR)
 
 
-@contender("stack", "cp-x4-mean", "cp MNT/x4/stack.tif (fresh mount, warm source)",
-           baseline="memmap-area")
-def cp_mean(ctx: Context) -> Sample:
-    return _cp_view(ctx, "x4")
-
-
-@contender("stack", "cp-x4-mean-fuse3", "the same with --libfuse 3 (reads of up to 1 MiB)",
-           baseline="memmap-area")
-def cp_mean_fuse3(ctx: Context) -> Sample:
-    return _cp_view(ctx, "x4", libfuse=3)
+@contender_and_fuse3("stack", "cp-x4-mean", "cp MNT/x4/stack.tif (fresh mount, warm source)",
+                     baseline="memmap-area", fuse3_note="reads of up to 1 MiB")
+def cp_mean(ctx: Context, libfuse: int) -> Sample:
+    return _cp_view(ctx, "x4", libfuse=libfuse)
 
 
 @contender("stack", "memmap-area", "tifffile.memmap + cv2.resize(INTER_AREA) loop, to a file")

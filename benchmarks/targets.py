@@ -8,7 +8,7 @@ largest value over its runs for peaks ("daemon_mb", "fds").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from benchmarks import listing, stack
 
@@ -27,14 +27,26 @@ class Target:
     metric: str = "s"
 
 
+def _fuse3(target: Target) -> Target:
+    """``target`` for the measured contender's ``--libfuse 3`` variant (``NAME-fuse3``)."""
+    return replace(target, text=f"{target.text} (--libfuse 3)",
+                   measured=f"{target.measured}-fuse3")
+
+
+def _and_fuse3(target: Target) -> tuple[Target, Target]:
+    """``target``, then the same for the ``--libfuse 3`` variant."""
+    return target, _fuse3(target)
+
+
+_CP_X4_MEAN = Target(10, "cp x4 mean <= 1.0x memmap + INTER_AREA", "stack/cp-x4-mean",
+                     "stack/memmap-area", 1.0)
+
 TARGETS: tuple[Target, ...] = (
     # issue 10: render at memory speed
-    Target(10, "cp x4 mean <= 1.0x memmap + INTER_AREA", "stack/cp-x4-mean",
-           "stack/memmap-area", 1.0),
+    _CP_X4_MEAN,
     Target(10, "cp x4 nearest <= 1.2x memmap [::4, ::4]", "stack/cp-x4-nearest",
            "stack/memmap-slice", 1.2),
-    Target(10, "cp x4 mean <= 1.0x memmap + INTER_AREA (--libfuse 3)",
-           "stack/cp-x4-mean-fuse3", "stack/memmap-area", 1.0),
+    _fuse3(_CP_X4_MEAN),
     Target(10, "cold cp x4 mean <= 1.0x cold cat of the source", "stack/cold-cp-x4-mean",
            "stack/cold-cat", 1.0),
     Target(10, "render x4-median <= 3x render x4", "stack/render-x4-median", "stack/render-x4",
@@ -49,30 +61,18 @@ TARGETS: tuple[Target, ...] = (
     Target(10, "ImageJ opens x4 in <= 1/8 of the original's time", "imagej/imagej-x4",
            "imagej/imagej-original", 1 / 8),
     # issue 9: many files, the index, descriptors
-    Target(9, "10 folders: ls -lR x4 after touching <= 1.0x tifffile scan",
-           "files/ls-lR-touched", "files/tifffile-scan", 1.0),
-    Target(9, "10 folders: ls -lR x4 after touching <= 1.0x tifffile scan (--libfuse 3)",
-           "files/ls-lR-touched-fuse3", "files/tifffile-scan", 1.0),
-    Target(9, "10 folders: ls -lR x4, index present <= 10x ls -lR SOURCE",
-           "files/ls-lR-indexed", "files/ls-lR-source", 10.0),
-    Target(9, "10 folders: ls -lR x4, index present <= 10x ls -lR SOURCE (--libfuse 3)",
-           "files/ls-lR-indexed-fuse3", "files/ls-lR-source", 10.0),
-    Target(9, "10 folders: cp -r x4 <= 1.2x tifffile + OpenCV loop", "files/cp-r-x4",
-           "files/loop-write", 1.2),
-    Target(9, "10 folders: cp -r x4 <= 1.2x tifffile + OpenCV loop (--libfuse 3)",
-           "files/cp-r-x4-fuse3", "files/loop-write", 1.2),
-    Target(9, "one folder: ls -l x4, index present <= 10x ls -l SOURCE", "flat/ls-l-indexed",
-           "flat/ls-l-source", 10.0),
-    Target(9, "one folder: ls -l x4, index present <= 10x ls -l SOURCE (--libfuse 3)",
-           "flat/ls-l-indexed-fuse3", "flat/ls-l-source", 10.0),
-    Target(9, "one folder: first listing ever <= 1.0x tifffile scan", "flat/ls-l-first",
-           "flat/tifffile-scan", 1.0),
-    Target(9, "one folder: first listing ever <= 1.0x tifffile scan (--libfuse 3)",
-           "flat/ls-l-first-fuse3", "flat/tifffile-scan", 1.0),
-    Target(9, "one folder: find x4 -type f <= 5x find SOURCE", "flat/find-x4",
-           "flat/find-source", 5.0),
-    Target(9, "one folder: find x4 -type f <= 5x find SOURCE (--libfuse 3)",
-           "flat/find-x4-fuse3", "flat/find-source", 5.0),
+    *_and_fuse3(Target(9, "10 folders: ls -lR x4 after touching <= 1.0x tifffile scan",
+                       "files/ls-lR-touched", "files/tifffile-scan", 1.0)),
+    *_and_fuse3(Target(9, "10 folders: ls -lR x4, index present <= 10x ls -lR SOURCE",
+                       "files/ls-lR-indexed", "files/ls-lR-source", 10.0)),
+    *_and_fuse3(Target(9, "10 folders: cp -r x4 <= 1.2x tifffile + OpenCV loop",
+                       "files/cp-r-x4", "files/loop-write", 1.2)),
+    *_and_fuse3(Target(9, "one folder: ls -l x4, index present <= 10x ls -l SOURCE",
+                       "flat/ls-l-indexed", "flat/ls-l-source", 10.0)),
+    *_and_fuse3(Target(9, "one folder: first listing ever <= 1.0x tifffile scan",
+                       "flat/ls-l-first", "flat/tifffile-scan", 1.0)),
+    *_and_fuse3(Target(9, "one folder: find x4 -type f <= 5x find SOURCE", "flat/find-x4",
+                       "flat/find-source", 5.0)),
     Target(9, "one folder: idle daemon after the first listing <= 32 descriptors",
            "flat/ls-l-first", 32, 1.0, "fds"),
     Target(9, f"one folder: daemon peak <= {BUDGET_MB} MB + cache ({listing.CACHE_MB} MB)",
