@@ -49,7 +49,8 @@ ensure_packages() {
     "${missing[@]}" >/dev/null
 }
 
-# ensure_base PACKAGE... : FUSE (fusermount and libfuse 2, which fusepy loads), venv, more.
+# ensure_base PACKAGE... : FUSE (fuse3: fusermount, and libfuse 3, which mfusepy loads for
+# --libfuse 3; libfuse 2, which fusepy loads), venv, more.
 ensure_base() {
   local libfuse=libfuse2
   if is_installed libfuse2t64 || { ! is_installed libfuse2 && apt_has libfuse2t64; }; then
