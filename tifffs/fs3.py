@@ -116,21 +116,25 @@ class Libfuse3Operations:
             self._listings.pop(fh, None)
         return 0
 
-    def open_listing(self, fh: int) -> _Listing:
-        """The open folder ``fh`` as last listed."""
-        return self._listings[fh]
-
-    def listing(self, fh: int) -> _Listing:
-        """The open folder ``fh``, its names read again from the source (offset 0 of a
-        listing, which ``rewinddir`` also asks for)."""
+    def listing(self, fh: int, offset: int) -> _Listing:
+        """The open folder ``fh``; its names are read again from the source at offset 0
+        (the start of a listing, and what ``rewinddir`` asks for)."""
         listing = self._listings[fh]
-        entries = self.readdir(listing.folder, fh)
-        listing.names = [name for name, _ in entries]
-        listing.kinds = [(attrs["st_mode"], attrs["st_ino"]) if attrs else None
-                         for _, attrs in entries]
-        listing.attributes = {}
-        listing.loaded = True
+        if offset == 0 or not listing.loaded:
+            entries = self.readdir(listing.folder, fh)
+            listing.names = [name for name, _ in entries]
+            listing.kinds = [(attrs["st_mode"], attrs["st_ino"]) if attrs else None
+                             for _, attrs in entries]
+            listing.attributes = {}
+            listing.loaded = True
         return listing
+
+    def attributes_at(self, listing: _Listing, position: int) -> dict[str, Any] | None:
+        """The attributes of the name at ``position`` (found with the chunk from there
+        on when not yet), or None when they cannot be given."""
+        if position not in listing.attributes:
+            self.fill_attributes(listing, position)
+        return listing.attributes.get(position)
 
     def fill_attributes(self, listing: _Listing, start: int) -> None:
         """Find the attributes of the names from ``start`` on (as many as one reply
@@ -173,31 +177,20 @@ class _FUSE3(mfusepy.FUSE):
                        flags: int) -> int:
         operations: Libfuse3Operations = self.operations
         fh = fip.contents.fh
-        listing = operations.open_listing(fh)
-        if offset == 0 or not listing.loaded:
-            listing = operations.listing(fh)
+        listing = operations.listing(fh, offset)
         plus = flags & READDIR_PLUS
         entry_stat = mfusepy.c_stat()  # libfuse copies what it needs at each call
-        names, kinds, attributes = listing.names, listing.kinds, listing.attributes
-        end = min(len(names), offset + PLUS_CHUNK) if plus else len(names)
+        end = min(len(listing.names), offset + PLUS_CHUNK) if plus else len(listing.names)
         for position in range(offset, end):
-            kind = kinds[position]
-            fill_flags = 0
-            if kind is not None:
-                attrs = None
-                if plus:
-                    if position not in attributes:
-                        operations.fill_attributes(listing, position)
-                        attributes = listing.attributes
-                    attrs = attributes.get(position)
-                if attrs is not None:
-                    _fill_stat(entry_stat, attrs)
-                    fill_flags = FILL_DIR_PLUS
-                else:
-                    entry_stat.st_mode, entry_stat.st_ino = kind
+            kind = listing.kinds[position]  # None for . and ..
+            attrs = operations.attributes_at(listing, position) if plus and kind else None
+            if attrs is not None:
+                _fill_stat(entry_stat, attrs)
+            elif kind is not None:
+                entry_stat.st_mode, entry_stat.st_ino = kind
             # the offset given is that of the next entry, where a later call resumes
-            if filler(buf, names[position], entry_stat if kind else None, position + 1,
-                      fill_flags):
+            if filler(buf, listing.names[position], entry_stat if kind else None,
+                      position + 1, FILL_DIR_PLUS if attrs is not None else 0):
                 break
         return 0
 
