@@ -51,6 +51,17 @@ def build(root: Path, scratch: Path) -> dict[str, str]:
     return kinds
 
 
+def _convert_each(root: Path, folder: str, command: list[str], kinds: dict[str, str],
+                  jobs: tuple[tuple[str, str, Path], ...]) -> None:
+    """``COMMAND OPTIONS INPUT root/folder/NAME`` for each (NAME, OPTIONS, INPUT); each
+    recorded in ``kinds`` as "PROGRAM OPTIONS"."""
+    d = root / folder
+    d.mkdir(parents=True, exist_ok=True)
+    for name, options, input_ in jobs:
+        run(*command, *options.split(), input_, d / name)
+        kinds[f"{folder}/{name}"] = f"{command[0]} {options}"
+
+
 def _tifffile(root: Path, kinds: dict[str, str]) -> None:
     rng = np.random.default_rng(7)
     d = root / "tifffile"
@@ -84,17 +95,13 @@ def _tifffile(root: Path, kinds: dict[str, str]) -> None:
 def _libtiff(root: Path, scratch: Path, kinds: dict[str, str]) -> None:
     source = plain(scratch / "bilevel_pages.tif", bilevel((2, H, W), 4))
     single = plain(scratch / "bilevel_single.tif", bilevel((H, W), 5))
-    d = root / "tiffcp"
-    d.mkdir(parents=True, exist_ok=True)
-    for name, options, input_ in (
-            ("g3_1d_2pages.tif", "-c g3", source),
-            ("g3_2d.tif", "-c g3:2d", single),
-            ("g4_2pages.tif", "-c g4", source),
-            ("g4_fillorder2.tif", "-c g4 -f lsb2msb", single),
-            ("bilevel_fillorder2_rows7.tif", "-f lsb2msb -r 7", single),
-    ):
-        run("tiffcp", *options.split(), input_, d / name)
-        kinds[f"tiffcp/{name}"] = f"tiffcp {options}"
+    _convert_each(root, "tiffcp", ["tiffcp"], kinds, (
+        ("g3_1d_2pages.tif", "-c g3", source),
+        ("g3_2d.tif", "-c g3:2d", single),
+        ("g4_2pages.tif", "-c g4", source),
+        ("g4_fillorder2.tif", "-c g4 -f lsb2msb", single),
+        ("bilevel_fillorder2_rows7.tif", "-f lsb2msb -r 7", single),
+    ))
     # fax2tiff reads raw fax data: the G3 strip of a one-strip tiffcp file
     g3 = scratch / "one_strip_g3.tif"
     run("tiffcp", "-c", "g3", "-r", str(H), "-f", "msb2lsb", single, g3)
@@ -131,22 +138,18 @@ def _gdal(root: Path, scratch: Path, kinds: dict[str, str]) -> None:
     u4 = plain(scratch / "u4.tif", rng.integers(0, 16, (H, W), dtype=np.uint8))
     u12 = plain(scratch / "u12.tif", rng.integers(0, 4096, (H, W), dtype=np.uint16))
     u24 = plain(scratch / "u24.tif", rng.integers(0, 1 << 24, (H, W), dtype=np.uint32))
-    d = root / "gdal"
-    d.mkdir(parents=True, exist_ok=True)
-    for name, options, input_ in (
-            ("nbits1.tif", "-co NBITS=1", ones),
-            ("nbits1_palette.tif", "-co NBITS=1", ones_palette),
-            ("nbits1_ccittrle.tif", "-co NBITS=1 -co COMPRESS=CCITTRLE", ones),
-            ("nbits1_ccittfax3.tif", "-co NBITS=1 -co COMPRESS=CCITTFAX3", ones),
-            ("nbits1_ccittfax4_tiled.tif",
-             ("-co NBITS=1 -co COMPRESS=CCITTFAX4 -co TILED=YES -co BLOCKXSIZE=64 "
-              "-co BLOCKYSIZE=64"), ones),
-            ("nbits4.tif", "-co NBITS=4", u4),
-            ("nbits12_lzw.tif", "-co NBITS=12 -co COMPRESS=LZW", u12),
-            ("nbits24.tif", "-co NBITS=24", u24),
-    ):
-        run("gdal_translate", "-q", *options.split(), input_, d / name)
-        kinds[f"gdal/{name}"] = f"gdal_translate {options}"
+    _convert_each(root, "gdal", ["gdal_translate", "-q"], kinds, (
+        ("nbits1.tif", "-co NBITS=1", ones),
+        ("nbits1_palette.tif", "-co NBITS=1", ones_palette),
+        ("nbits1_ccittrle.tif", "-co NBITS=1 -co COMPRESS=CCITTRLE", ones),
+        ("nbits1_ccittfax3.tif", "-co NBITS=1 -co COMPRESS=CCITTFAX3", ones),
+        ("nbits1_ccittfax4_tiled.tif",
+         ("-co NBITS=1 -co COMPRESS=CCITTFAX4 -co TILED=YES -co BLOCKXSIZE=64 "
+          "-co BLOCKYSIZE=64"), ones),
+        ("nbits4.tif", "-co NBITS=4", u4),
+        ("nbits12_lzw.tif", "-co NBITS=12 -co COMPRESS=LZW", u12),
+        ("nbits24.tif", "-co NBITS=24", u24),
+    ))
 
 
 def _ojpeg(root: Path, scratch: Path, kinds: dict[str, str]) -> None:

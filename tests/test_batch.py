@@ -3,6 +3,7 @@ folder byte for byte; broken sources, reruns, interrupts, parallel and split wor
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import pty
@@ -11,6 +12,7 @@ import signal
 import struct
 import subprocess
 import termios
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -101,24 +103,32 @@ def test_rerun_renders_only_what_changed(tree, tmp_path):
     assert summary(render(source, out, "--force").stderr) == (3, 1, 0, 0, 0)
 
 
+@contextlib.contextmanager
+def _writing(source: Path, out: Path, *options: str) -> Iterator[subprocess.Popen]:
+    """``tifffs render SOURCE OUT OPTIONS`` in a session of its own (stderr piped), once
+    it is writing a temporary output; killed with its workers afterwards if still running."""
+    process = subprocess.Popen([*TIFFFS, "render", str(source), str(out), *options],
+                               stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_for(lambda: bool(leftovers(out)) if out.exists() else False, START_TIMEOUT,
+                 "a temporary output", process)
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def test_interrupted_run_leaves_only_whole_files_and_resumes(tmp_path):
     source = tmp_path / "src"
     for i in range(6):
         write_stack(source / f"s{i}.tif", sample_array("uint8", (4, 2500, 2500), seed=i))
     out = tmp_path / "out"
-    process = subprocess.Popen([*TIFFFS, "render", str(source), str(out), "--view",
-                                "x3-lanczos", "--jobs", "2", "--split-size", "2M"],
-                               stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        wait_for(lambda: bool(leftovers(out)) if out.exists() else False, START_TIMEOUT,
-                 "a temporary output", process)
+    with _writing(source, out, "--view", "x3-lanczos", "--jobs", "2",
+                  "--split-size", "2M") as process:
         os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C on a terminal
         assert process.wait(timeout=120) == 130
         stderr = process.stderr.read().decode()
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     assert "Traceback" not in stderr and "interrupted" in stderr, stderr
     assert not leftovers(out)
     done = sorted(p.name for p in out.iterdir())
@@ -145,21 +155,12 @@ def test_a_killed_worker_fails_its_files_and_the_run_goes_on(tmp_path):
     for i in range(8):
         write_stack(source / f"s{i}.tif", sample_array("uint8", (4, 2000, 2000), seed=i))
     out = tmp_path / "out"
-    process = subprocess.Popen([*TIFFFS, "render", str(source), str(out), "--view",
-                                "x3-lanczos", "--jobs", "2"], stderr=subprocess.PIPE,
-                               start_new_session=True)
-    try:
-        wait_for(lambda: bool(leftovers(out)) if out.exists() else False, START_TIMEOUT,
-                 "a temporary output", process)
+    with _writing(source, out, "--view", "x3-lanczos", "--jobs", "2") as process:
         wait_for(lambda: len(_grandchildren(process.pid)) == 2, START_TIMEOUT,
                  "two worker processes", process)
         os.kill(_grandchildren(process.pid)[0], signal.SIGKILL)  # as the OOM killer does
         assert process.wait(timeout=300) == 1
         stderr = process.stderr.read().decode()
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     assert "Traceback" not in stderr, stderr
     rendered, _, _, _, failed = summary(stderr)
     assert failed >= 1 and rendered + failed == 8, stderr

@@ -6,12 +6,15 @@ import threading
 
 import numpy as np
 
+from conftest import wait_for
 from tifffs.render import RenderPool
+
+WAIT = 10.0  # seconds: only a hang detector
 
 
 def test_at_most_slots_bands_render_at_once_each_with_its_own_buffers():
     pool = RenderPool(slots=2)
-    running, peak, lock = [0], [0], threading.Lock()
+    running, peak, arrived, lock = [0], [0], [0], threading.Lock()
     gate = threading.Event()
     seen_buffers: set[int] = set()
 
@@ -20,17 +23,25 @@ def test_at_most_slots_bands_render_at_once_each_with_its_own_buffers():
             running[0] += 1
             peak[0] = max(peak[0], running[0])
             seen_buffers.add(id(buffers))
-        gate.wait(5)
+        assert gate.wait(WAIT), "the test did not open the gate"
         with lock:
             running[0] -= 1
         return np.zeros(1)
 
-    threads = [threading.Thread(target=pool.run, args=(render,)) for _ in range(8)]
+    def arrive_and_run() -> None:
+        with lock:
+            arrived[0] += 1
+        pool.run(render)
+
+    threads = [threading.Thread(target=arrive_and_run) for _ in range(8)]
     for thread in threads:
         thread.start()
+    # the gate stays shut until both slots are busy and every render has asked for one
+    wait_for(lambda: running[0] == 2 and arrived[0] == 8, WAIT, "both slots busy")
     gate.set()
     for thread in threads:
-        thread.join(10)
+        thread.join(WAIT)
+    assert not any(thread.is_alive() for thread in threads)
     assert peak[0] == 2
     assert len(seen_buffers) == 2  # two buffer sets, reused by all eight renders
 
