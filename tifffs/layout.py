@@ -88,6 +88,10 @@ class Layout:
     size: int
     bigtiff: bool
 
+    @property
+    def pixel_start(self) -> int:
+        return self.page_offsets[0]
+
 
 def build_layout(pages: list[OutputPage], imagej_large: bool = False) -> Layout:
     """Compute the layout of a view with ``pages``: classic TIFF if it fits, else BigTIFF.
