@@ -153,7 +153,8 @@ def test_missing_dask_says_what_to_install(tmp_path):
     fake = tmp_path / "no_dask" / "distributed"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('No module named distributed')\n")
-    env = dict(os.environ, PYTHONPATH=str(fake.parent))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(fake.parent), os.environ.get("PYTHONPATH")])))
     result = render(source, tmp_path / "out", "--scheduler", "tcp://127.0.0.1:8786",
                     expect=2, env=env)
     [line] = result.stderr.strip().splitlines()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from robustness import as_nobody, world_readable_workdir
 from tifffs.catalog import Catalog
 from tifffs.describe import describe
 from tifffs.errors import BrokenSource
@@ -164,23 +167,46 @@ def test_an_unwritable_index_folder_means_no_index_and_one_log_line(tmp_path, ca
     assert len([r for r in caplog.records if "without an index" in r.getMessage()]) == 1
 
 
-def test_a_read_only_database_is_used_for_lookups_and_never_fails_a_stat(tmp_path):
-    path = _tiff(tmp_path / "a.tif")
-    index = Index(str(tmp_path / "index"))
-    catalog = _catalog(index)
-    size = catalog.size(str(path), os.stat(path), X4)
-    index.close()
-    os.chmod(tmp_path / "index" / FILE_NAME, 0o444)
+READ_ONLY_LOOKUPS = """
+import json, os, sys
+from tifffs.catalog import Catalog
+from tifffs.index import open_index
+from tifffs.render import RenderPool
+from tifffs.views import parse_view
+from tifffs.virtual import band_cache
+index_dir, indexed, other = sys.argv[1:]
+catalog = Catalog(band_cache(1 << 20), RenderPool(1), open_index(index_dir))
+x4 = parse_view("x4", "mean")
+print(json.dumps({"indexed": catalog.size(indexed, os.stat(indexed), x4),
+                  "other": catalog.size(other, os.stat(other), x4)}))
+"""
+
+
+def test_a_read_only_database_is_bypassed_and_never_fails_a_stat():
+    """As a user who may read the index but not write it (root may write anything): the
+    index is bypassed with one log line, every size is right, the database untouched."""
+    work = world_readable_workdir("tifffs-index-")
     try:
-        other = _tiff(tmp_path / "b.tif", pages=2)
-        index = open_index(str(tmp_path / "index"))
-        catalog = _catalog(index)
-        assert catalog.size(str(path), os.stat(path), X4) == size
-        assert catalog.size(str(other), os.stat(other), X4) > 0
-        if index is not None:
-            index.close()
+        path = _tiff(work / "a.tif")
+        index = Index(str(work / "index"))
+        size = _catalog(index).size(str(path), os.stat(path), X4)
+        index.close()
+        other = _tiff(work / "b.tif", pages=2)
+        os.chmod(work / "index", 0o755)
+        database = work / "index" / FILE_NAME
+        before = database.read_bytes()
+        result = subprocess.run(as_nobody([sys.executable, "-c", READ_ONLY_LOOKUPS,
+                                           str(work / "index"), str(path), str(other)]),
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        seen = json.loads(result.stdout)
+        assert seen["indexed"] == size
+        assert seen["other"] > 0
+        [line] = result.stderr.strip().splitlines()
+        assert "going on without an index" in line and "--index-dir" in line, line
+        assert database.read_bytes() == before
     finally:
-        os.chmod(tmp_path / "index" / FILE_NAME, 0o644)
+        shutil.rmtree(work)
 
 
 WRITER = """
