@@ -108,7 +108,7 @@ def render(args: dict[str, Any]) -> Callable[[], None]:
     import contextlib
     import io
 
-    from tifffs import cli
+    from tifffs import cli, rendering  # noqa: F401  (cli imports the renderer lazily)
 
     argv = ["render", args["source"], args["out"], "--view", args["view"]]
 

@@ -111,20 +111,71 @@ def test_a_value_heavier_than_the_capacity_is_kept_alone_until_the_next():
     assert cache.get("big", lambda: b"again") == b"again"
 
 
+def _queue(tasks: list) -> object:
+    """A pool's ``submit`` that queues every task (runs it when the test says)."""
+    def submit(task) -> bool:
+        tasks.append(task)
+        return True
+    return submit
+
+
 def test_prefetch_computes_in_the_background_and_drops_its_errors():
     cache: LruCache[str] = LruCache(10)
-    submitted = []
-    cache.prefetch("k", lambda: "ahead", submitted.append)
+    submitted: list = []
+    cache.prefetch("k", lambda: "ahead", _queue(submitted))
     assert len(submitted) == 1
     submitted[0]()
     assert cache.get("k", lambda: "late") == "ahead"
-    cache.prefetch("k", lambda: "again", submitted.append)
+    cache.prefetch("k", lambda: "again", _queue(submitted))
     assert len(submitted) == 1  # held: nothing submitted
 
     def fail():
         raise BrokenSource("bad")
 
-    cache.prefetch("bad", fail, submitted.append)
-    submitted[-1]()  # the error is dropped
+    cache.prefetch("bad", fail, _queue(submitted))
+    submitted[-1]()  # the error is only logged
     with pytest.raises(BrokenSource):
         cache.get("bad", fail)
+
+
+def test_a_queued_prefetch_is_submitted_once_and_readers_wait_for_it():
+    """A sequential reader asks for the same bands ahead after every read: while the
+    first request waits in the pool's queue, the key is in flight, so no second task
+    is queued and a reader of it waits for that one computation."""
+    cache: LruCache[str] = LruCache(10)
+    submitted: list = []
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return "ahead"
+
+    for _ in range(3):
+        cache.prefetch("k", compute, _queue(submitted))
+    assert len(submitted) == 1
+    with ThreadPoolExecutor(1) as readers:
+        reader = readers.submit(cache.get, "k", lambda: "computed by the reader")
+        wait_for(lambda: cache.stats().misses == 1, WAIT, "the reader to wait")
+        assert not reader.done()
+        submitted[0]()
+        assert reader.result(timeout=WAIT) == "ahead"
+    assert len(calls) == 1
+
+
+def test_a_dropped_prefetch_leaves_the_key_to_its_readers():
+    """Also a reader that began to wait for the reserved key before the pool dropped
+    the task: it computes the value itself."""
+    cache: LruCache[str] = LruCache(10)
+    with ThreadPoolExecutor(1) as readers:
+        early: list = []
+
+        def full_pool(task) -> bool:
+            early.append(readers.submit(cache.get, "k", lambda: "computed by the reader"))
+            wait_for(lambda: cache.stats().misses == 1, WAIT, "the reader to wait")
+            return False
+
+        cache.prefetch("k", lambda: "never", full_pool)
+        assert early[0].result(timeout=WAIT) == "computed by the reader"
+    assert cache.get("k", lambda: "again") == "computed by the reader"
+    cache.prefetch("j", lambda: "never", lambda task: False)
+    assert cache.get("j", lambda: "computed by the reader") == "computed by the reader"

@@ -210,3 +210,24 @@ def test_float_and_rgb_sources_render_like_open_view(tmp_path):
         view = open_view(str(tmp_path / name), 3, "mean")
         assert (tmp_path / f"out-{name}").read_bytes() == view.read(0, view.size)
         assert tifffile.imread(tmp_path / f"out-{name}").shape == shape
+
+
+def test_workers_are_started_for_the_tasks_a_view_makes_not_for_its_source_size(tmp_path):
+    """A source larger than --split-size whose view is smaller makes one task: it renders
+    in this process (starting workers would cost more than the render); a view larger
+    than --split-size makes range tasks, one per --split-size."""
+    from tifffs.batch import Job
+    from tifffs.rendering import _Options, _task_estimate
+    from tifffs.tasks import ViewSpec
+
+    source = tmp_path / "big.tif"
+    write_stack(source, sample_array("uint16", (3, 512, 1024)))  # 3 MiB
+    assert source.stat().st_size > 3 << 20
+    job = Job(str(source), str(tmp_path / "out.tif"), render=True)
+    options = _Options(jobs=8, scheduler=None, split_bytes=1 << 20)
+    assert _task_estimate(ViewSpec("x4", "mean"), [job], options) == 1
+    whole = open_view(str(source), view="x1")
+    assert _task_estimate(ViewSpec("x1", "mean"), [job], options) == -(-whole.size // (1 << 20))
+    whole.close()
+    copy = Job(str(source), str(tmp_path / "copy.tif"), render=False)
+    assert _task_estimate(ViewSpec("x4", "mean"), [copy, copy, copy], options) == 3

@@ -61,7 +61,7 @@ def test_a_view_has_the_size_of_its_bytes_and_the_source_mode(tree):
     attrs = tree.attributes("/x2/run/a.tif")
     handle = tree.open("/x2/run/a.tif")
     try:
-        data = handle.read(0, 1 << 20)
+        data = b"".join(handle.read_pieces(0, 1 << 20))
         assert len(data) == attrs["st_size"] == handle.attributes()["st_size"]
         assert tifffile.imread(io.BytesIO(data)).shape == (2, 15, 10)
     finally:
@@ -74,7 +74,7 @@ def test_a_view_has_the_size_of_its_bytes_and_the_source_mode(tree):
 def test_other_files_pass_through_and_inodes_differ_per_view(tree):
     handle = tree.open("/x4-max/run/notes.txt")
     try:
-        assert handle.read(0, 100) == b"notes\n"
+        assert b"".join(handle.read_pieces(0, 100)) == b"notes\n"
     finally:
         handle.close()
     st = os.stat(os.path.join(tree.root, "run", "notes.txt"))
@@ -100,7 +100,7 @@ def test_folders_cannot_be_opened_and_the_stats_file_counts(tree):
     with pytest.raises(IsADirectoryError):
         tree.open("/x2")
     tree.attributes("/x2/run/a.tif")
-    text = tree.open("/.tifffs/stats").read(0, 1 << 16).decode()
+    text = b"".join(tree.open("/.tifffs/stats").read_pieces(0, 1 << 16)).decode()
     assert "getattrs 1" in text and "sources_open 0" in text
     assert tree.attributes("/.tifffs")["st_ino"] == STATS_DIR_INO
 
@@ -130,3 +130,26 @@ def test_a_handle_of_another_version_than_the_size_given_reads_directly():
     policy.closed("/a", new)
     policy.reported("/a", new)
     assert not policy.opened("/a", new).direct_io
+
+
+def test_a_read_in_pieces_is_copied_whole_into_the_reply_buffer(tree):
+    """What the FUSE binding does with a read: each piece (header bytes, slices of
+    rendered bands) copied in order into libfuse's buffer; the same bytes as joined."""
+    import ctypes
+
+    from tifffs.fs import copy_pieces
+
+    handle = tree.open("/x2/run/a.tif")
+    try:
+        size = handle.attributes()["st_size"]
+        pieces = handle.read_pieces(100, size)  # from the header into the pixels
+        assert len(pieces) >= 2 and isinstance(pieces[0], bytes)
+        reply = ctypes.create_string_buffer(size)
+        pointer = ctypes.cast(reply, ctypes.POINTER(ctypes.c_byte))
+        copied = copy_pieces(pieces, pointer, size)
+        assert copied == size - 100
+        assert reply.raw[:copied] == b"".join(pieces) == b"".join(handle.read_pieces(0, size))[100:]
+        with pytest.raises(ValueError):
+            copy_pieces(pieces, pointer, copied - 1)
+    finally:
+        handle.close()

@@ -30,13 +30,18 @@ class CacheStats:
 
 class _Pending:
     """A computation in flight: a gate held by its owner until the value is there
-    (a lock is much cheaper to make than an Event, and a cache miss makes one)."""
+    (a lock is much cheaper to make than an Event, and a cache miss makes one).
+
+    A prefetch reserves its key before its task runs; if the task is dropped the entry
+    is ``abandoned`` and its waiters compute the value themselves.
+    """
 
     def __init__(self) -> None:
         self._gate = threading.Lock()
         self._gate.acquire()
         self.value: object = None
         self.error: BaseException | None = None
+        self.abandoned = False
 
     def wait(self) -> None:
         with self._gate:  # each waiter passes the open gate in turn
@@ -76,22 +81,27 @@ class LruCache(Generic[V]):
 
     def get(self, key: Hashable, compute: Callable[[], V]) -> V:
         """The value of ``key``, computed by ``compute()`` if missing (once for all callers)."""
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-                self._stats.hits += 1
-                return item[0]
-            self._stats.misses += 1
-            pending = self._pending.get(key)
-            owner = pending is None
-            if owner:
-                pending = self._pending[key] = _Pending()
-        if not owner:
+        while True:
+            with self._lock:
+                item = self._items.get(key)
+                if item is not None:
+                    self._items.move_to_end(key)
+                    self._stats.hits += 1
+                    return item[0]
+                self._stats.misses += 1
+                pending = self._pending.get(key)
+                if pending is None:
+                    pending = self._pending[key] = _Pending()
+                    break
             pending.wait()
             if pending.error is not None:
                 raise _fresh(pending.error)
-            return pending.value  # type: ignore[return-value]
+            if not pending.abandoned:
+                return pending.value  # type: ignore[return-value]
+        return self._compute(key, pending, compute)
+
+    def _compute(self, key: Hashable, pending: _Pending, compute: Callable[[], V]) -> V:
+        """Compute the value of ``key`` that ``pending`` reserved, keep it, open the gate."""
         try:
             value = compute()
         except BaseException as exc:
@@ -107,23 +117,30 @@ class LruCache(Generic[V]):
             pending.finish()
 
     def prefetch(self, key: Hashable, compute: Callable[[], V],
-                 submit: Callable[[Callable[[], None]], object]) -> None:
+                 submit: Callable[[Callable[[], None]], bool]) -> None:
         """Have ``submit`` compute ``key`` in the background unless it is held or in flight.
 
-        Errors of a prefetch are only logged (debug): a later ``get`` computes again and
-        raises.
+        The key counts as in flight from now on, so that repeated prefetches and readers
+        of it wait for this one computation instead of starting their own. ``submit``
+        returns False when it dropped the task. Errors of a prefetch are logged (debug)
+        and raised to the readers waiting for it; a later ``get`` computes again.
         """
         with self._lock:
             if key in self._items or key in self._pending:
                 return
+            pending = self._pending[key] = _Pending()
 
         def run() -> None:
             try:
-                self.get(key, compute)
+                self._compute(key, pending, compute)
             except Exception as exc:  # noqa: BLE001  (the reader that needs it will see it)
                 log.debug("prefetch of %r failed: %s", key, exc)
 
-        submit(run)
+        if not submit(run):
+            with self._lock:
+                del self._pending[key]
+            pending.abandoned = True
+            pending.finish()
 
     def peek(self, key: Hashable) -> V | None:
         """The value of ``key`` if held (no counters, no computing), else None."""

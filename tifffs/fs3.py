@@ -18,10 +18,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
-from tifffs.fs import DEFAULT_FUSE_OPTIONS, TifffsOperations, _os_path
+from tifffs.fs import DEFAULT_FUSE_OPTIONS, TifffsOperations, _os_path, copy_pieces
 from tifffs.problems import printable
+from tifffs.virtual import Piece
 
 os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
 import mfusepy  # after the library is chosen
@@ -95,7 +97,7 @@ class Libfuse3Operations:
     def open(self, path: str, fi: Any) -> int:
         return self.operations("open", path, fi)
 
-    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+    def read(self, path: str, size: int, offset: int, fi: Any) -> Sequence[Piece]:
         return self.operations("read", path, size, offset, fi)
 
     def release(self, path: str, fi: Any) -> int:
@@ -171,7 +173,13 @@ def _fill_stat(entry_stat: Any, attrs: dict[str, Any]) -> None:
 
 class _FUSE3(mfusepy.FUSE):
     """mfusepy's binding with a ``readdir`` that lists with offsets and, when the
-    kernel asks for readdirplus, passes each entry's attributes on."""
+    kernel asks for readdirplus, passes each entry's attributes on, and a ``read`` that
+    copies each piece straight into libfuse's buffer."""
+
+    def read(self, path: Any, buf: Any, size: int, offset: int, fip: Any) -> int:
+        name = None if path is None else path.decode(self.encoding, self.errors)
+        pieces = self.operations.read(name, size, offset, fip.contents)
+        return copy_pieces(pieces, buf, size)
 
     def readdir_fuse_3(self, path: Any, buf: Any, filler: Any, offset: int, fip: Any,
                        flags: int) -> int:

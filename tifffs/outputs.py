@@ -12,8 +12,11 @@ import os
 import secrets
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from tifffs.virtual import Piece
 
 #: Every temporary output ends with this, after a token of the run that writes it.
 TEMP_SUFFIX = ".tifffs-part"
@@ -27,6 +30,8 @@ class Readable(Protocol):
     size: int
 
     def read(self, offset: int, length: int) -> bytes: ...
+
+    def read_pieces(self, offset: int, length: int) -> Sequence[Piece]: ...
 
 
 @dataclass(frozen=True)
@@ -83,17 +88,20 @@ def create(temp: str, size: int | None = None) -> int:
 
 
 def write_range(view: Readable, fd: int, start: int, end: int) -> int:
-    """Write bytes ``[start, end)`` of ``view`` at the same offsets of ``fd``; their count."""
+    """Write bytes ``[start, end)`` of ``view`` at the same offsets of ``fd``; their count.
+    Each piece is written from where it lies (no joined copy)."""
     position = start
     while position < end:
-        data = view.read(position, min(CHUNK_BYTES, end - position))
-        if not data:
+        pieces = view.read_pieces(position, min(CHUNK_BYTES, end - position))
+        if not pieces:
             raise SourceChangedError(f"the view ended at byte {position} instead of {end}: "
                                      "the source changed while it was rendered")
-        written = 0
-        while written < len(data):  # pwrite may write less than asked
-            written += os.pwrite(fd, memoryview(data)[written:], position + written)
-        position += len(data)
+        for piece in pieces:
+            data = memoryview(piece).cast("B")
+            written = 0
+            while written < len(data):  # pwrite may write less than asked
+                written += os.pwrite(fd, data[written:], position + written)
+            position += len(data)
     return end - start
 
 

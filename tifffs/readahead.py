@@ -22,7 +22,8 @@ class ReadAheadStats:
 
 
 class SequentialReadAhead:
-    """Render ``depth`` bands ahead (one per core, so they render side by side) of a
+    """Render ``depth`` bands ahead (two per core: they render side by side, and a core
+    is not left idle while the reader's next request is on its way) of a
     reader that has read on through three bands in order: a copy, not a look at one
     page (the kernel's own read-ahead alone reaches two bands past a small page)."""
 

@@ -51,7 +51,8 @@ class RenderPool:
         for _ in range(self.slots):
             self._buffers.put([])
         self._executor: ThreadPoolExecutor | None = None
-        self._queued = threading.BoundedSemaphore(2 * self.slots)
+        self.queue_limit = 2 * self.slots  # bands queued or rendering in the background
+        self._queued = threading.BoundedSemaphore(self.queue_limit)
         self._lock = threading.Lock()
 
     def run(self, render: Callable[[list[_RowBuffer]], np.ndarray]) -> np.ndarray:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, NoReturn
 
+from tifffs.arith import ceil_div
 from tifffs.batch import DEFAULT_SPLIT_BYTES, Job, Runner, walk
 from tifffs.cluster import ClusterError, DaskPool
 from tifffs.config import DEFAULT_METHOD, ConfigError, parse_method, parse_size
@@ -27,7 +28,7 @@ from tifffs.outputs import CHUNK_BYTES, new_run_token
 from tifffs.pools import Pool, default_jobs, local_pool
 from tifffs.problems import printable
 from tifffs.progress import Reporter
-from tifffs.tasks import ViewSpec, describe, quiet_libraries
+from tifffs.tasks import ViewSpec, describe, quiet_libraries, view_size
 from tifffs.views import MAX_FACTOR, ViewError, is_inside, parse_view
 
 STDOUT = "-"
@@ -181,7 +182,8 @@ def _stream(spec: ViewSpec, source: str, out: BinaryIO) -> int:
     quiet_libraries()
     try:
         with spec.open(source) as view:
-            out.writelines(view.read(offset, CHUNK_BYTES) for offset in range(0, view.size, CHUNK_BYTES))
+            for offset in range(0, view.size, CHUNK_BYTES):
+                out.writelines(view.read_pieces(offset, CHUNK_BYTES))
             out.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # no error at exit's flush
@@ -206,7 +208,7 @@ def _render_file(spec: ViewSpec, options: _Options, source: str, output: str) ->
     if os.path.exists(output) and os.path.samefile(source, output):
         raise ConfigError("OUTPUT is SOURCE itself: tifffs never writes over a source")
     jobs = [Job(source, output, render=True)]
-    return _run(spec, _pool(options, jobs), jobs, Reporter(1, bar=False), options)
+    return _run(spec, _pool(spec, options, jobs), jobs, Reporter(1, bar=False), options)
 
 
 def _render_tree(spec: ViewSpec, options: _Options, source: str, output: str) -> int:
@@ -228,16 +230,16 @@ def _render_tree(spec: ViewSpec, options: _Options, source: str, output: str) ->
         reporter.skip(path, why)
     for failure in tree.failures:
         reporter.add(failure)
-    status = _run(spec, cluster or _pool(options, tree.jobs), tree.jobs, reporter, options)
+    status = _run(spec, cluster or _pool(spec, options, tree.jobs), tree.jobs, reporter, options)
     print(reporter.summary(interrupted=status == EXIT_INTERRUPTED), file=sys.stderr)
     return status
 
 
-def _pool(options: _Options, jobs: list[Job]) -> Pool:
+def _pool(spec: ViewSpec, options: _Options, jobs: list[Job]) -> Pool:
     """The cluster of ``--scheduler``, else processes on this machine."""
     if options.scheduler is not None:
         return DaskPool(options.scheduler)
-    return local_pool(options.jobs, _task_estimate(jobs, options))
+    return local_pool(options.jobs, _task_estimate(spec, jobs, options))
 
 
 def _run(spec: ViewSpec, pool: Pool, jobs: list[Job], reporter: Reporter,
@@ -259,14 +261,23 @@ def _run(spec: ViewSpec, pool: Pool, jobs: list[Job], reporter: Reporter,
     return 1 if reporter.failures else 0
 
 
-def _task_estimate(jobs: list[Job], options: _Options) -> int:
-    """About how many tasks ``jobs`` make, up to ``options.jobs``: more workers would idle."""
+def _task_estimate(spec: ViewSpec, jobs: list[Job], options: _Options) -> int:
+    """About how many tasks ``jobs`` make, up to ``options.jobs``: more workers would idle
+    (and starting them costs more than rendering a view of a few hundred MB)."""
     count = 0
     for job in jobs:
-        try:
-            count += 1 + os.stat(job.source).st_size // options.split_bytes
-        except OSError:
-            count += 1
+        count += _tasks_of(spec, job, options.split_bytes)
         if count >= options.jobs:
             break
     return count
+
+
+def _tasks_of(spec: ViewSpec, job: Job, split_bytes: int) -> int:
+    """The tasks ``Runner`` makes of ``job``: range tasks for a view larger than
+    ``split_bytes`` (only a source that large can have one), else one."""
+    try:
+        if not job.render or os.stat(job.source).st_size < split_bytes:
+            return 1
+        return max(1, ceil_div(view_size(spec, job.source), split_bytes))
+    except Exception:  # noqa: BLE001  (the task reports it)
+        return 1

@@ -15,6 +15,7 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -28,6 +29,7 @@ from tifffs.problems import ProblemLog
 from tifffs.sources import open_regular
 from tifffs.stats import STATS_DIR, STATS_FILE, ReadCounters, format_stats
 from tifffs.views import MountPath, View, is_inside, is_tiff_name, parse_mount_path, source_path
+from tifffs.virtual import Piece
 
 #: Reported as st_blksize so that readers (cp, Python) make large reads.
 BLOCK_SIZE = 1 << 20
@@ -44,7 +46,9 @@ class Handle(Protocol):
 
     version: SourceVersion | None  # None for the stats file
 
-    def read(self, offset: int, length: int) -> bytes: ...
+    def read_pieces(self, offset: int, length: int) -> Sequence[Piece]:
+        """Bytes ``[offset, offset + length)``, in pieces (short only at the end)."""
+        ...
 
     def attributes(self) -> dict[str, Any]: ...
 
@@ -343,8 +347,8 @@ class Snapshot:
     def __init__(self, data: bytes) -> None:
         self.data = data
 
-    def read(self, offset: int, length: int) -> bytes:
-        return self.data[offset:offset + length]
+    def read_pieces(self, offset: int, length: int) -> Sequence[Piece]:
+        return [self.data[offset:offset + length]]
 
     def attributes(self) -> dict[str, Any]:
         raise FileNotFoundError(errno.ENOENT, "no attributes of its own")
@@ -362,8 +366,8 @@ class ViewHandle:
         self.version: SourceVersion | None = self.reader.view.source.version
         self._view = view.name
 
-    def read(self, offset: int, length: int) -> bytes:
-        return self.reader.read(offset, length)
+    def read_pieces(self, offset: int, length: int) -> Sequence[Piece]:
+        return self.reader.read_pieces(offset, length)
 
     def attributes(self) -> dict[str, Any]:
         """Attributes of the version this handle serves, even if replaced since."""
@@ -382,8 +386,8 @@ class PassthroughFile:
         self.version: SourceVersion | None = SourceVersion.of(os.fstat(self.fd))
         self._view = view
 
-    def read(self, offset: int, length: int) -> bytes:
-        return os.pread(self.fd, length, offset)
+    def read_pieces(self, offset: int, length: int) -> Sequence[Piece]:
+        return [os.pread(self.fd, length, offset)]
 
     def attributes(self) -> dict[str, Any]:
         st = os.fstat(self.fd)

@@ -26,6 +26,9 @@ from tifffs.render import RenderPool, advise_band, render_band
 from tifffs.series import SeriesInfo, series_of
 from tifffs.views import View, parse_view
 
+#: Part of a read: header bytes, or a flat uint8 slice of a rendered band.
+Piece = bytes | np.ndarray
+
 #: A read renders its further bands side by side when they hold at least this many
 #: output bytes; below, handing them to other threads costs more than it saves.
 SIDE_BY_SIDE_BYTES = 256 << 10
@@ -57,36 +60,38 @@ class VirtualTiff:
 
     def reader(self) -> ViewReader:
         """A reader for one open handle, with its own read-ahead state."""
-        return ViewReader(self, SequentialReadAhead(self._pool.slots))
+        return ViewReader(self, SequentialReadAhead(self._pool.queue_limit))
 
     def read(self, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset + length)`` of the view, short only at the end of file."""
-        return self.read_bands(offset, length)[0]
+        return b"".join(self.read_pieces(offset, length)[0])
 
-    def read_bands(self, offset: int, length: int) -> tuple[bytes, BandKey | None]:
-        """The bytes and the last band they came from (None: header bytes only)."""
+    def read_pieces(self, offset: int, length: int) -> tuple[list[Piece], BandKey | None]:
+        """Bytes ``[offset, offset + length)`` as pieces in order, uncopied where they lie
+        in rendered bands, and the last band they came from (None: header bytes only)."""
         end = min(offset + length, self.layout.size)
         if offset >= end:
-            return b"", None
+            return [], None
         head = self.layout.head
         if end <= len(head):
-            return head[offset:end], None
-        pieces: list[bytes | memoryview] = []
+            return [head[offset:end]], None
+        pieces: list[Piece] = []
         position = offset
         if position < len(head):
             pieces.append(head[position:])
             position = len(head)
         spans = list(self._spans(position, end))
-        # a large read over several bands (``tifffs render``) renders them side by side;
-        # bands the pool has no room for are rendered below, in turn. Small bands (a
-        # folder of small files) render faster here than handed to another thread.
-        if sum(stop - start for _, start, stop in spans[1:]) >= SIDE_BY_SIDE_BYTES:
-            for key, _, _ in spans[1:]:
+        # a large read over several bands (``tifffs render``) renders them side by side:
+        # the pool renders the next few while this thread takes each band in turn (and
+        # renders those the pool had no room for). Small bands (a folder of small files)
+        # render faster here than handed to another thread.
+        ahead = (self._pool.queue_limit if sum(stop - start for _, start, stop in spans[1:])
+                 >= SIDE_BY_SIDE_BYTES else 0)
+        for i, ((page, plane, band), start, stop) in enumerate(spans):
+            for key, _, _ in spans[i + 1:i + 1 + ahead]:
                 self._prefetch(key)
-        for (page, plane, band), start, stop in spans:
-            data = memoryview(self._band(page, plane, band).reshape(-1).view(np.uint8))
-            pieces.append(data[start:stop])
-        return b"".join(pieces), spans[-1][0]
+            pieces.append(self._band(page, plane, band).reshape(-1).view(np.uint8)[start:stop])
+        return pieces, spans[-1][0]
 
     def _spans(self, position: int, end: int) -> Iterator[tuple[BandKey, int, int]]:
         """The bands that bytes ``[position, end)`` of the pixel data lie in: (key, start,
@@ -169,12 +174,19 @@ class ViewReader:
         self.close()
 
     def read(self, offset: int, length: int) -> bytes:
-        data, last_band = self.view.read_bands(offset, length)
+        """Bytes ``[offset, offset + length)``, short only at the end of file."""
+        return b"".join(self.read_pieces(offset, length))
+
+    def read_pieces(self, offset: int, length: int) -> list[Piece]:
+        """The same bytes as pieces (``VirtualTiff.read_pieces``), for a reader that
+        copies them to their destination itself."""
+        pieces, last_band = self.view.read_pieces(offset, length)
         if last_band is not None:
-            ahead = self.readahead.after_read(offset, offset + len(data), last_band)
+            end = offset + sum(len(piece) for piece in pieces)
+            ahead = self.readahead.after_read(offset, end, last_band)
             if ahead:
                 self.view.prefetch_after(last_band, ahead)
-        return data
+        return pieces
 
 
 def open_source_view(source: SourceFile, view: View, cache: LruCache[np.ndarray],
