@@ -80,3 +80,28 @@ def test_read_ahead_starts_after_four_bands_and_survives_slightly_out_of_order_r
     assert strategy.after_read(5 * band_bytes, 6 * band_bytes, (0, 0, 5)) == 2
     # a jump elsewhere (a look at another page) starts over
     assert strategy.after_read(100 * band_bytes, 101 * band_bytes, (0, 0, 100)) == 0
+
+
+def test_shutdown_renders_the_queued_bands_their_readers_wait_for():
+    """A band queued ahead holds its key in the cache: a reader waiting for it gets it
+    even when the pool shuts down meanwhile (a cancelled task would leave it waiting)."""
+    from tifffs.cache import LruCache
+
+    pool = RenderPool(slots=1)
+    cache: LruCache[str] = LruCache(10)
+    gate = threading.Event()
+    assert pool.submit(lambda: gate.wait(WAIT))  # the only thread is busy
+    cache.prefetch("band", lambda: "rendered", pool.submit)
+    got: list[str] = []
+    # daemon threads: were the reader left waiting, the test fails instead of hanging
+    reader = threading.Thread(target=lambda: got.append(cache.get("band", lambda: "own")),
+                              daemon=True)
+    reader.start()
+    wait_for(lambda: cache.stats().misses == 1, WAIT, "the reader to wait")
+    stopping = threading.Thread(target=pool.shutdown, daemon=True)
+    stopping.start()
+    gate.set()
+    reader.join(WAIT)
+    stopping.join(WAIT)
+    assert got == ["rendered"]
+    assert not stopping.is_alive()

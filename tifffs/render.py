@@ -79,10 +79,12 @@ class RenderPool:
         return True
 
     def shutdown(self) -> None:
+        """Stop the background threads once the bands queued (at most two per slot)
+        have rendered: each holds its key in the band cache, where a reader may wait."""
         with self._lock:
             executor, self._executor = self._executor, None
         if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            executor.shutdown(wait=True)
 
 
 def _buffer(buffers: list[_RowBuffer], i: int) -> _RowBuffer:
