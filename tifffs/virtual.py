@@ -119,6 +119,8 @@ class VirtualTiff:
             elif following > self._advised_through:  # bands are keyed in file order
                 self._advised_through = following
                 page, plane, band = following
+                if self._cache.peek((self._key_prefix, *following)) is not None:
+                    continue  # rendered already: its source rows will not be read
                 with contextlib.suppress(SourceChanged), self.source.in_use():
                     advise_band(self.source, self.plan.pages[page], plane, band)
 
