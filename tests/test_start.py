@@ -31,5 +31,5 @@ def test_the_loser_of_a_start_race_says_the_point_is_mounted(tmp_path):
             assert [e.point for e in mount_table()].count(str(mountpoint)) == 1
             unmount(mountpoint)
     finally:
-        unmount(mountpoint)
-        assert not is_mounted(mountpoint)
+        unmount(mountpoint)  # also when an assertion above failed
+    assert not is_mounted(mountpoint)
