@@ -24,7 +24,7 @@ class ReadAheadStats:
 class SequentialReadAhead:
     """Render ``depth`` bands ahead (two per core: they render side by side, and a core
     is not left idle while the reader's next request is on its way) of a
-    reader that has read on through three bands in order: a copy, not a look at one
+    reader that has read on into four bands in order: a copy, not a look at one
     page (the kernel's own read-ahead alone reaches two bands past a small page)."""
 
     def __init__(self, depth: int) -> None:
