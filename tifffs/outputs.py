@@ -25,11 +25,9 @@ CHUNK_BYTES = 16 << 20
 
 
 class Readable(Protocol):
-    """What ``tifffs.open_view`` returns."""
+    """What ``tifffs.open_view`` returns, as far as writing it out needs."""
 
     size: int
-
-    def read(self, offset: int, length: int) -> bytes: ...
 
     def read_pieces(self, offset: int, length: int) -> Sequence[Piece]: ...
 

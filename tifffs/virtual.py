@@ -183,8 +183,8 @@ class ViewReader:
         """The same bytes as pieces (``VirtualTiff.read_pieces``), for a reader that
         copies them to their destination itself."""
         pieces, last_band = self.view.read_pieces(offset, length)
-        if last_band is not None:
-            end = offset + sum(len(piece) for piece in pieces)
+        if last_band is not None:  # the pieces then reach as far as the view lets them
+            end = min(offset + length, self.view.size)
             ahead = self.readahead.after_read(offset, end, last_band)
             if ahead:
                 self.view.prefetch_after(last_band, ahead)
