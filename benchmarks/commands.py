@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 1800.0
@@ -18,15 +17,6 @@ _LIVE: dict[int, subprocess.Popen] = {}
 
 class CommandError(RuntimeError):
     """A command that exited non-zero: its first line of stderr says why."""
-
-
-@dataclass(frozen=True)
-class Done:
-    """A finished command: wall seconds, exit status and the end of its stderr."""
-
-    seconds: float
-    returncode: int
-    stderr: str
 
 
 def child_env() -> dict[str, str]:
@@ -46,37 +36,40 @@ def start(argv: list[str], stdout: object = subprocess.DEVNULL,
     return proc
 
 
-def reap(proc: subprocess.Popen, timeout: float = TIMEOUT) -> str:
-    """Wait for ``proc`` (killing its group after ``timeout``); return its stderr text."""
+def reap(proc: subprocess.Popen, stdin: bytes | None = None,
+         timeout: float = TIMEOUT) -> tuple[str, str]:
+    """Feed ``stdin`` to ``proc`` and wait for it (killing its group after ``timeout``);
+    its stdout and stderr text."""
     try:
-        _, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
         stop(proc)
-        raise CommandError(f"{os.path.basename(str(proc.args[0]))} took over {timeout:.0f} s")
+        raise CommandError(f"{os.path.basename(str(proc.args[0]))} took over {timeout:.0f} s") \
+            from None
     finally:
-        _LIVE.pop(proc.pid, None)
-    return (err or b"").decode(errors="replace") if isinstance(err, bytes) else ""
+        forget(proc)
+    return (out or b"").decode(errors="replace"), (err or b"").decode(errors="replace")
 
 
-def run(argv: list[str], check: bool = True, timeout: float = TIMEOUT) -> Done:
-    """Run one command, stdout to /dev/null; its wall time. Raise CommandError on failure."""
+def run(argv: list[str]) -> float:
+    """Run one command, stdout to /dev/null; its wall seconds. Raise CommandError on failure."""
     begin = time.perf_counter()
     proc = start(argv)
-    err = reap(proc, timeout)
-    done = Done(time.perf_counter() - begin, proc.returncode, err[-2000:])
-    if check and done.returncode:
-        raise CommandError(f"{' '.join(argv[:2])}... exited {done.returncode}: "
-                           f"{first_line(done.stderr)}")
-    return done
+    _, err = reap(proc)
+    seconds = time.perf_counter() - begin
+    if proc.returncode:
+        raise CommandError(f"{' '.join(argv[:2])}... exited {proc.returncode}: "
+                           f"{first_line(err[-2000:])}")
+    return seconds
 
 
-def run_parallel(argvs: list[list[str]], timeout: float = TIMEOUT) -> float:
+def run_parallel(argvs: list[list[str]]) -> float:
     """Start every command at once; wall seconds until the last ends. All must succeed."""
     begin = time.perf_counter()
     procs = [start(argv) for argv in argvs]
     errors = []
     for proc in procs:
-        err = reap(proc, timeout)
+        _, err = reap(proc)
         if proc.returncode:
             errors.append(f"exited {proc.returncode}: {first_line(err)}")
     if errors:
@@ -84,18 +77,11 @@ def run_parallel(argvs: list[list[str]], timeout: float = TIMEOUT) -> float:
     return time.perf_counter() - begin
 
 
-def capture(argv: list[str], stdin: bytes = b"", cwd: str | None = None,
-            timeout: float = TIMEOUT) -> tuple[int, str, str]:
+def capture(argv: list[str], stdin: bytes = b"", cwd: str | None = None) -> tuple[int, str, str]:
     """Run a command with ``stdin``; its exit status, stdout and stderr."""
     proc = start(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=cwd)
-    try:
-        out, err = proc.communicate(stdin, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stop(proc)
-        raise CommandError(f"{os.path.basename(argv[0])} took over {timeout:.0f} s") from None
-    finally:
-        _LIVE.pop(proc.pid, None)
-    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+    out, err = reap(proc, stdin)
+    return proc.returncode, out, err
 
 
 def task(name: str, **args: object) -> dict:
@@ -129,7 +115,7 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
-    _LIVE.pop(proc.pid, None)
+    forget(proc)
 
 
 def forget(proc: subprocess.Popen) -> None:

@@ -50,6 +50,11 @@ class Entry:
     label: str
     baseline: str | None = None
 
+    @property
+    def key(self) -> str:
+        """The entry as results and targets name it: "scenario/name"."""
+        return f"{self.scenario}/{self.name}"
+
 
 @dataclass(frozen=True)
 class Contender:
@@ -114,11 +119,9 @@ def all_contenders() -> list[Contender]:
 class Context:
     """What contenders share: the data, a scratch folder, what tifffs supports, caches."""
 
-    def __init__(self, cases: dict[str, Case], workdir: str, quick: bool,
-                 features: set[str]) -> None:
+    def __init__(self, cases: dict[str, Case], workdir: str, features: set[str]) -> None:
         self.cases = cases
         self.workdir = workdir
-        self.quick = quick
         self.features = features
         self.services = contextlib.ExitStack()  # long-lived helpers (the dask cluster)
         self.can_drop_caches = (os.geteuid() == 0

@@ -42,11 +42,6 @@ class Case:
         """Absolute paths of the case's TIFFs."""
         return [os.path.join(self.root, rel) for rel in self.relfiles]
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes on disk (hard links counted once per link)."""
-        return sum(os.path.getsize(path) for path in self.files)
-
 
 def default_data_dir() -> str:
     """``$XDG_CACHE_HOME/tifffs-bench``, else ``~/.cache/tifffs-bench``."""

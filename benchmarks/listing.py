@@ -9,10 +9,10 @@ import time
 from benchmarks import commands
 from benchmarks.contenders import Context, Sample, contender, contender_and_fuse3
 from benchmarks.data import Case
-from benchmarks.mount import Mount
 
 FACTOR = 4
 CACHE_MB = 256  # passed explicitly, so that the memory target's limit is known
+DIR = "{dir}"  # in a command: the folder it works on (MNT/x4, or SOURCE for baselines)
 
 
 def _index_dir(ctx: Context, name: str) -> str:
@@ -32,25 +32,33 @@ def _prime(ctx: Context, case: Case, index_dir: str) -> None:
         commands.run(["ls", "-lR", mnt.path("x4")])
 
 
-def _timed_on_mount(ctx: Context, mnt: Mount, argv: list[str]) -> Sample:
-    """Run ``argv`` against a live mount; its time, then the idle daemon's memory and fds."""
-    done = commands.run(argv)
-    return Sample(done.seconds, daemon_mb=mnt.peak_rss_mb(), fds=mnt.open_fds())
+def _in(argv: list[str], folder: str) -> list[str]:
+    """``argv`` with its DIR arguments replaced by ``folder``."""
+    return [folder if a == DIR else a for a in argv]
 
 
-def _indexed(ctx: Context, case: Case, argv_of: list[str], libfuse: int = 2) -> Sample:
-    """``argv_of`` (with {mnt} for the x4 folder) on a new mount whose index is up to date."""
+def _on_mount(ctx: Context, case: Case, argv: list[str], libfuse: int,
+              index_dir: str | None = None) -> Sample:
+    """``argv`` on MNT/x4 of a new mount (warm source); its time, then the idle daemon's
+    memory and descriptors."""
+    with ctx.mount(case, ["x4"], CACHE_MB, index_dir, libfuse) as mnt:
+        ctx.warm(case)
+        seconds = commands.run(_in(argv, mnt.path("x4")))
+        return Sample(seconds, daemon_mb=mnt.peak_rss_mb(), fds=mnt.open_fds())
+
+
+def _indexed(ctx: Context, case: Case, argv: list[str], libfuse: int) -> Sample:
+    """``argv`` on a new mount whose index is up to date."""
     ctx.require("--index-dir")
     index_dir = _index_dir(ctx, case.name)
     _prime(ctx, case, index_dir)
-    with ctx.mount(case, ["x4"], CACHE_MB, index_dir, libfuse) as mnt:
-        ctx.warm(case)
-        return _timed_on_mount(ctx, mnt, [a.format(mnt=mnt.path("x4")) for a in argv_of])
+    return _on_mount(ctx, case, argv, libfuse, index_dir)
 
 
 def _source(ctx: Context, case: Case, argv: list[str]) -> Sample:
+    """``argv`` on the source folder, warm."""
     ctx.warm(case)
-    return Sample(commands.run([*argv, case.root]).seconds)
+    return Sample(commands.run(_in(argv, case.root)))
 
 
 def _scan(ctx: Context, case: Case) -> Sample:
@@ -75,9 +83,7 @@ def files_touched(ctx: Context, libfuse: int) -> Sample:
     if "--index-dir" in ctx.features:
         _prime(ctx, case, index_dir)
     _touch(case)
-    with ctx.mount(case, ["x4"], CACHE_MB, index_dir, libfuse) as mnt:
-        ctx.warm(case)
-        return _timed_on_mount(ctx, mnt, ["ls", "-lR", mnt.path("x4")])
+    return _on_mount(ctx, case, ["ls", "-lR", DIR], libfuse, index_dir)
 
 
 @contender("files", "tifffile-scan", "tifffile: TiffFile + every page's shape, one process")
@@ -88,20 +94,18 @@ def files_scan(ctx: Context) -> Sample:
 @contender_and_fuse3("files", "ls-lR-indexed", "ls -lR MNT/x4 on a new mount, index up to "
                      "date", baseline="ls-lR-source", fuse3_note="listings carry attributes")
 def files_indexed(ctx: Context, libfuse: int) -> Sample:
-    return _indexed(ctx, ctx.cases["files"], ["ls", "-lR", "{mnt}"], libfuse)
+    return _indexed(ctx, ctx.cases["files"], ["ls", "-lR", DIR], libfuse)
 
 
 @contender("files", "ls-lR-source", "ls -lR SOURCE")
 def files_ls_source(ctx: Context) -> Sample:
-    return _source(ctx, ctx.cases["files"], ["ls", "-lR"])
+    return _source(ctx, ctx.cases["files"], ["ls", "-lR", DIR])
 
 
 @contender_and_fuse3("files", "cp-r-x4", "cp -r MNT/x4 (fresh mount)", baseline="loop-write")
 def files_cp(ctx: Context, libfuse: int) -> Sample:
-    case = ctx.cases["files"]
-    with ctx.scratch() as out, ctx.mount(case, ["x4"], CACHE_MB, libfuse=libfuse) as mnt:
-        ctx.warm(case)
-        return _timed_on_mount(ctx, mnt, ["cp", "-r", mnt.path("x4"), out])
+    with ctx.scratch() as out:
+        return _on_mount(ctx, ctx.cases["files"], ["cp", "-r", DIR, out], libfuse)
 
 
 @contender("files", "loop-write", "tifffile.imread + cv2.resize(INTER_AREA) + tifffile.imwrite "
@@ -118,21 +122,18 @@ def files_loop(ctx: Context) -> Sample:
 @contender_and_fuse3("flat", "ls-l-indexed", "ls -l MNT/x4 on a new mount, index up to date",
                      baseline="ls-l-source", fuse3_note="listings carry attributes")
 def flat_indexed(ctx: Context, libfuse: int) -> Sample:
-    return _indexed(ctx, ctx.cases["flat"], ["ls", "-l", "{mnt}"], libfuse)
+    return _indexed(ctx, ctx.cases["flat"], ["ls", "-l", DIR], libfuse)
 
 
 @contender("flat", "ls-l-source", "ls -l SOURCE")
 def flat_ls_source(ctx: Context) -> Sample:
-    return _source(ctx, ctx.cases["flat"], ["ls", "-l"])
+    return _source(ctx, ctx.cases["flat"], ["ls", "-l", DIR])
 
 
 @contender_and_fuse3("flat", "ls-l-first", "ls -l MNT/x4, the first listing ever (empty "
                      "index)", baseline="tifffile-scan")
 def flat_first(ctx: Context, libfuse: int) -> Sample:
-    case = ctx.cases["flat"]
-    with ctx.mount(case, ["x4"], CACHE_MB, libfuse=libfuse) as mnt:
-        ctx.warm(case)
-        return _timed_on_mount(ctx, mnt, ["ls", "-l", mnt.path("x4")])
+    return _on_mount(ctx, ctx.cases["flat"], ["ls", "-l", DIR], libfuse)
 
 
 @contender("flat", "tifffile-scan", "tifffile: TiffFile + every page's shape, one process")
@@ -143,11 +144,9 @@ def flat_scan(ctx: Context) -> Sample:
 @contender_and_fuse3("flat", "find-x4", "find MNT/x4 -type f on a new mount, index up to "
                      "date", baseline="find-source")
 def flat_find(ctx: Context, libfuse: int) -> Sample:
-    return _indexed(ctx, ctx.cases["flat"], ["find", "{mnt}", "-type", "f"], libfuse)
+    return _indexed(ctx, ctx.cases["flat"], ["find", DIR, "-type", "f"], libfuse)
 
 
 @contender("flat", "find-source", "find SOURCE -type f")
 def flat_find_source(ctx: Context) -> Sample:
-    case = ctx.cases["flat"]
-    ctx.warm(case)
-    return Sample(commands.run(["find", case.root, "-type", "f"]).seconds)
+    return _source(ctx, ctx.cases["flat"], ["find", DIR, "-type", "f"])

@@ -33,7 +33,7 @@ class Result:
 
     @property
     def key(self) -> str:
-        return f"{self.entry.scenario}/{self.entry.name}"
+        return self.entry.key
 
     @property
     def state(self) -> str:
@@ -65,17 +65,19 @@ def evaluate(target: Target, results: dict[str, Result]) -> dict:
     if value is not None and base:
         row["ratio"] = value / base
         row["met"] = row["ratio"] <= target.max_ratio * (1 + 1e-9)
-        return row
-    for result, metric in ((mine, target.metric), (other, "s")):
-        if result is None and (metric != "s" or result is mine or
-                               isinstance(target.baseline, str)):
-            row["why"] = "not selected"
-        elif result is not None and result.value(metric) is None:
-            row["why"] = f"{result.entry.name}: {result.state}" + (
-                f" ({result.note})" if result.note else "")
-        if row["why"]:
-            break
+    else:
+        row["why"] = _why_not(mine, target.metric) or (
+            _why_not(other, "s") if isinstance(target.baseline, str) else "")
     return row
+
+
+def _why_not(result: Result | None, metric: str) -> str:
+    """Why ``result`` has no ``metric``: not selected, or its state; "" when it has one."""
+    if result is None:
+        return "not selected"
+    if result.value(metric) is not None:
+        return ""
+    return f"{result.entry.name}: {result.state}" + (f" ({result.note})" if result.note else "")
 
 
 def _s(value: float | None) -> str:
@@ -124,7 +126,7 @@ def target_rows(targets: list[dict]) -> list[str]:
     return lines
 
 
-def body(results: list[Result], meta: dict) -> str:
+def body(results: list[Result]) -> str:
     """The tables of every scenario that ran, then the targets (markdown, no title)."""
     lines = []
     for scenario, title in SCENARIO_TITLES.items():
@@ -158,7 +160,7 @@ def header(meta: dict) -> str:
 
 def markdown(results: list[Result], meta: dict) -> str:
     """The whole report as markdown."""
-    return f"# tifffs benchmark\n\n{header(meta)}\n\n{body(results, meta)}\n"
+    return f"# tifffs benchmark\n\n{header(meta)}\n\n{body(results)}\n"
 
 
 def document(results: list[Result], meta: dict) -> dict:
@@ -201,7 +203,7 @@ def publish(results: list[Result], meta: dict, svg: str) -> list[str]:
     if BEGIN not in text or END not in text:
         raise SystemExit(f"bench: {path} lacks the {BEGIN} and {END} markers: add them where "
                          "the table goes")
-    table = f"{header(meta)}\n\n{body(results, meta)}\n"
+    table = f"{header(meta)}\n\n{body(results)}\n"
     head, rest = text.split(BEGIN, 1)
     with open(path, "w") as fh:
         fh.write(f"{head}{BEGIN}\n{table}{END}{rest.split(END, 1)[1]}")

@@ -61,7 +61,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def run_one(contender: Contender, ctx: Context, results: dict[str, report.Result]) -> None:
     """Measure ``contender`` once; record its samples, or why it did not run."""
-    mine = [results[f"{e.scenario}/{e.name}"] for e in contender.entries]
+    mine = [results[e.key] for e in contender.entries]
     if any(r.status in ("unavailable", "skipped") for r in mine):
         return  # the same answer every repetition
     try:
@@ -117,10 +117,9 @@ def measure(args: argparse.Namespace, contenders: list[Contender]) -> tuple[dict
     cases = data.prepare(data_dir, mode, log)
     meta["cases"] = {name: case.title for name, case in cases.items()}
     meta["features"] = sorted(features)
-    results = {f"{e.scenario}/{e.name}": report.Result(e)
-               for c in contenders for e in c.entries}
+    results = {e.key: report.Result(e) for c in contenders for e in c.entries}
     workdir = tempfile.mkdtemp(prefix="run-", dir=data_dir)  # the data's disk
-    ctx = Context(cases, workdir, args.quick, features)
+    ctx = Context(cases, workdir, features)
     meta["cold"] = ("drop_caches (root)" if ctx.can_drop_caches
                     else "skipped: not root")
     started = time.monotonic()
@@ -142,7 +141,7 @@ def main(argv: list[str]) -> int:
     if args.list:
         for c in all_contenders():
             for e in c.entries:
-                print(f"{e.scenario + '/' + e.name:26} {e.label}")
+                print(f"{e.key:26} {e.label}")
         return 0
     if not contenders:
         print(f"bench: --only {args.only} matches no contender (see --list)", file=sys.stderr)

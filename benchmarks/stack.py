@@ -22,8 +22,8 @@ def _cp_view(ctx: Context, view: str, cold: bool = False, libfuse: int = 2) -> S
             ctx.drop_caches()
         else:
             ctx.warm(case)
-        done = commands.run(["cp", mnt.path(view, case.relfiles[0]), out])
-        return Sample(done.seconds, daemon_mb=mnt.peak_rss_mb(), fds=mnt.open_fds())
+        seconds = commands.run(["cp", mnt.path(view, case.relfiles[0]), out])
+        return Sample(seconds, daemon_mb=mnt.peak_rss_mb(), fds=mnt.open_fds())
 
 
 def _loop(ctx: Context, task: str) -> Sample:
@@ -65,7 +65,7 @@ def cold_cp(ctx: Context) -> Sample:
 @contender("stack", "cold-cat", "cat SOURCE/stack.tif after drop_caches")
 def cold_cat(ctx: Context) -> Sample:
     ctx.drop_caches()
-    return Sample(commands.run(["cat", *ctx.cases["stack"].files]).seconds)
+    return Sample(commands.run(["cat", *ctx.cases["stack"].files]))
 
 
 def _render(ctx: Context, view: str) -> Sample:

@@ -22,9 +22,8 @@ def _render_tree(ctx: Context, *options: str) -> Sample:
     case = ctx.cases["stacks"]
     with ctx.scratch() as out:
         ctx.warm(case)
-        done = commands.run([sys.executable, "-m", "tifffs", "render", case.root,
-                             os.path.join(out, "x4"), "--view", "x4", *options])
-        return Sample(done.seconds)
+        return Sample(commands.run([sys.executable, "-m", "tifffs", "render", case.root,
+                                    os.path.join(out, "x4"), "--view", "x4", *options]))
 
 
 @contender("tree", "render-jobs1", "tifffs render STACKS OUT --view x4 --jobs 1")
