@@ -18,11 +18,12 @@ class MissingTool(AssertionError):
     """A program the tests need is not installed."""
 
 
-def require(name: str, error: type[AssertionError] = MissingTool) -> str:
+def require(name: str, error: type[AssertionError] = MissingTool,
+            hint: str = INSTALL_HINT) -> str:
     """The path of the program ``name``; raise ``error`` (a failure) when it is missing."""
     path = shutil.which(name)
     if path is None:
-        raise error(f"{name} not found: {INSTALL_HINT}")
+        raise error(f"{name} not found: {hint}")
     return path
 
 
