@@ -44,6 +44,8 @@ def test_libfuse3_shows_the_same_tree_and_bytes_as_libfuse2(sources, mount, tmp_
         for view in ("x4", "x8"):
             listed2, listed3 = _walk(mount.path / view), _walk(mount3.path / view)
             assert listed3 == listed2
+            # every source entry is there (two empty listings would be equal too)
+            assert sorted(listed3) == sorted(str(p.relative_to(root)) for p in root.rglob("*"))
             for relative, attributes in listed3.items():
                 if len(attributes) > 1 and not os.path.isdir(mount3.path / view / relative):
                     assert (mount3.path / view / relative).read_bytes() == \
