@@ -46,7 +46,7 @@ INSTALL_HINT = ("run scripts/test, which installs libtiff-tools, imagej, Java, g
 IMAGEJ_JAR = Path("/usr/share/java/ij.jar")
 PROBE = Path(__file__).with_name("ImageJProbe.java")
 TOOL_TIMEOUT = 600
-MINISWHITE, MINISBLACK, PALETTE, RGB, YCBCR = 0, 1, 3, 2, 6
+PALETTE, RGB, YCBCR = 3, 2, 6
 
 
 class ReaderMissing(MissingTool):
@@ -54,7 +54,7 @@ class ReaderMissing(MissingTool):
 
 
 def tool(name: str) -> str:
-    return require(name, ReaderMissing)
+    return require(name, ReaderMissing, INSTALL_HINT)
 
 
 # -- the pages as tifffile decodes them

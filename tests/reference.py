@@ -44,14 +44,16 @@ def reference_stack(stack: np.ndarray, factor: int, method: str, pages_axis: boo
 def read_pages(path) -> list[np.ndarray]:
     """Every page of the main IFD chain as tifffile decodes it, as (rows, columns,
     samples), whatever its planar configuration."""
-    pages = []
     with tifffile.TiffFile(path) as tif:
-        for page in tif.pages:
-            array = page.asarray()
-            if page.planarconfig == 2 and page.samplesperpixel > 1:
-                array = np.moveaxis(array, 0, -1)
-            pages.append(array.reshape(page.imagelength, page.imagewidth, -1))
-    return pages
+        return [_decoded(page) for page in tif.pages]
+
+
+def _decoded(page: tifffile.TiffPage) -> np.ndarray:
+    """One page as tifffile decodes it, as (rows, columns, samples)."""
+    array = page.asarray()
+    if page.planarconfig == 2 and page.samplesperpixel > 1:
+        array = np.moveaxis(array, 0, -1)
+    return array.reshape(page.imagelength, page.imagewidth, -1)
 
 
 # -- blocks of several slices, every method; and exact area averaging (fit views)
@@ -75,6 +77,10 @@ def reference_blocks(slices: list[np.ndarray], factor: int, method: str) -> np.n
     """Reduce every factor x factor x len(slices) block (rows, columns, samples) of
     integers; ``median`` and ``mean`` round half up, ``mode`` ties go to the smallest."""
     dtype = slices[0].dtype
+    if method in ("max", "min"):  # absent values padded with the other extreme
+        info = np.iinfo(dtype)
+        values, _ = _blocks(slices, factor, info.min if method == "max" else info.max)
+        return values.max(axis=-1) if method == "max" else values.min(axis=-1)
     if method == "mean":
         values, counts = _blocks(slices, factor, 0)
         sums = values.astype(object).sum(axis=-1)
@@ -131,10 +137,7 @@ def served_pixels(page: tifffile.TiffPage) -> tuple[np.ndarray, int, bool]:
     columns, samples) in native byte order, photometric, is bilevel grey). Bilevel
     MinIsWhite/MinIsBlack pages become 0/255 MinIsBlack, other 1-bit pages 0/1 uint8,
     and JPEG's YCbCr is RGB as tifffile decodes it."""
-    pixels = page.asarray()
-    if page.planarconfig == 2 and page.samplesperpixel > 1:
-        pixels = np.moveaxis(pixels, 0, -1)
-    pixels = pixels.reshape(page.imagelength, page.imagewidth, -1)
+    pixels = _decoded(page)
     pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     photometric = int(page.photometric)
     grey = page.bitspersample == 1 and photometric in (0, 1)  # MinIsWhite, MinIsBlack

@@ -21,7 +21,7 @@ import tifffile
 from reference import served_pixels
 from writers import H, W, plain, run
 
-MINISWHITE, MINISBLACK, PALETTE = 0, 1, 3
+PALETTE = 3
 
 
 def bilevel(shape: tuple[int, ...], seed: int) -> np.ndarray:

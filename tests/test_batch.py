@@ -80,7 +80,7 @@ def test_jobs_and_split_files_give_the_same_bytes(tmp_path):
             assert_mirrors(out, mount.path / view)
 
 
-def test_rerun_renders_only_what_changed(tree, tmp_path):
+def test_rerun_renders_only_what_changed(tmp_path):
     source = tmp_path / "src"
     write_stack(source / "a.tif", sample_array("uint16", (2, 60, 50)))
     write_stack(source / "sub" / "b.tif", sample_array("uint16", (2, 60, 50), seed=1))

@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +16,7 @@ import pytest
 
 from conftest import mounted, sample_array, wait_for, write_stack
 from tifffs import open_view, rendering
+from tools import free_port, stop_group
 from trees import assert_mirrors, leftovers, make_tree, render, summary
 
 START_TIMEOUT = 90.0
@@ -29,16 +28,6 @@ def _dask(*args: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen([str(dask), *args], stdin=subprocess.DEVNULL,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @contextlib.contextmanager
@@ -63,7 +52,7 @@ def dask_cluster(workdir: Path, workers: int = 2) -> Iterator[str]:
         yield address
     finally:
         for process in reversed(processes):
-            _stop(process)
+            stop_group(process)
 
 
 @pytest.mark.mount
@@ -136,10 +125,7 @@ def test_rewritten_source_of_the_same_size_is_rendered_again(local_cluster, tmp_
 def test_unreachable_scheduler_is_one_line(tmp_path):
     source = tmp_path / "src"
     write_stack(source / "a.tif", sample_array("uint8", (20, 20)))
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again: nothing listens there
-    result = render(source, tmp_path / "out", "--scheduler", f"tcp://127.0.0.1:{port}",
+    result = render(source, tmp_path / "out", "--scheduler", f"tcp://127.0.0.1:{free_port()}",
                     expect=1)
     [line] = result.stderr.strip().splitlines()
     assert "cannot reach the dask scheduler" in line and "--scheduler" in line

@@ -12,31 +12,12 @@ import pytest
 import tifffile
 
 from conftest import mounted, wait_for
+from tools import mount_stats, source_fds
+from trees import listing_folder
 
 pytestmark = pytest.mark.mount
 
 HANG = 60.0
-
-
-def _stats(mount) -> dict[str, int]:
-    text = (mount.path / ".tifffs" / "stats").read_text()
-    return {k: int(v) for k, v in (line.split(" ", 1) for line in text.splitlines()
-                                   if not line.startswith("error ") and " " in line)}
-
-
-def _folder(root: Path, files: int) -> Path:
-    """``files`` small stacks (more than one readdir request holds), a text file and a
-    sub-folder."""
-    folder = root / "many"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    for i in range(files):
-        tifffile.imwrite(folder / f"f{i:04d}.tif",
-                         rng.integers(0, 65535, (2, 16 + i % 7, 12), dtype=np.uint16),
-                         photometric="minisblack")
-    (folder / "notes.txt").write_text("notes\n")
-    (folder / "sub").mkdir()
-    return root
 
 
 def _walk(root: Path) -> dict[str, tuple[int, ...]]:
@@ -63,6 +44,8 @@ def test_libfuse3_shows_the_same_tree_and_bytes_as_libfuse2(sources, mount, tmp_
         for view in ("x4", "x8"):
             listed2, listed3 = _walk(mount.path / view), _walk(mount3.path / view)
             assert listed3 == listed2
+            # every source entry is there (two empty listings would be equal too)
+            assert sorted(listed3) == sorted(str(p.relative_to(root)) for p in root.rglob("*"))
             for relative, attributes in listed3.items():
                 if len(attributes) > 1 and not os.path.isdir(mount3.path / view / relative):
                     assert (mount3.path / view / relative).read_bytes() == \
@@ -70,13 +53,13 @@ def test_libfuse3_shows_the_same_tree_and_bytes_as_libfuse2(sources, mount, tmp_
 
 
 def test_ls_l_takes_attributes_from_the_listing_not_a_lookup_per_file(tmp_path):
-    source = _folder(tmp_path / "src", files=300)
+    source = listing_folder(tmp_path / "src", files=300)
     with mounted(source, tmp_path, "--libfuse", "3") as mount:
         folder = mount.path / "x4" / "many"
-        before = _stats(mount)
+        before = mount_stats(mount)
         listing = subprocess.run(["ls", "-l", "--time-style=+%s", str(folder)],
                                  capture_output=True, text=True, check=True).stdout
-        after = _stats(mount)
+        after = mount_stats(mount)
         # the folders of the path are looked up; the 302 entries come with the listing
         assert after["getattrs"] - before["getattrs"] < 10, after["getattrs"]
         assert after["listed_attributes"] - before["listed_attributes"] >= 302
@@ -89,7 +72,7 @@ def test_ls_l_takes_attributes_from_the_listing_not_a_lookup_per_file(tmp_path):
 
 
 def test_find_gets_every_entry_with_its_type(tmp_path):
-    source = _folder(tmp_path / "src", files=300)
+    source = listing_folder(tmp_path / "src", files=300)
     with mounted(source, tmp_path, "--libfuse", "3") as mount:
         found = subprocess.run(["find", str(mount.path / "x4"), "-type", "f"],
                                capture_output=True, text=True, check=True).stdout.split()
@@ -102,39 +85,37 @@ def test_find_gets_every_entry_with_its_type(tmp_path):
 
 
 def test_a_new_listing_reads_the_folder_again(tmp_path):
-    source = _folder(tmp_path / "src", files=20)
+    source = listing_folder(tmp_path / "src", files=20)
     with mounted(source, tmp_path, "--libfuse", "3", source_is_constant=False) as mount:
         folder = mount.path / "x4" / "many"
         first = set(os.listdir(folder))
-        (source / "many" / "f0003.tif").unlink()
+        (source / "many" / "f003.tif").unlink()
         tifffile.imwrite(source / "many" / "late.tif", np.zeros((8, 8), np.uint16))
-        wait_for(lambda: set(os.listdir(folder)) == first - {"f0003.tif"} | {"late.tif"},
+        wait_for(lambda: set(os.listdir(folder)) == first - {"f003.tif"} | {"late.tif"},
                  HANG, "the changed listing")
         assert tifffile.imread(folder / "late.tif").shape == (2, 2)
 
 
 def test_a_replaced_source_is_listed_with_its_new_size(tmp_path):
-    source = _folder(tmp_path / "src", files=3)
+    source = listing_folder(tmp_path / "src", files=3)
     with mounted(source, tmp_path, "--libfuse", "3", source_is_constant=False) as mount:
         folder = mount.path / "x4" / "many"
         old = {e.name: e.stat().st_size for e in os.scandir(folder) if e.is_file()}
-        tifffile.imwrite(source / "many" / "f0001.tif", np.zeros((5, 64, 64), np.uint16))
+        tifffile.imwrite(source / "many" / "f001.tif", np.zeros((5, 64, 64), np.uint16))
 
         def listed_size() -> int:
-            return {e.name: e.stat().st_size for e in os.scandir(folder)}["f0001.tif"]
+            return {e.name: e.stat().st_size for e in os.scandir(folder)}["f001.tif"]
 
-        wait_for(lambda: listed_size() != old["f0001.tif"], HANG, "the new size")
-        assert len((folder / "f0001.tif").read_bytes()) == listed_size()
-        assert tifffile.imread(folder / "f0001.tif").shape == (5, 16, 16)
+        wait_for(lambda: listed_size() != old["f001.tif"], HANG, "the new size")
+        assert len((folder / "f001.tif").read_bytes()) == listed_size()
+        assert tifffile.imread(folder / "f001.tif").shape == (5, 16, 16)
 
 
 def test_no_source_descriptor_is_left_after_a_listing(tmp_path):
-    source = _folder(tmp_path / "src", files=100)
+    source = listing_folder(tmp_path / "src", files=100)
     with mounted(source, tmp_path, "--libfuse", "3") as mount:
         subprocess.run(["ls", "-lR", str(mount.path)], capture_output=True, check=True)
-        held = [os.readlink(f"/proc/{mount.process.pid}/fd/{fd}")
-                for fd in os.listdir(f"/proc/{mount.process.pid}/fd")]
-        assert not [t for t in held if t.startswith(str(source))], held
+        assert source_fds(mount.process.pid, source) == []
 
 
 def test_a_large_folder_on_libfuse_2_hints_at_libfuse_3_once(tmp_path):

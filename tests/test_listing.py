@@ -8,52 +8,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import tifffile
 
 from conftest import mounted, wait_for
 from robustness import call_with_timeout, require
+from tools import mount_stats, source_fds
+from trees import listing_folder
 
 pytestmark = pytest.mark.mount
 
 HANG = 60.0
 
 
-def _folder(root: Path, files: int = 40, pages: int = 2) -> Path:
-    folder = root / "many"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(files):
-        tifffile.imwrite(folder / f"f{i:03d}.tif",
-                         rng.integers(0, 65535, (pages, 32 + i % 5, 24), dtype=np.uint16),
-                         photometric="minisblack")
-    (folder / "notes.txt").write_text("notes\n")
-    (folder / "sub").mkdir()
-    return root
-
-
-def _stats(mount) -> dict[str, int]:
-    text = (mount.path / ".tifffs" / "stats").read_text()
-    return {k: int(v) for k, v in (line.split(" ", 1) for line in text.splitlines()
-                                   if not line.startswith("error ") and " " in line)}
-
-
-def _source_fds(pid: int, source: Path) -> list[str]:
-    """The targets of the daemon's descriptors that are files under ``source``."""
-    targets = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(str(source)):
-            targets.append(target)
-    return targets
-
-
 def test_listing_sizes_equal_the_bytes_read(tmp_path):
-    source = _folder(tmp_path / "src")
+    source = listing_folder(tmp_path / "src")
     with mounted(source, tmp_path) as mount:
         folder = mount.path / "x4" / "many"
         listed = {entry.name: entry.stat().st_size for entry in os.scandir(folder)
@@ -63,12 +31,12 @@ def test_listing_sizes_equal_the_bytes_read(tmp_path):
 
 
 def test_find_and_walk_get_types_from_readdir_without_a_stat_each(tmp_path):
-    source = _folder(tmp_path / "src", files=60)
+    source = listing_folder(tmp_path / "src", files=60)
     with mounted(source, tmp_path) as mount:
-        before = _stats(mount)["getattrs"]
+        before = mount_stats(mount)["getattrs"]
         found = subprocess.run(["find", str(mount.path / "x4"), "-type", "f"],
                                capture_output=True, text=True, check=True).stdout.split()
-        after = _stats(mount)["getattrs"]
+        after = mount_stats(mount)["getattrs"]
         assert len(found) == 61
         # a getattr per folder entered, not per file (the kernel's lookups of folders)
         assert after - before < 10, after - before
@@ -83,7 +51,7 @@ def test_a_new_mount_lists_from_the_index_without_opening_the_sources(tmp_path, 
                                                                       files):
     """With libfuse 3 the listing itself carries the sizes (readdirplus), in chunks: the
     first from the index's rows of its files, the others from the folder's rows."""
-    source = _folder(tmp_path / "src", files=files)
+    source = listing_folder(tmp_path / "src", files=files)
     index = tmp_path / "index"
     with mounted(source, tmp_path / "one", "--index-dir", str(index)) as mount:
         first = {e.name: e.stat().st_size for e in os.scandir(mount.path / "x4" / "many")}
@@ -105,11 +73,11 @@ def test_a_new_mount_lists_from_the_index_without_opening_the_sources(tmp_path, 
         opened = [line for line in log.read_text().splitlines() if "/many/f" in line]
         assert not opened, opened[:3]
         if libfuse == "3":
-            assert _stats(mount)["listed_attributes"] >= files
+            assert mount_stats(mount)["listed_attributes"] >= files
 
 
 def test_tifffs_index_builds_the_index_ahead_with_a_summary(tmp_path):
-    source = _folder(tmp_path / "src", files=12, pages=3)
+    source = listing_folder(tmp_path / "src", files=12, pages=3)
     (source / "many" / "broken.tif").write_bytes(b"II*\0 not a tiff")
     index = tmp_path / "index"
     result = subprocess.run([sys.executable, "-m", "tifffs", "index", str(source),
@@ -126,15 +94,15 @@ def test_tifffs_index_builds_the_index_ahead_with_a_summary(tmp_path):
 
 
 def test_stats_and_listings_leave_no_source_descriptor_open(tmp_path):
-    source = _folder(tmp_path / "src")
+    source = listing_folder(tmp_path / "src")
     with mounted(source, tmp_path) as mount:
         subprocess.run(["ls", "-lR", str(mount.path)], capture_output=True, check=True)
-        assert _source_fds(mount.process.pid, source) == []
-        assert _stats(mount)["sources_open"] == 0
+        assert source_fds(mount.process.pid, source) == []
+        assert mount_stats(mount)["sources_open"] == 0
 
 
 def test_a_replaced_source_is_not_held_once_its_readers_are_closed(tmp_path):
-    source = _folder(tmp_path / "src", files=1, pages=4)
+    source = listing_folder(tmp_path / "src", files=1, pages=4)
     path = source / "many" / "f000.tif"
     with mounted(source, tmp_path, source_is_constant=False) as mount:
         view = mount.path / "x2" / "many" / "f000.tif"
@@ -142,17 +110,17 @@ def test_a_replaced_source_is_not_held_once_its_readers_are_closed(tmp_path):
         for _ in range(5):
             with open(view, "rb") as reader:
                 reader.read()
-                assert any(t == str(path) for t in _source_fds(pid, source))
+                assert any(t == str(path) for t in source_fds(pid, source))
             replacement = path.with_suffix(".new")
             shutil.copy(path, replacement)
             os.replace(replacement, path)
         # FUSE's release comes after close returns: wait for it, then nothing is held
-        wait_for(lambda: _source_fds(pid, source) == [], HANG, "the sources let go of")
+        wait_for(lambda: source_fds(pid, source) == [], HANG, "the sources let go of")
 
 
 def test_running_out_of_descriptors_fails_only_those_opens_and_recovers(tmp_path):
     require("prlimit")
-    source = _folder(tmp_path / "src", files=80, pages=1)
+    source = listing_folder(tmp_path / "src", files=80, pages=1)
     with mounted(source, tmp_path) as mount:
         pid = mount.process.pid
         subprocess.run(["prlimit", f"--pid={pid}", "--nofile=40:40"], check=True)
@@ -175,7 +143,7 @@ def test_running_out_of_descriptors_fails_only_those_opens_and_recovers(tmp_path
 
 
 def test_the_daemon_raises_its_soft_descriptor_limit_to_the_hard_one(tmp_path):
-    source = _folder(tmp_path / "src", files=1)
+    source = listing_folder(tmp_path / "src", files=1)
     with mounted(source, tmp_path) as mount:
         with open(f"/proc/{mount.process.pid}/limits") as limits:
             line = next(l for l in limits if l.startswith("Max open files"))
@@ -184,7 +152,7 @@ def test_the_daemon_raises_its_soft_descriptor_limit_to_the_hard_one(tmp_path):
 
 
 def test_inode_numbers_are_stable_across_mounts_and_distinct_per_view(tmp_path):
-    source = _folder(tmp_path / "src", files=5)
+    source = listing_folder(tmp_path / "src", files=5)
     names = ["many/f000.tif", "many/f003.tif", "many/notes.txt", "many/sub", "many"]
 
     def inodes(workdir: Path, order: list[str]) -> dict[tuple[str, str], int]:
@@ -203,7 +171,7 @@ def test_inode_numbers_are_stable_across_mounts_and_distinct_per_view(tmp_path):
 
 
 def test_statfs_shows_the_source_filesystem_use_not_a_full_disk(tmp_path):
-    source = _folder(tmp_path / "src", files=1)
+    source = listing_folder(tmp_path / "src", files=1)
     with mounted(source, tmp_path) as mount:
         mounted_fs, source_fs = os.statvfs(mount.path), os.statvfs(source)
         assert mounted_fs.f_blocks == source_fs.f_blocks

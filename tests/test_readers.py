@@ -55,9 +55,6 @@ TOOL_TIMEOUT = 120
 
 
 # -- helpers shared by both readers
-require_tool = require
-
-
 def is_checked_view(relative: Path) -> bool:
     """TIFF names outside ``broken/``, and the one good file in it."""
     if relative.suffix.lower() not in (".tif", ".tiff"):
@@ -115,7 +112,8 @@ def unexcused_warnings(stderr: str, source: Path) -> list[str]:
     """tiffinfo's complaints about a view, less the unknown-ImageJ-tag warnings that
     tiffinfo also gives for the source itself."""
     lines = stderr.splitlines()
-    source_lines = subprocess.run([require_tool("tiffinfo"), str(source)], capture_output=True,
+    tiffinfo = require("tiffinfo", hint=INSTALL_HINT)
+    source_lines = subprocess.run([tiffinfo, str(source)], capture_output=True,
                                   text=True, timeout=TOOL_TIMEOUT, check=False).stderr.splitlines()
     return [line for line in lines
             if not (IMAGEJ_TAG_WARNING.fullmatch(line) and line in source_lines)]
@@ -124,7 +122,7 @@ def unexcused_warnings(stderr: str, source: Path) -> list[str]:
 @pytest.mark.parametrize("factor", FACTORS)
 def test_tiffinfo_reads_every_view_cleanly(mount, sources, factor):
     """``tiffinfo -D`` (reads all pixel data) exits 0 with an empty stderr on every view."""
-    tiffinfo = require_tool("tiffinfo")
+    tiffinfo = require("tiffinfo", hint=INSTALL_HINT)
     root, _ = sources
     view_root = mount.path / f"x{factor}"
     names = tiff_files(view_root)

@@ -15,7 +15,7 @@ import tifffile
 from conftest import mounted, sample_array, wait_for, write_stack
 from robustness import as_nobody, world_readable_workdir
 from tifffs import open_view
-from trees import START_TIMEOUT, TEMP_SUFFIX, TIFFFS, leftovers, render
+from trees import START_TIMEOUT, TIFFFS, leftovers, render
 
 
 @pytest.fixture
@@ -188,8 +188,8 @@ def test_interrupt_leaves_no_partial_file(tmp_path):
                                 "--view", "x3-lanczos"], stderr=subprocess.PIPE,
                                start_new_session=True)
     try:
-        wait_for(lambda: any(p.endswith(TEMP_SUFFIX) for p in os.listdir(out_dir)),
-                 START_TIMEOUT, "the temporary output", process)
+        wait_for(lambda: bool(leftovers(out_dir)), START_TIMEOUT, "the temporary output",
+                 process)
         os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C on a terminal
         assert process.wait(timeout=60) == 130
         stderr = process.stderr.read().decode()

@@ -5,9 +5,7 @@ guest user may enter it); smbclient fetches the views, which equal ``tifffs rend
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -17,6 +15,7 @@ import pytest
 
 from conftest import mounted, sample_array, wait_for, write_stack
 from robustness import require, world_readable_workdir
+from tools import free_port, stop_group
 from trees import render, tree_files
 
 pytestmark = pytest.mark.mount
@@ -53,12 +52,6 @@ SMB_CONF = """\
 """
 
 
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _listening(port: int) -> bool:
     with contextlib.closing(socket.socket()) as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -70,7 +63,7 @@ def smbd(share: Path, workdir: Path) -> Iterator[int]:
     run = workdir / "samba"
     for name in ("private", "lock", "state", "cache", "pid", "ncalrpc", "binddns"):
         (run / name).mkdir(parents=True)
-    port = _free_port()
+    port = free_port()
     conf = run / "smb.conf"
     conf.write_text(SMB_CONF.format(port=port, run=run, path=share))
     log = run / "smbd.log"
@@ -82,13 +75,7 @@ def smbd(share: Path, workdir: Path) -> Iterator[int]:
         wait_for(lambda: _listening(port), START_TIMEOUT, "smbd", process, log)
         yield port
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)  # smbd and the children it forked
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_group(process)  # smbd and the children it forked
 
 
 def smbclient(port: int, commands: str) -> subprocess.CompletedProcess:

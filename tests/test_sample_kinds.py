@@ -86,17 +86,6 @@ def test_source_is_what_its_writer_wrote(packed_tree, name):
 
 
 # -- the reference
-def _extreme(pixels: np.ndarray, factor: int, method: str) -> np.ndarray:
-    h, w, c = pixels.shape
-    oh, ow = -(-h // factor), -(-w // factor)
-    info = np.iinfo(pixels.dtype)
-    padded = np.full((oh * factor, ow * factor, c), info.min if method == "max" else info.max,
-                     dtype=pixels.dtype)
-    padded[:h, :w] = pixels
-    blocks = padded.reshape(oh, factor, ow, factor, c)
-    return blocks.max(axis=(1, 3)) if method == "max" else blocks.min(axis=(1, 3))
-
-
 def _fit_shape(height: int, width: int) -> tuple[int, int]:
     if max(height, width) <= FIT:
         return height, width
@@ -116,9 +105,7 @@ def expected_page(pixels: np.ndarray, photometric: int, grey: bool,
         method = "nearest"
     if grey and method == "median":
         method = "mode"  # documented: a bilevel median is the mode (two levels)
-    if method in ("max", "min"):
-        return _extreme(pixels, factor, method)
-    if method in ("median", "mode"):
+    if method in ("max", "min", "median", "mode"):
         return reference_blocks([pixels], factor, method)
     return reference_page(pixels, factor, method)
 

@@ -1,15 +1,18 @@
 """The programs and mounts the tests drive: one place to find a tool, read the mount
-table or the page cache. A missing tool fails the test (never a skip): scripts/test
-installs them all."""
+table, a mount's counters or the page cache, and stop a server. A missing tool fails the
+test (never a skip): scripts/test installs them all."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 INSTALL_HINT = "run scripts/test, which installs it"
 
@@ -18,11 +21,12 @@ class MissingTool(AssertionError):
     """A program the tests need is not installed."""
 
 
-def require(name: str, error: type[AssertionError] = MissingTool) -> str:
+def require(name: str, error: type[AssertionError] = MissingTool,
+            hint: str = INSTALL_HINT) -> str:
     """The path of the program ``name``; raise ``error`` (a failure) when it is missing."""
     path = shutil.which(name)
     if path is None:
-        raise error(f"{name} not found: {INSTALL_HINT}")
+        raise error(f"{name} not found: {hint}")
     return path
 
 
@@ -64,3 +68,42 @@ def evict(path: Path) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+def mount_stats(mount: Any) -> dict[str, int]:
+    """The counters of a mount's ``.tifffs/stats`` file (not its per-file error lines)."""
+    text = (mount.path / ".tifffs" / "stats").read_text()
+    return {k: int(v) for k, v in (line.split(" ", 1) for line in text.splitlines()
+                                   if not line.startswith("error ") and " " in line)}
+
+
+def source_fds(pid: int, source: Path) -> list[str]:
+    """The targets of the daemon's descriptors that are files under ``source``."""
+    targets = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith(str(source)):
+            targets.append(target)
+    return targets
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on (bound, then closed again)."""
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a process started with ``start_new_session`` and everything it forked:
+    SIGTERM to its group, SIGKILL if it has not exited within ``timeout``."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -1,5 +1,5 @@
-"""Helpers of the render tests: the command, small source trees, and comparing an output
-tree with a mount's view folder file by file."""
+"""Helpers of the render and listing tests: the command, small source trees, and
+comparing an output tree with a mount's view folder file by file."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 from conftest import sample_array, write_stack
 
@@ -65,6 +66,20 @@ def make_tree(root: Path) -> Path:
     os.symlink("run", root / "run_link")
     os.symlink("..", root / "run" / "loop")
     os.mkfifo(root / "fifo.tif")
+    return root
+
+
+def listing_folder(root: Path, files: int = 40, pages: int = 2) -> Path:
+    """``root/many``: ``files`` small stacks ``f000.tif``..., a text file and a sub-folder."""
+    folder = root / "many"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(files):
+        tifffile.imwrite(folder / f"f{i:03d}.tif",
+                         rng.integers(0, 65535, (pages, 32 + i % 5, 24), dtype=np.uint16),
+                         photometric="minisblack")
+    (folder / "notes.txt").write_text("notes\n")
+    (folder / "sub").mkdir()
     return root
 
 

@@ -35,7 +35,7 @@ H, W = 203, 301
 
 
 def tool(name: str) -> str:
-    return require(name, MissingTool)
+    return require(name, MissingTool, INSTALL_HINT)
 
 
 def run(*command: str | Path) -> subprocess.CompletedProcess:
