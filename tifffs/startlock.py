@@ -26,20 +26,37 @@ def _lock_path(mountpoint: str) -> str:
 @contextlib.contextmanager
 def start_lock(mountpoint: str) -> Iterator[None]:
     """Hold the start lock of ``mountpoint`` (waits for a start in progress). Without a
-    place for the lock file, starts are not serialised."""
-    try:
-        fd = os.open(_lock_path(mountpoint),
-                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError:
+    place for the lock file, starts are not serialised. The lock file is removed when
+    the lock is let go, so none is left behind."""
+    path = _lock_path(mountpoint)
+    fd = _locked(path)
+    if fd is None:
         yield
         return
+    _inherited.append(fd)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        _inherited.append(fd)
         yield
     finally:
         if fd in _inherited:
             _inherited.remove(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # while locked: a waiter then finds the file gone, and retries
+        os.close(fd)
+
+
+def _locked(path: str) -> int | None:
+    """A descriptor of the lock file at ``path``, locked; None without a place for it."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                return fd  # still the file at the path: the lock is ours
+        except FileNotFoundError:
+            pass  # its holder removed it when letting go
         os.close(fd)
 
 
