@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import stat
@@ -153,11 +154,18 @@ def test_devices_and_fifos_are_written_not_replaced(stack, tmp_path):
     os.mkfifo(fifo)
     process = subprocess.Popen([*TIFFFS, "render", str(stack), str(fifo)],
                                stderr=subprocess.PIPE)
+    # opened without waiting for a writer: should tifffs render fail before it opens the
+    # fifo, the test fails instead of hanging in open()
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        with open(fifo, "rb") as reader:
+        wait_for(lambda: select.select([fd], [], [], 0)[0] or process.poll() is not None,
+                 60, "tifffs render to write into the fifo")
+        os.set_blocking(fd, True)
+        with open(fd, "rb", closefd=False) as reader:
             data = reader.read()
         assert process.wait(timeout=60) == 0
     finally:
+        os.close(fd)
         if process.poll() is None:
             process.kill()
             process.wait()
