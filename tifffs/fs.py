@@ -1,6 +1,7 @@
 """The FUSE adapter: each operation maps a path, delegates to ``ViewTree``, maps errors.
 
-This is the only module that imports the FUSE binding. Paths cross it as latin-1
+It and ``fs3`` (the same operations over libfuse 3) are the only modules that import a
+FUSE binding. Paths cross it as latin-1
 strings (one character per byte), so names that are not valid UTF-8 survive the round
 trip; they become OS strings with ``os.fsdecode`` here. The kernel keeps attributes for
 a second (``attr_timeout=1``); a ``getattr`` with a handle answers for that handle's own
