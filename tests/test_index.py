@@ -125,6 +125,40 @@ def test_a_size_of_another_version_of_the_file_is_not_served(tmp_path):
     index.close()
 
 
+def test_a_touched_file_is_described_anew_without_an_index_lookup(tmp_path, monkeypatch):
+    paths = [_tiff(tmp_path / f"{i}.tif", seed=i) for i in range(3)]
+    first = _catalog(Index(str(tmp_path / "index")))
+    sizes = [first.size(str(p), os.stat(p), X4) for p in paths]
+    first.index.flush()
+    st = os.stat(paths[0])
+    os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # a stale row now
+    index = Index(str(tmp_path / "index"))
+    looked_up = []
+    real_lookup = index.lookup
+    monkeypatch.setattr(index, "lookup",
+                        lambda path, version: looked_up.append(path) or real_lookup(path, version))
+    again = _catalog(index)
+    for path in paths:  # a new view name, so the sizes are computed from descriptions
+        again.description(str(path), SourceVersion.of(os.stat(path)))
+    assert looked_up == [str(p) for p in paths[1:]]  # the folder's versions told it apart
+    assert [again.size(str(p), os.stat(p), X4) for p in paths] == sizes
+
+
+def test_a_description_given_as_a_function_is_made_by_the_writer(tmp_path):
+    index = Index(str(tmp_path / "index"))
+    version = SourceVersion(1, 2, 3, 4, 5)
+
+    def broken() -> bytes:
+        raise RuntimeError("cannot serialise")
+
+    index.put("/data/a.tif", version, lambda: b"made later", None, weight=10)
+    index.put("/data/b.tif", version, broken, None, weight=10)
+    index.flush()
+    assert index.lookup("/data/a.tif", version) == (b"made later", None)
+    assert index.lookup("/data/b.tif", version) is None  # that row alone is left out
+    index.close()
+
+
 def test_errors_are_kept_in_the_index_too(tmp_path):
     path = tmp_path / "broken.tif"
     path.write_bytes(b"II*\0" + b"\xff" * 100)

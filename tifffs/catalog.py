@@ -67,7 +67,7 @@ class Catalog:
         # what the index had when a folder's first stat asked: the sizes of a view (by
         # folder and view), the paths with a description (by folder)
         self._folder_sizes: LruCache[dict] = LruCache(MAX_SIZES, weigh=len)
-        self._described: LruCache[frozenset[str]] = LruCache(MAX_SIZES, weigh=len)
+        self._described: LruCache[dict[str, int]] = LruCache(MAX_SIZES, weigh=len)
         self._chunked: LruCache[bool] = LruCache(64)  # folders a listing read a chunk of
 
     # -- metadata, without holding the file
@@ -116,11 +116,13 @@ class Catalog:
         for path, (version, size) in self.index.sizes_of(paths, view.name).items():
             self._sizes.put((path, SourceVersion(*version), view.name), size)
 
-    def _may_be_described(self, path: str) -> bool:
-        """False when the index has no description of ``path`` (of any version): a first
-        listing of a new folder looks none up."""
+    def _may_be_described(self, path: str, version: SourceVersion) -> bool:
+        """False when the index had no description of ``path`` at ``version`` when its
+        folder was first asked about: a first listing of a new folder, or one of
+        touched files, looks none up."""
         directory = os.path.dirname(path)
-        return path in self._described.get(directory, lambda: self.index.paths_in(directory))
+        versions = self._described.get(directory, lambda: self.index.versions_in(directory))
+        return versions.get(path) == hash(version)
 
     def shutdown(self) -> None:
         """Stop rendering ahead."""
@@ -138,7 +140,7 @@ class Catalog:
 
     def _describe(self, path: str, version: SourceVersion,
                   fd: int | None) -> FileDescription | TifffsError:
-        if self.index is not None and self._may_be_described(path):
+        if self.index is not None and self._may_be_described(path, version):
             entry = self.index.lookup(path, version)
             if entry is not None:
                 if entry.error is not None:
@@ -155,7 +157,10 @@ class Catalog:
                 self.index.put(path, version, None, f"{type(exc).__name__}:{exc}")
             return exc
         if self.index is not None:
-            self.index.put(path, version, description.to_bytes(), None)
+            self.index.put(path, version, description.to_bytes, None, _weight(description))
+            described = self._described.peek(os.path.dirname(path))
+            if described is not None:  # read from the index once this mount evicts it
+                described[path] = hash(version)
         if description.truncated:
             log.warning("%s: %s: serving the %d pages before it", printable(path),
                         description.truncated, len(description.pages))
@@ -261,6 +266,12 @@ class Catalog:
         """Source files open now (for the stats file and tests)."""
         with self._lock:
             return len(self._held)
+
+
+def _weight(description: FileDescription) -> int:
+    """About the bytes of ``description`` serialised (its segment tables dominate)."""
+    return sum(512 + page.offsets.nbytes + page.bytecounts.nbytes
+               for page in description.pages)
 
 
 def _no_series() -> SeriesInfo:

@@ -22,7 +22,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from tifffs import __version__
@@ -192,12 +192,14 @@ class Index:
         decode = os.fsdecode
         return {decode(r[0]): (r[1:6], r[6]) for r in rows}
 
-    def paths_in(self, directory: str) -> frozenset[str]:
-        """The paths of ``directory`` that have a description of this format (of any
-        version: a listing then looks up only those)."""
-        rows = self._query_all("SELECT path FROM files WHERE dir=? AND format=?",
+    def versions_in(self, directory: str) -> dict[str, int]:
+        """path -> hash of the version, of the files of ``directory`` that have a
+        description of this format: a listing then looks up only the files whose
+        version may match (the lookup checks the whole key)."""
+        rows = self._query_all("SELECT path, dev, ino, size, mtime_ns, ctime_ns FROM files "
+                               "WHERE dir=? AND format=?",
                                (os.fsencode(directory), ENTRY_FORMAT))
-        return frozenset(os.fsdecode(row[0]) for row in rows)
+        return {os.fsdecode(row[0]): hash(row[1:]) for row in rows}
 
     def _query_one(self, sql: str, args: tuple) -> tuple | None:
         rows = self._query_all(sql, args, limit_one=True)
@@ -221,12 +223,16 @@ class Index:
             return []
 
     # -- writes, in the background
-    def put(self, path: str, version: SourceVersion, description: bytes | None,
-            error: str | None) -> None:
-        """Record a description (or the error) of ``path`` at ``version``."""
+    def put(self, path: str, version: SourceVersion,
+            description: bytes | Callable[[], bytes] | None, error: str | None,
+            weight: int | None = None) -> None:
+        """Record a description (or the error) of ``path`` at ``version``. The
+        description may be given as a function that makes its bytes, called in the
+        writer thread (off a listing's path); ``weight`` then estimates its size."""
+        if weight is None:
+            weight = len(description) if isinstance(description, bytes) else 0
         self._queue("file", (os.fsencode(path), os.fsencode(os.path.dirname(path)),
-                             *version, ENTRY_FORMAT, description, error),
-                    len(description or b""))
+                             *version, ENTRY_FORMAT, description, error), weight)
 
     def put_size(self, path: str, version: SourceVersion, view: str, size: int) -> None:
         self._queue("size", (os.fsencode(path), view, os.fsencode(os.path.dirname(path)),
@@ -263,7 +269,7 @@ class Index:
                 sizes, self._pending_sizes = self._pending_sizes, []
                 self._pending_bytes = 0
             if files or sizes:
-                self._write(files, sizes)
+                self._write([row for row in map(_serialised, files) if row], sizes)
             if stop:
                 return
 
@@ -299,6 +305,18 @@ class Index:
     def close(self) -> None:
         self.flush()
         self._close_all()
+
+
+def _serialised(row: tuple) -> tuple | None:
+    """A row of ``files`` with its description as bytes (None: it cannot be made)."""
+    description = row[-2]
+    if not callable(description):
+        return row
+    try:
+        return (*row[:-2], description(), row[-1])
+    except Exception as exc:  # noqa: BLE001  (a row left out is a miss, not an error)
+        log.debug("index row of %s dropped: %s", os.fsdecode(row[0]), exc)
+        return None
 
 
 def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
