@@ -8,6 +8,7 @@ a codec that needs tifffile's fixes, samples that are not 8 to 64 bits.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from typing import Any
@@ -82,10 +83,10 @@ def _read(file: _File) -> FileDescription:
         raise _GiveUp
     magic = struct.unpack(byteorder + "H", head[2:4])[0]
     if magic == 42:
-        layout = _Layout(byteorder, bigtiff=False)
+        layout = _layout(byteorder, bigtiff=False)
         offset = struct.unpack(byteorder + "I", head[4:8])[0]
     elif magic == 43 and struct.unpack(byteorder + "HH", head[4:8]) == (8, 0):
-        layout = _Layout(byteorder, bigtiff=True)
+        layout = _layout(byteorder, bigtiff=True)
         offset = struct.unpack(byteorder + "Q", head[8:16])[0]
     else:
         raise _GiveUp
@@ -134,8 +135,12 @@ class _Chain:
         return FileDescription(tuple(self.pages), metadata, truncated)
 
     def _page(self, tags: dict[int, Any], offset: int) -> SourcePage:
-        key = (self.layout.byteorder, *sorted(
-            (code, value) for code, value in tags.items() if code not in _SEGMENT_TAGS))
+        # the tags in file order: files written alike list them alike, and a file that
+        # orders them otherwise merely makes a template of its own
+        shared = tags.copy()
+        for code in _SEGMENT_TAGS:
+            shared.pop(code, None)
+        key = (self.layout.byteorder, tuple(shared.items()))
         index, size = len(self.pages), self.file.size
         try:
             template = _TEMPLATES.get(key, lambda: page_fields(tags, index, offset,
@@ -166,6 +171,11 @@ class _Layout:
         self.single = {field_type: struct.Struct(byteorder + code)
                        for field_type, (code, size) in _TYPES.items()
                        if field_type not in _NOT_SINGLE and size <= self.inline}
+
+
+@functools.cache
+def _layout(byteorder: str, bigtiff: bool) -> _Layout:
+    return _Layout(byteorder, bigtiff)
 
 
 def _read_ifd(file: _File, layout: _Layout, offset: int) -> tuple[dict[int, Any], int]:
