@@ -188,8 +188,8 @@ def _read_ifd(file: _File, layout: _Layout, offset: int) -> tuple[dict[int, Any]
     tags: dict[int, Any] = {}
     fields = struct.unpack_from(layout.byteorder + layout.entry_format[1:] * count, table)
     single = layout.single
-    for i in range(0, 4 * count, 4):
-        code, field_type, n, value = fields[i:i + 4]
+    entries = iter(fields)
+    for code, field_type, n, value in zip(entries, entries, entries, entries):
         if code not in KNOWN_TAGS or field_type not in _TYPES:
             raise _GiveUp
         if code in tags:
