@@ -66,8 +66,8 @@ class Catalog:
         self._lock = threading.Lock()
         # what the index had when a folder's first stat asked: the sizes of a view (by
         # folder and view), the paths with a description (by folder)
-        self._folder_sizes: LruCache[dict] = LruCache(MAX_SIZES, weigh=len)
-        self._described: LruCache[dict[str, int]] = LruCache(MAX_SIZES, weigh=len)
+        self._folder_sizes: LruCache[dict] = LruCache(MAX_SIZES, weigh=_entries)
+        self._described: LruCache[dict[str, int]] = LruCache(MAX_SIZES, weigh=_entries)
         self._chunked: LruCache[bool] = LruCache(64)  # folders a listing read a chunk of
 
     # -- metadata, without holding the file
@@ -159,8 +159,8 @@ class Catalog:
         if self.index is not None:
             self.index.put(path, version, description.to_bytes, None, _weight(description))
             described = self._described.peek(os.path.dirname(path))
-            if described is not None:  # read from the index once this mount evicts it
-                described[path] = hash(version)
+            if described is not None and path in described:  # replaced, never grown
+                described[path] = hash(version)  # read from the index once evicted here
         if description.truncated:
             log.warning("%s: %s: serving the %d pages before it", printable(path),
                         description.truncated, len(description.pages))
@@ -266,6 +266,12 @@ class Catalog:
         """Source files open now (for the stats file and tests)."""
         with self._lock:
             return len(self._held)
+
+
+def _entries(folder: dict) -> int:
+    """The weight of a folder's map in a cache: its entries, and itself (so that empty
+    maps of many folders count too)."""
+    return len(folder) + 1
 
 
 def _weight(description: FileDescription) -> int:
