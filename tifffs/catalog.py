@@ -275,8 +275,9 @@ def _entries(folder: dict) -> int:
 
 
 def _weight(description: FileDescription) -> int:
-    """About the bytes of ``description`` serialised (its segment tables dominate)."""
-    return sum(512 + page.offsets.nbytes + page.bytecounts.nbytes
+    """About the memory ``description`` holds while its index row waits (measured: 1.5 KB
+    for a file of two pages; the segment tables of tiled pages add to it)."""
+    return sum(768 + page.offsets.nbytes + page.bytecounts.nbytes
                for page in description.pages)
 
 
