@@ -13,6 +13,7 @@ import pytest
 from conftest import mounted, wait_for
 from robustness import call_with_timeout, require
 from tools import mount_stats, source_fds
+from tifffs.threadstate import MAX_KEPT
 from trees import listing_folder
 
 pytestmark = pytest.mark.mount
@@ -99,6 +100,17 @@ def test_stats_and_listings_leave_no_source_descriptor_open(tmp_path):
         subprocess.run(["ls", "-lR", str(mount.path)], capture_output=True, check=True)
         assert source_fds(mount.process.pid, source) == []
         assert mount_stats(mount)["sources_open"] == 0
+
+
+@pytest.mark.parametrize("libfuse", ["2", "3"])
+def test_libfuse_worker_threads_keep_their_python_thread_state(tmp_path, libfuse):
+    source = listing_folder(tmp_path / "src", files=1)
+    with mounted(source, tmp_path, "--libfuse", libfuse) as mount:
+        for i in range(200):  # one lookup each, in turn: a few libfuse threads serve them
+            assert not (mount.path / "x4" / f"none-{i}.tif").exists()
+        kept = mount_stats(mount)["thread_states_kept"]
+    # a thread state made anew for each request would be counted again each time
+    assert 1 <= kept < MAX_KEPT // 2
 
 
 def test_a_replaced_source_is_not_held_once_its_readers_are_closed(tmp_path):

@@ -24,6 +24,7 @@ from fuse import FUSE, FuseOSError, Operations, c_stat
 
 from tifffs.errors import TifffsError
 from tifffs.problems import printable
+from tifffs.threadstate import keep_thread_state
 from tifffs.tree import Handle, ViewTree
 from tifffs.virtual import Piece
 
@@ -71,6 +72,7 @@ class TifffsOperations(Operations):
     # -- error mapping: the one place where exceptions become errno values
     def __call__(self, op: str, *args: Any) -> Any:
         """Run one request; with the log at DEBUG, trace it in one line."""
+        keep_thread_state()
         if not log.isEnabledFor(logging.DEBUG):
             return self._call(op, args)
         started = time.perf_counter()

@@ -28,6 +28,7 @@ from tifffs.pages import SourceVersion
 from tifffs.problems import ProblemLog
 from tifffs.sources import open_regular
 from tifffs.stats import STATS_DIR, STATS_FILE, ReadCounters, format_stats
+from tifffs.threadstate import threads_kept
 from tifffs.views import MountPath, View, is_inside, is_tiff_name, parse_mount_path, source_path
 from tifffs.virtual import Piece
 
@@ -336,7 +337,8 @@ class ViewTree:
         bands = self.catalog.bands
         return format_stats(self.counters, bands.stats(), bands.capacity,
                             self.problems.errors_per_file(), self.problems.errors_total(),
-                            {"sources_open": self.catalog.held_sources()})
+                            {"sources_open": self.catalog.held_sources(),
+                             "thread_states_kept": threads_kept()})
 
 
 class Snapshot:
