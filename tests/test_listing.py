@@ -12,8 +12,8 @@ import pytest
 
 from conftest import mounted, wait_for
 from robustness import call_with_timeout, require
-from tools import mount_stats, source_fds
 from tifffs.threadstate import MAX_KEPT
+from tools import mount_stats, source_fds
 from trees import listing_folder
 
 pytestmark = pytest.mark.mount
