@@ -65,7 +65,7 @@ class Catalog:
         self._held: dict[tuple[str, SourceVersion], _Held] = {}
         self._lock = threading.Lock()
         # what the index had when a folder's first stat asked: the sizes of a view (by
-        # folder and view), the paths with a description (by folder)
+        # folder and view), the version each description is of (by folder)
         self._folder_sizes: LruCache[dict] = LruCache(MAX_SIZES, weigh=_entries)
         self._described: LruCache[dict[str, int]] = LruCache(MAX_SIZES, weigh=_entries)
         self._chunked: LruCache[bool] = LruCache(64)  # folders a listing read a chunk of
