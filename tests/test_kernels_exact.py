@@ -88,6 +88,19 @@ def test_opencv_whole_blocks_alone_are_exact(dtype, factor, depth):
         np.testing.assert_array_equal(out, reference_blocks(slices, factor, "mean"))
 
 
+@pytest.mark.parametrize("factor,depth", [(3, 1), (4, 1), (4, 2)])
+def test_opencv_whole_blocks_are_exact_across_chunks(factor, depth, monkeypatch):
+    """A page taller than one chunk of row sums (here 3 output rows, the last chunk
+    ragged) gives what one chunk gives."""
+    rng = np.random.default_rng(factor + depth)
+    shape = (factor * 20, factor * 24, 1)
+    monkeypatch.setattr(blockmean, "_CHUNK_BYTES", 3 * shape[1] * 4)
+    slices = [_random("uint16", shape, rng) for _ in range(depth)]
+    out = np.empty((20, 24, 1), dtype=np.uint16)
+    blockmean.mean_whole_blocks(slices, factor, out)
+    np.testing.assert_array_equal(out, reference_blocks(slices, factor, "mean"))
+
+
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16"])
 @pytest.mark.parametrize("samples", [1, 2, 3, 4])
 def test_halving_by_opencv_is_exact_wherever_the_probe_allows_it(dtype, samples):
