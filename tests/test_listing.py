@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,24 @@ def test_libfuse_worker_threads_keep_their_python_thread_state(tmp_path, libfuse
         kept = mount_stats(mount)["thread_states_kept"]
     # a thread state made anew for each request would be counted again each time
     assert 1 <= kept < MAX_KEPT // 2
+
+
+def test_bursts_of_parallel_requests_keep_at_most_the_cap_of_thread_states(tmp_path):
+    """Bursts make libfuse start many workers and end the idle ones again (their kept
+    states are never freed): the daemon keeps serving, and keeps no more than the cap."""
+    source = listing_folder(tmp_path / "src", files=40, pages=3)
+    with mounted(source, tmp_path) as mount:
+        folder = mount.path / "x4" / "many"
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".tif"))
+        expected = {n: (folder / n).read_bytes() for n in names}
+        for _ in range(4):
+            with ThreadPoolExecutor(48) as pool:
+                read = dict(zip(names * 3, pool.map(lambda n: (folder / n).read_bytes(),
+                                                    names * 3)))
+            assert read == expected
+        kept = mount_stats(mount)["thread_states_kept"]
+        assert 1 <= kept <= MAX_KEPT
+        assert mount.process.poll() is None
 
 
 def test_a_replaced_source_is_not_held_once_its_readers_are_closed(tmp_path):

@@ -11,7 +11,9 @@ took 1.8 s instead of 2.0 s.
 libfuse ends a worker when more than ten are idle (after a burst of parallel requests);
 its kept state (about 20 KiB, plus the 256 KiB scratch buffer of ``pixels`` if it read
 rows with gaps) is then never freed. So at most ``MAX_KEPT`` threads keep theirs over
-the life of the process: at most about 9 MiB.
+the life of the process: at most about 9 MiB. A burst of parallel requests may reach
+the cap at once (libfuse starts a worker per waiting request); workers started after
+that make a state per request again, as without this module.
 """
 
 from __future__ import annotations
