@@ -114,9 +114,9 @@ def test_libfuse_worker_threads_keep_their_python_thread_state(tmp_path, libfuse
     assert 1 <= kept < MAX_KEPT // 2
 
 
-def test_bursts_of_parallel_requests_keep_at_most_the_cap_of_thread_states(tmp_path):
-    """Bursts make libfuse start many workers and end the idle ones again (their kept
-    states are never freed): the daemon keeps serving, and keeps no more than the cap."""
+def test_bursts_of_parallel_requests_keep_few_thread_states(tmp_path):
+    """Bursts make libfuse start many workers and end the idle ones again (a kept state
+    is never freed): the daemon keeps serving, and the short-lived workers keep none."""
     source = listing_folder(tmp_path / "src", files=40, pages=3)
     with mounted(source, tmp_path) as mount:
         folder = mount.path / "x4" / "many"
@@ -128,7 +128,7 @@ def test_bursts_of_parallel_requests_keep_at_most_the_cap_of_thread_states(tmp_p
                                                     names * 3)))
             assert read == expected
         kept = mount_stats(mount)["thread_states_kept"]
-        assert 1 <= kept <= MAX_KEPT
+        assert 1 <= kept < MAX_KEPT // 2  # each burst starts dozens of workers
         assert mount.process.poll() is None
 
 
