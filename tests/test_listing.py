@@ -107,10 +107,11 @@ def test_stats_and_listings_leave_no_source_descriptor_open(tmp_path):
 def test_libfuse_worker_threads_keep_their_python_thread_state(tmp_path, libfuse):
     source = listing_folder(tmp_path / "src", files=1)
     with mounted(source, tmp_path, "--libfuse", libfuse) as mount:
-        for i in range(200):  # one lookup each, in turn: a few libfuse threads serve them
+        for i in range(1000):  # one lookup each, in turn: a few libfuse threads serve them
             assert not (mount.path / "x4" / f"none-{i}.tif").exists()
         kept = mount_stats(mount)["thread_states_kept"]
-    # a thread state made anew for each request would be counted again each time
+    # a state that was not kept would be made anew, and kept again, every KEEP_AFTER
+    # requests of its thread: about 1000 / KEEP_AFTER = 31 times
     assert 1 <= kept < MAX_KEPT // 2
 
 

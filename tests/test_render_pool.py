@@ -7,6 +7,7 @@ import threading
 import numpy as np
 
 from conftest import wait_for
+from tifffs.cache import LruCache
 from tifffs.render import RenderPool
 
 WAIT = 10.0  # seconds: only a hang detector
@@ -85,8 +86,6 @@ def test_read_ahead_starts_after_four_bands_and_survives_slightly_out_of_order_r
 def test_shutdown_renders_the_queued_bands_their_readers_wait_for():
     """A band queued ahead holds its key in the cache: a reader waiting for it gets it
     even when the pool shuts down meanwhile (a cancelled task would leave it waiting)."""
-    from tifffs.cache import LruCache
-
     pool = RenderPool(slots=1)
     cache: LruCache[str] = LruCache(10)
     gate = threading.Event()

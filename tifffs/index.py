@@ -176,19 +176,19 @@ class Index:
         """path -> (version, size of ``view``) of the files of ``directory`` with one;
         the version as a plain tuple (it equals the file's ``SourceVersion`` when
         current): a folder of 20,000 files is read in one query."""
-        rows = self._query_all(
-            "SELECT path, dev, ino, size, mtime_ns, ctime_ns, view_size FROM sizes "
-            "WHERE dir=? AND view=? AND format=?",
-            (os.fsencode(directory), view, ENTRY_FORMAT))
-        decode = os.fsdecode
-        return {decode(r[0]): (r[1:6], r[6]) for r in rows}
+        return self._sizes("dir=?", (os.fsencode(directory),), view)
 
     def sizes_of(self, paths: list[str], view: str) -> dict[str, tuple[tuple[int, ...], int]]:
         """``sizes_in`` for just these paths (at most a few hundred: one query)."""
+        if not paths:
+            return {}
+        return self._sizes(f"path IN ({','.join('?' * len(paths))})",
+                           tuple(map(os.fsencode, paths)), view)
+
+    def _sizes(self, where: str, args: tuple, view: str) -> dict[str, tuple[tuple[int, ...], int]]:
         rows = self._query_all(
             "SELECT path, dev, ino, size, mtime_ns, ctime_ns, view_size FROM sizes "
-            f"WHERE path IN ({','.join('?' * len(paths))}) AND view=? AND format=?",
-            (*map(os.fsencode, paths), view, ENTRY_FORMAT)) if paths else []
+            f"WHERE {where} AND view=? AND format=?", (*args, view, ENTRY_FORMAT))
         decode = os.fsdecode
         return {decode(r[0]): (r[1:6], r[6]) for r in rows}
 

@@ -62,10 +62,6 @@ class VirtualTiff:
         """A reader for one open handle, with its own read-ahead state."""
         return ViewReader(self, SequentialReadAhead(self._pool.queue_limit))
 
-    def read(self, offset: int, length: int) -> bytes:
-        """Bytes ``[offset, offset + length)`` of the view, short only at the end of file."""
-        return b"".join(self.read_pieces(offset, length)[0])
-
     def read_pieces(self, offset: int, length: int) -> tuple[list[Piece], BandKey | None]:
         """Bytes ``[offset, offset + length)`` as pieces in order, uncopied where they lie
         in rendered bands, and the last band they came from (None: header bytes only)."""
