@@ -239,3 +239,45 @@ def test_workers_are_started_for_the_tasks_a_view_makes_not_for_its_source_size(
     whole.close()
     copy = Job(str(source), str(tmp_path / "copy.tif"), render=False)
     assert _task_estimate(ViewSpec("x4", "mean"), [copy, copy, copy], options) == 3
+
+
+def test_jobs_is_a_budget_of_cores():
+    """--jobs N: one process per task up to N, and the cores left render bands side by
+    side, so --jobs 1 uses one core and one big file gets all N."""
+    from tifffs.rendering import share_cores
+
+    assert share_cores(1, 1) == (1, 1)
+    assert share_cores(1, 8) == (1, 1)
+    assert share_cores(2, 1) == (1, 2)
+    assert share_cores(2, 8) == (2, 1)
+    assert share_cores(8, 3) == (3, 2)
+    assert share_cores(3, 0) == (1, 3)
+
+
+@pytest.mark.parametrize("jobs, folder, slots", [("1", False, 1), ("2", False, 2),
+                                                 ("1", True, 1), ("2", True, 2)])
+def test_jobs_sets_how_many_bands_render_at_once(tmp_path, monkeypatch, jobs, folder, slots):
+    """In this process (one task: no worker processes), every render pool has the slots
+    that --jobs leaves to the one file, also when it is a folder's only file."""
+    from tifffs import render as render_module
+    from tifffs import rendering
+
+    made: list[int] = []
+    real_init = render_module.RenderPool.__init__
+
+    def recording_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        made.append(self.slots)
+
+    monkeypatch.setattr(render_module.RenderPool, "__init__", recording_init)
+    source = tmp_path / "src" / "stack.tif"
+    write_stack(source, sample_array("uint16", (3, 256, 200)))
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = [str(source.parent if folder else source), str(out / "x"), "--jobs", jobs]
+    assert rendering.main(argv) == 0
+    assert made and set(made) == {slots}, made
+    written = out / "x" / "stack.tif" if folder else out / "x"
+    expected = open_view(str(source), view="x4")
+    assert written.read_bytes() == expected.read(0, expected.size)
+    expected.close()

@@ -96,7 +96,6 @@ class ProcessPool:
         self._executor.shutdown(wait=True, cancel_futures=bool(cancel))
 
 
-def local_pool(jobs: int, tasks: int) -> Pool:
-    """A pool of ``jobs`` processes, or none when one would do (saves starting them)."""
-    workers = min(jobs, tasks)
+def local_pool(workers: int) -> Pool:
+    """A pool of ``workers`` processes, or none when one would do (saves starting them)."""
     return InlinePool() if workers <= 1 else ProcessPool(workers)

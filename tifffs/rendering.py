@@ -54,8 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--view", help="one view by name, e.g. x4, x4z2, x8-max, fit1000")
     parser.add_argument("--factor", help="reduction factor (default 4), instead of --view")
     parser.add_argument("--method", help=f"{', '.join(METHODS)} (default {DEFAULT_METHOD})")
-    parser.add_argument("--jobs", "-j", help=f"files rendered at once on this machine "
-                        f"(default: the number of cores, {default_jobs()})")
+    parser.add_argument("--jobs", "-j", help=f"cores to use on this machine: up to N files "
+                        f"at once, each in its own process, or one file's bands side by "
+                        f"side (default: the number of cores, {default_jobs()})")
     parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="run on a dask.distributed cluster, e.g. tcp://sched:8786; "
                              "SOURCE and OUTPUT must be at the same paths on its workers")
@@ -83,12 +84,9 @@ def main(argv: list[str]) -> int:
     """``tifffs render``; returns the exit status (``ConfigError`` for invalid options)."""
     args = _parser().parse_args(argv)
     options = _options(args)
-    # one file renders its bands on every core; files rendered at once share the cores
-    # (a cluster's worker threads each render one file)
-    shared = options.scheduler or os.path.isdir(args.source)
-    spec = dataclasses.replace(_spec(args), render_slots=None if not shared else 1 if
-                               options.scheduler else max(1, (os.cpu_count() or 1) //
-                                                          options.jobs))
+    # a cluster's worker threads each render one file, its bands one at a time
+    spec = _spec(args) if options.scheduler is None else dataclasses.replace(
+        _spec(args), render_slots=1)
     source, output = args.source, args.output
     if not os.path.exists(source):
         raise ConfigError(f"SOURCE {source} does not exist")
@@ -100,7 +98,8 @@ def main(argv: list[str]) -> int:
                 if options.scheduler is not None:
                     raise ConfigError("--scheduler writes files on the cluster: give an "
                                       "OUTPUT file or folder instead of '-'")
-                return _stream(spec, source, sys.stdout.buffer)
+                return _stream(dataclasses.replace(spec, render_slots=options.jobs), source,
+                               sys.stdout.buffer)
             return _render_file(spec, options, source, output)
     except ClusterError as exc:
         print(f"tifffs: error: {exc}", file=sys.stderr)
@@ -200,7 +199,8 @@ def _render_file(spec: ViewSpec, options: _Options, source: str, output: str) ->
         output = os.path.join(output, os.path.basename(source))
     if os.path.exists(output) and not stat.S_ISREG(os.stat(output).st_mode):
         with open(output, "wb") as device:  # /dev/null, a fifo: nothing to rename over
-            return _stream(spec, source, device)
+            return _stream(dataclasses.replace(spec, render_slots=options.jobs), source,
+                           device)
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise ConfigError(f"the folder of OUTPUT, {folder}, does not exist: create it with "
@@ -208,7 +208,8 @@ def _render_file(spec: ViewSpec, options: _Options, source: str, output: str) ->
     if os.path.exists(output) and os.path.samefile(source, output):
         raise ConfigError("OUTPUT is SOURCE itself: tifffs never writes over a source")
     jobs = [Job(source, output, render=True)]
-    return _run(spec, _pool(spec, options, jobs), jobs, Reporter(1, bar=False), options)
+    spec, pool = _pool(spec, options, jobs)
+    return _run(spec, pool, jobs, Reporter(1, bar=False), options)
 
 
 def _render_tree(spec: ViewSpec, options: _Options, source: str, output: str) -> int:
@@ -230,16 +231,27 @@ def _render_tree(spec: ViewSpec, options: _Options, source: str, output: str) ->
         reporter.skip(path, why)
     for failure in tree.failures:
         reporter.add(failure)
-    status = _run(spec, cluster or _pool(spec, options, tree.jobs), tree.jobs, reporter, options)
+    spec, pool = (spec, cluster) if cluster is not None else _pool(spec, options, tree.jobs)
+    status = _run(spec, pool, tree.jobs, reporter, options)
     print(reporter.summary(interrupted=status == EXIT_INTERRUPTED), file=sys.stderr)
     return status
 
 
-def _pool(spec: ViewSpec, options: _Options, jobs: list[Job]) -> Pool:
-    """The cluster of ``--scheduler``, else processes on this machine."""
+def _pool(spec: ViewSpec, options: _Options, jobs: list[Job]) -> tuple[ViewSpec, Pool]:
+    """The cluster of ``--scheduler``, else processes on this machine; ``spec`` with the
+    render slots of each task."""
     if options.scheduler is not None:
-        return DaskPool(options.scheduler)
-    return local_pool(options.jobs, _task_estimate(spec, jobs, options))
+        return spec, DaskPool(options.scheduler)
+    workers, slots = share_cores(options.jobs, _task_estimate(spec, jobs, options))
+    return dataclasses.replace(spec, render_slots=slots), local_pool(workers)
+
+
+def share_cores(jobs: int, tasks: int) -> tuple[int, int]:
+    """(worker processes, bands each renders at once) for ``--jobs`` cores and ``tasks``
+    tasks: one process per task up to ``jobs``, and the cores left over render bands
+    side by side (one big file gets every core, ``--jobs 1`` uses one)."""
+    workers = max(1, min(jobs, tasks))
+    return workers, max(1, jobs // workers)
 
 
 def _run(spec: ViewSpec, pool: Pool, jobs: list[Job], reporter: Reporter,
