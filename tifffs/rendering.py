@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--view", help="one view by name, e.g. x4, x4z2, x8-max, fit1000")
     parser.add_argument("--factor", help="reduction factor (default 4), instead of --view")
     parser.add_argument("--method", help=f"{', '.join(METHODS)} (default {DEFAULT_METHOD})")
-    parser.add_argument("--jobs", "-j", help=f"cores to use on this machine: up to N files "
+    parser.add_argument("--jobs", "-j", metavar="N", help=f"cores to use on this machine: up to N files "
                         f"at once, each in its own process, or one file's bands side by "
                         f"side (default: the number of cores, {default_jobs()})")
     parser.add_argument("--scheduler", metavar="ADDRESS",
@@ -158,8 +158,8 @@ def _options(args: argparse.Namespace) -> _Options:
     jobs = default_jobs()
     if args.jobs is not None:
         if not args.jobs.isdigit() or int(args.jobs) < 1:
-            raise ConfigError(f"invalid --jobs {args.jobs!r}: use a number of processes from "
-                              "1 up, e.g. --jobs 4")
+            raise ConfigError(f"invalid --jobs {args.jobs!r}: use a number of cores from 1 "
+                              "up, e.g. --jobs 4")
         jobs = int(args.jobs)
     split = _size(args.split_size, "--split-size", DEFAULT_SPLIT_BYTES)
     if split < 1 << 20:
