@@ -11,6 +11,7 @@ from tifffs.config import (
     parse_factors,
     parse_libfuse,
     parse_method,
+    parse_render_threads,
     parse_size,
     parse_views,
     split_mount_options,
@@ -89,3 +90,11 @@ def test_mount_config_views():
                        use_levels=True)
     assert [v.name for v in both.views] == ["x4", "x2z2"]
     assert all(v.use_levels for v in both.views)
+
+
+def test_parse_render_threads():
+    assert parse_render_threads("1") == 1 and parse_render_threads(" 16 ") == 16
+    for text in ("0", "-2", "two", ""):
+        with pytest.raises(ConfigError, match="render threads .*from 1 up"):
+            parse_render_threads(text)
+    assert split_mount_options(["render_threads=4,ro"]) == ({"render_threads": "4"}, {})

@@ -1,14 +1,21 @@
-"""What bounds the daemon's memory beyond the band cache: the render pool (no mount)."""
+"""What bounds the daemon's memory beyond the band cache: the render pool (in process, and
+its size through a mount)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
+import pytest
 
-from conftest import wait_for
+from conftest import mounted, sample_array, wait_for, write_stack
+from tifffs import open_view
 from tifffs.cache import LruCache
 from tifffs.render import RenderPool
+from tools import mount_stats
 
 WAIT = 10.0  # seconds: only a hang detector
 
@@ -104,3 +111,30 @@ def test_shutdown_renders_the_queued_bands_their_readers_wait_for():
     stopping.join(WAIT)
     assert got == ["rendered"]
     assert not stopping.is_alive()
+
+
+def test_by_default_one_slot_per_core_this_process_may_run_on():
+    """Not os.cpu_count(): a daemon confined to one core (taskset, a batch system's
+    cpuset) renders one band at a time instead of one per core of the machine."""
+    assert RenderPool().slots == len(os.sched_getaffinity(0))
+    program = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+               "from tifffs.render import RenderPool; print(RenderPool().slots)")
+    confined = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                              check=True)
+    assert confined.stdout.strip() == "1", confined
+
+
+@pytest.mark.parametrize("options, slots", [((), None), (("--render-threads", "1"), 1),
+                                            (("-o", "render_threads=3"), 3)])
+def test_render_threads_option_sets_the_slots_of_a_mount(tmp_path, options, slots):
+    source = tmp_path / "src"
+    write_stack(source / "stack.tif", sample_array("uint16", (3, 300, 200)))
+    with mounted(source, tmp_path / "work", *options) as mount:
+        stats = mount_stats(mount)
+        assert stats["render_threads"] == (slots or len(os.sched_getaffinity(0))), stats
+        expected = open_view(str(source / "stack.tif"), view="x4")
+        try:
+            assert mount.path.joinpath("x4", "stack.tif").read_bytes() == expected.read(
+                0, expected.size)
+        finally:
+            expected.close()

@@ -34,6 +34,7 @@ from tifffs.config import (
     parse_factors,
     parse_libfuse,
     parse_method,
+    parse_render_threads,
     parse_size,
     parse_views,
     split_mount_options,
@@ -96,6 +97,9 @@ def _mount_parser() -> argparse.ArgumentParser:
                         help="libfuse to mount with: 2 (fusepy, the default) or 3 (mfusepy: "
                              "listings carry attributes, so ls -l of a large folder is "
                              "several times faster; reads of up to 1 MiB)")
+    parser.add_argument("--render-threads", metavar="N",
+                        help="bands rendered at once (default: one per core this process "
+                             "may run on)")
     parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT]",
                         help="mount options: factors=2:4, method=, cache_size=, log_file=, "
                              "debug, plus libfuse options such as allow_other")
@@ -128,11 +132,16 @@ def _config(args: argparse.Namespace) -> MountConfig:
         index_dir=args.index_dir or ours.get("index_dir"),
         no_index=args.no_index or "no_index" in ours,
         libfuse=parse_libfuse(args.libfuse or ours.get("libfuse") or "2"),
+        render_threads=_render_threads(args.render_threads or ours.get("render_threads")),
         foreground=args.foreground or "foreground" in ours,
         debug=args.debug or "debug" in ours,
         log_file=_absolute(args.log_file or ours.get("log_file")),
         fuse_options=fuse_options,
     )
+
+
+def _render_threads(text: str | None) -> int | None:
+    return None if text is None else parse_render_threads(text)
 
 
 def _absolute(path: str | None) -> str | None:
@@ -273,7 +282,8 @@ def _serve(config: MountConfig, on_ready: Callable[[], None] | None) -> int:
     raise_descriptor_limit()
     limit_malloc_arenas()
     tree = build_tree(config.source, config.views, config.cache_bytes,
-                      None if config.no_index else config.index_dir or "")
+                      None if config.no_index else config.index_dir or "",
+                      config.render_threads)
     operations = TifffsOperations(tree, on_ready=on_ready)
     index = tree.catalog.index
     log.info("mounting %s on %s (views %s, method %s, cache %d MiB, index %s, libfuse %d)",

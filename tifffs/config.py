@@ -40,6 +40,7 @@ class MountConfig:
     index_dir: str | None = None  # None: $XDG_CACHE_HOME/tifffs or ~/.cache/tifffs
     no_index: bool = False
     libfuse: int = 2  # 3: mfusepy over libfuse 3 (readdirplus, 1 MiB reads)
+    render_threads: int | None = None  # None: one per core this process may run on
     fuse_options: dict[str, str | bool] = field(default_factory=dict)
 
     @property
@@ -114,6 +115,14 @@ def parse_libfuse(text: str) -> int:
     return int(text)
 
 
+def parse_render_threads(text: str) -> int:
+    """How many bands render at once: an integer from 1 up."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ConfigError(f"invalid render threads {text!r}: use a number of cores from 1 "
+                          "up, e.g. --render-threads 4")
+    return int(text)
+
+
 def parse_method(text: str) -> str:
     if text not in METHODS:
         raise ConfigError(f"invalid method {text!r}: choose one of {', '.join(METHODS)}")
@@ -125,7 +134,7 @@ def split_mount_options(options: list[str]) -> tuple[dict[str, str], dict[str, s
 
     tifffs settings: ``factors``, ``views``, ``method``, ``use_levels``, ``imagej_large``,
     ``cache_size``, ``log_file``, ``debug``, ``foreground``, ``index_dir``, ``no_index``,
-    ``libfuse``.
+    ``libfuse``, ``render_threads``.
     Options mount(8) adds (``rw``, ``noauto``, ...) are dropped; all others
     (``allow_other``, ``uid=``...) go to libfuse.
     """
@@ -140,7 +149,7 @@ def split_mount_options(options: list[str]) -> tuple[dict[str, str], dict[str, s
             normal = key.replace("-", "_")
             if normal in ("factors", "views", "method", "cache_size", "log_file", "debug",
                           "foreground", "use_levels", "imagej_large", "index_dir",
-                          "no_index", "libfuse"):
+                          "no_index", "libfuse", "render_threads"):
                 ours[normal] = value if sep else "1"
             elif key not in IGNORED_MOUNT_OPTIONS:
                 fuse[key] = value if sep else True

@@ -29,8 +29,9 @@ class Pool(Protocol):
         """Stop; ``cancel`` lists submitted tasks that should not run any more."""
 
 
-def default_jobs() -> int:
-    """The number of cores this process may run on."""
+def available_cores() -> int:
+    """The number of cores this process may run on (its CPU affinity: ``taskset``, a
+    batch system's cpuset), which may be fewer than the machine has."""
     return len(os.sched_getaffinity(0))
 
 

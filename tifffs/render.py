@@ -9,7 +9,6 @@ returned as one contiguous little-endian array that the band cache keeps.
 from __future__ import annotations
 
 import math
-import os
 import queue
 import threading
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from tifffs import downsample
 from tifffs.pages import SourcePage
 from tifffs.pixels import SourceFile
 from tifffs.plan import BlockPlan, FitPlan, PagePlan, WholePagePlan
+from tifffs.pools import available_cores
 
 
 class _RowBuffer:
@@ -37,8 +37,9 @@ class _RowBuffer:
 
 
 class RenderPool:
-    """At most ``slots`` bands render at once, each with its own reused buffers, and a
-    few threads render bands ahead of sequential readers.
+    """At most ``slots`` bands render at once (default: one per core this process may
+    run on), each with its own reused buffers, and a few threads render bands ahead of
+    sequential readers.
 
     The prefetch threads start on first use (after the daemon has forked); at most two
     bands per thread wait, further requests are dropped (the reader then renders its
@@ -46,7 +47,7 @@ class RenderPool:
     """
 
     def __init__(self, slots: int | None = None) -> None:
-        self.slots = max(1, slots or os.cpu_count() or 1)
+        self.slots = max(1, slots or available_cores())
         self._buffers: queue.SimpleQueue[list[_RowBuffer]] = queue.SimpleQueue()
         for _ in range(self.slots):
             self._buffers.put([])

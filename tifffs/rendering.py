@@ -25,7 +25,7 @@ from tifffs.cluster import ClusterError, DaskPool
 from tifffs.config import DEFAULT_METHOD, ConfigError, parse_method, parse_size
 from tifffs.methods import METHODS
 from tifffs.outputs import CHUNK_BYTES, new_run_token
-from tifffs.pools import Pool, default_jobs, local_pool
+from tifffs.pools import Pool, available_cores, local_pool
 from tifffs.problems import printable
 from tifffs.progress import Reporter
 from tifffs.tasks import ViewSpec, describe, quiet_libraries, view_size
@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", help=f"{', '.join(METHODS)} (default {DEFAULT_METHOD})")
     parser.add_argument("--jobs", "-j", metavar="N", help=f"cores to use on this machine: up to N files "
                         f"at once, each in its own process, or one file's bands side by "
-                        f"side (default: the number of cores, {default_jobs()})")
+                        f"side (default: the number of cores, {available_cores()})")
     parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="run on a dask.distributed cluster, e.g. tcp://sched:8786; "
                              "SOURCE and OUTPUT must be at the same paths on its workers")
@@ -155,7 +155,7 @@ def _options(args: argparse.Namespace) -> _Options:
     if args.jobs is not None and args.scheduler is not None:
         raise ConfigError("--jobs and --scheduler exclude each other: the cluster's workers "
                           "decide how many files run at once")
-    jobs = default_jobs()
+    jobs = available_cores()
     if args.jobs is not None:
         if not args.jobs.isdigit() or int(args.jobs) < 1:
             raise ConfigError(f"invalid --jobs {args.jobs!r}: use a number of cores from 1 "

@@ -19,10 +19,11 @@ log = logging.getLogger("tifffs")
 
 
 def build_tree(source: str, views: tuple[View, ...], cache_bytes: int,
-               index_dir: str | None) -> ViewTree:
-    """The tree of a mount; ``index_dir`` None: no index, "": the default folder."""
+               index_dir: str | None, render_threads: int | None = None) -> ViewTree:
+    """The tree of a mount; ``index_dir`` None: no index, "": the default folder;
+    ``render_threads`` None: one per core this process may run on."""
     index = None if index_dir is None else open_index(index_dir or None)
-    catalog = Catalog(band_cache(cache_bytes), RenderPool(), index,
+    catalog = Catalog(band_cache(cache_bytes), RenderPool(render_threads), index,
                       inside=os.path.realpath(source))
     return ViewTree(source, views, catalog)
 

@@ -337,7 +337,8 @@ class ViewTree:
         bands = self.catalog.bands
         return format_stats(self.counters, bands.stats(), bands.capacity,
                             self.problems.errors_per_file(), self.problems.errors_total(),
-                            {"sources_open": self.catalog.held_sources(),
+                            {"render_threads": self.catalog.pool.slots,
+                             "sources_open": self.catalog.held_sources(),
                              "thread_states_kept": threads_kept()})
 
 
