@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import warnings
+
 import numpy as np
 import pytest
+import tifffile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reference import reference_page
-from tifffs import downsample
+from tifffs import downsample, open_view
 
 INTEGER_TYPES = ["uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64"]
 
@@ -74,3 +78,27 @@ def test_mean_matches_reference_for_any_shape(height, width, samples, factor, dt
 def test_nearest_keeps_top_left_of_each_block():
     page = np.arange(7 * 9).reshape(7, 9, 1)
     np.testing.assert_array_equal(downsample.nearest(page[::3], 3), page[::3, ::3])
+
+
+@pytest.mark.parametrize("method", ["mean", "median", "max", "mode", "nearest"])
+def test_float_special_values_give_the_documented_pixels_without_warnings(tmp_path, method):
+    """NaN, a signalling NaN, +inf with -inf and sums beyond float64 give NaN and inf
+    pixels (docs/reference.md), and no RuntimeWarning on the daemon's stderr."""
+    page = np.ones((4, 8), dtype=np.float64)
+    page[0, 0], page[0, 1] = np.inf, -np.inf                  # block (0, 0)
+    page[0, 2] = np.frombuffer(np.uint64(0x7FF4000000000000).tobytes(), np.float64)[0]
+    page[0:2, 4:6] = np.finfo(np.float64).max                  # block (0, 2)
+    path = tmp_path / "special.tif"
+    tifffile.imwrite(path, page)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        view = open_view(str(path), 2, method)
+        try:
+            data = view.read(0, view.size)
+        finally:
+            view.close()
+    result = tifffile.imread(io.BytesIO(data))
+    assert result.shape == (2, 4) and result.dtype == np.float64
+    if method == "mean":
+        assert np.isnan(result[0, 0]) and np.isnan(result[0, 1]) and result[0, 2] == np.inf
+        assert result[1, 3] == 1.0

@@ -98,7 +98,9 @@ def render_band(source: SourceFile, plan: PagePlan, plane: int, band: int,
                 buffers: list[_RowBuffer]) -> np.ndarray:
     """Output rows of band ``band`` of one plane, as a C-contiguous little-endian array."""
     first, last = _band_rows(plan, band)
-    with source.in_use():
+    # NaN, signalling NaN and infinities in float pages give the NaN and infinite pixels
+    # the reference documents; numpy would also print a warning on the daemon's stderr
+    with source.in_use(), np.errstate(invalid="ignore", over="ignore"):
         pixels = _render_rows(source, plan, plane, first, last, buffers)
         # bytes read while the source changed would mix two versions
         source.check_unchanged()
