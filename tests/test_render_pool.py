@@ -138,3 +138,12 @@ def test_render_threads_option_sets_the_slots_of_a_mount(tmp_path, options, slot
                 0, expected.size)
         finally:
             expected.close()
+
+
+def test_without_cpu_affinity_the_machines_cores(monkeypatch):
+    """Where the system has no sched_getaffinity (macOS), the machine's cores."""
+    from tifffs.pools import available_cores
+
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert available_cores() == 6 and RenderPool().slots == 6

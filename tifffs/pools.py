@@ -31,8 +31,11 @@ class Pool(Protocol):
 
 def available_cores() -> int:
     """The number of cores this process may run on (its CPU affinity: ``taskset``, a
-    batch system's cpuset), which may be fewer than the machine has."""
-    return len(os.sched_getaffinity(0))
+    batch system's cpuset), which may be fewer than the machine has; where the system
+    has no affinity (macOS), the machine's cores."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class InlinePool:
