@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import pytest
+import tifffile
 
 from conftest import mounted, sample_array, wait_for, write_stack
 from tifffs import open_view
@@ -147,3 +148,36 @@ def test_without_cpu_affinity_the_machines_cores(monkeypatch):
     monkeypatch.delattr(os, "sched_getaffinity")
     monkeypatch.setattr(os, "cpu_count", lambda: 6)
     assert available_cores() == 6 and RenderPool().slots == 6
+
+
+def test_compressed_neighbours_are_read_a_bounded_run_at_a_time(tmp_path, monkeypatch):
+    """A row of tiles of a slide scan holds tens of MB of compressed bytes: each render
+    slot reads at most MAX_RUN_BYTES of neighbouring tiles at once (or one tile larger
+    than that), and the pixels are those of an unbounded read."""
+    from tifffs import pixels
+
+    path = tmp_path / "tiled.tif"
+    write_stack(path, sample_array("uint16", (2, 256, 512)), tile=(64, 64), compression="zlib")
+    whole = open_view(str(path), 2, "mean")
+    try:
+        expected = whole.read(0, whole.size)
+    finally:
+        whole.close()
+    sizes: list[int] = []
+    real_pread = os.pread
+
+    def recording_pread(fd, size, offset):
+        sizes.append(size)
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(pixels, "MAX_RUN_BYTES", 16 << 10)
+    monkeypatch.setattr(pixels.os, "pread", recording_pread)
+    view = open_view(str(path), 2, "mean")
+    try:
+        assert view.read(0, view.size) == expected
+    finally:
+        view.close()
+    tiles = tifffile.TiffFile(path).pages[0].databytecounts
+    runs = [s for s in sizes if s > 4096]  # the IFD reads are a few KiB
+    assert runs and max(runs) <= max(16 << 10, max(tiles)), (max(runs), max(tiles))
+    assert len(runs) > 2 * 256 // 64  # more than one read per row of tiles

@@ -27,6 +27,8 @@ from tifffs.samples import bilevel_to_grey
 
 #: Rows read one by one with gaps up to this are read as one span (``nearest``).
 SMALL_GAP_BYTES = 256 << 10
+#: The most compressed bytes of neighbouring strips or tiles read at once.
+MAX_RUN_BYTES = 4 << 20
 #: At most this many buffers in one ``preadv`` (Linux's IOV_MAX is 1024).
 MAX_IOVECS = 1024
 
@@ -160,29 +162,28 @@ class SourceFile:
     def _segments(self, page: SourcePage, first: int,
                   count: int) -> Iterator[np.ndarray | None]:
         """Decoded segments ``first:first+count`` of a page, (rows, columns, samples) each,
-        None for a segment never written; neighbours in the file are read at once."""
+        None for a segment never written, one at a time."""
         decode = self._decoder(page)
-        for start, data in self._read_segment_bytes(page, first, count):
-            index = start
-            for chunk in data:
-                if chunk is None:
-                    yield None
-                else:
-                    yield _decoded(page, decode, chunk, index)
-                index += 1
+        for index, chunk in self._read_segment_bytes(page, first, count):
+            yield None if chunk is None else _decoded(page, decode, chunk, index)
 
     def _read_segment_bytes(self, page: SourcePage, first: int,
-                            count: int) -> Iterator[tuple[int, list[bytes | None]]]:
+                            count: int) -> Iterator[tuple[int, bytes | None]]:
+        """(index, compressed bytes) of segments ``first:first+count``, None for one never
+        written. Neighbours in the file are read together, up to ``MAX_RUN_BYTES`` at a
+        time: a row of tiles of a slide scan holds tens of MB, and each render slot
+        holds only its current run."""
         offsets = page.offsets[first:first + count].tolist()
         counts = page.bytecounts[first:first + count].tolist()
         i = 0
         while i < count:
             if not offsets[i] or not counts[i]:
-                yield first + i, [None]
+                yield first + i, None
                 i += 1
                 continue
             j = i + 1  # extend the run while the next segment follows in the file
-            while j < count and counts[j] and offsets[j] == offsets[j - 1] + counts[j - 1]:
+            while (j < count and counts[j] and offsets[j] == offsets[j - 1] + counts[j - 1]
+                   and offsets[j] + counts[j] - offsets[i] <= MAX_RUN_BYTES):
                 j += 1
             size = offsets[j - 1] + counts[j - 1] - offsets[i]
             data = os.pread(self.fd, size, offsets[i])
@@ -190,11 +191,9 @@ class SourceFile:
                 raise SourceChanged(f"source ends inside segment {first + i} of page "
                                     f"{page.index}")
             view = memoryview(data)
-            chunks: list[bytes | None] = []
             for k in range(i, j):
                 begin = offsets[k] - offsets[i]
-                chunks.append(bytes(view[begin:begin + counts[k]]))
-            yield first + i, chunks
+                yield first + k, bytes(view[begin:begin + counts[k]])
             i = j
 
     def _decoder(self, page: SourcePage) -> Callable[..., Any]:
