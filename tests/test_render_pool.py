@@ -3,6 +3,7 @@ its size through a mount)."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -181,3 +182,71 @@ def test_compressed_neighbours_are_read_a_bounded_run_at_a_time(tmp_path, monkey
     runs = [s for s in sizes if s > 4096]  # the IFD reads are a few KiB
     assert runs and max(runs) <= max(16 << 10, max(tiles)), (max(runs), max(tiles))
     assert len(runs) > 2 * 256 // 64  # more than one read per row of tiles
+
+
+@pytest.mark.parametrize("kind, view", [
+    ("ragged", "x4"), ("ragged", "x2-median"), ("ragged", "x4-mode"), ("ragged", "x4-max"),
+    ("sparse", "x2"), ("big_endian", "x4"), ("separate", "x2"), ("z", "x2z2"),
+])
+def test_compressed_tiles_reduce_one_tile_at_a_time(tmp_path, kind, view):
+    """A band of compressed tiles whose sides are multiples of the factor is reduced tile
+    by tile: the pixels equal the independent reference, and the slot's row buffers are
+    never used (it holds one decoded tile, not a row of tiles)."""
+    from reference import reference_blocks
+    from tifffs.views import parse_view
+
+    rng = np.random.default_rng(7)
+    shape = {"separate": (2, 3, 96, 130), "z": (4, 96, 130)}.get(kind, (2, 100, 130))
+    data = rng.integers(0, 7, shape).astype(np.uint16)  # few values: modes and medians tie
+    options = {"tile": (32, 64), "compression": "zlib"}
+    if kind == "sparse":  # the tiles left unwritten below read as zeros
+        data[:, 32:64] = 0
+    if kind == "big_endian":
+        options["byteorder"] = ">"
+    if kind == "separate":
+        options.update(planarconfig="separate", photometric="rgb")
+    path = tmp_path / f"{kind}.tif"
+    write_stack(path, data, **options)
+    if kind == "sparse":  # the second row of tiles never written: offset and count 0
+        with tifffile.TiffFile(path, mode="r+b") as tif:
+            for page in tif.pages:
+                for name in ("TileOffsets", "TileByteCounts"):
+                    tag = page.tags[name]
+                    values = list(tag.value)
+                    values[3:6] = [0, 0, 0]
+                    tag.overwrite(values)
+    parsed = parse_view(view, "mean")
+    used: list[int] = []
+    real_run = RenderPool.run
+
+    def recording_run(self, render):
+        def with_buffers(buffers):
+            try:
+                return render(buffers)
+            finally:
+                used.append(sum(b.data.size for b in buffers))
+        return real_run(self, with_buffers)
+
+    try:
+        RenderPool.run = recording_run
+        opened = open_view(str(path), view=view)
+        served = opened.read(0, opened.size)
+        opened.close()
+    finally:
+        RenderPool.run = real_run
+    assert used and set(used) == {0}, used
+    pages = tifffile.TiffFile(io.BytesIO(served)).pages
+    with tifffile.TiffFile(path) as tif:
+        sources = [p.asarray() for p in tif.pages]
+    if kind == "separate":
+        sources = [np.moveaxis(s, 0, -1) for s in sources]
+    else:
+        sources = [s[:, :, None] for s in sources]
+    groups = [sources[i:i + 2] for i in range(0, len(sources), 2)] if kind == "z" else \
+        [[s] for s in sources]
+    assert len(pages) == len(groups)
+    for page, group in zip(pages, groups):
+        expected = reference_blocks(group, parsed.factor, parsed.method)
+        got = page.asarray()
+        got = np.moveaxis(got, 0, -1) if kind == "separate" else got.reshape(expected.shape)
+        assert np.array_equal(got, expected), kind

@@ -159,6 +159,24 @@ class SourceFile:
                                        "small")
                 out[i0:i1, left:right] = segment[local, :right - left]
 
+    def segment_row(self, page: SourcePage, plane: int,
+                    seg_y: int) -> Iterator[tuple[int, np.ndarray | None]]:
+        """The decoded strips or tiles of row ``seg_y`` of segments of one plane, one at a
+        time, as (left column, little-endian (rows, columns, samples) array), None for a
+        segment never written (zeros)."""
+        first = plane * page.segments_per_plane + seg_y * page.segments_across
+        rows = min(page.segment_rows, page.height - seg_y * page.segment_rows)
+        for seg_x, segment in enumerate(self._segments(page, first, page.segments_across)):
+            left = seg_x * page.segment_width
+            if segment is not None:
+                if segment.shape[0] < rows or segment.shape[1] < min(page.segment_width,
+                                                                     page.width - left):
+                    raise BrokenSource(f"page {page.index} segment {first + seg_x} is too "
+                                       "small")
+                if segment.dtype.byteorder == ">":
+                    segment = segment.byteswap().view(segment.dtype.newbyteorder("<"))
+            yield left, segment
+
     def _segments(self, page: SourcePage, first: int,
                   count: int) -> Iterator[np.ndarray | None]:
         """Decoded segments ``first:first+count`` of a page, (rows, columns, samples) each,

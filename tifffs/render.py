@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from tifffs import downsample
+from tifffs.arith import ceil_div
 from tifffs.pages import SourcePage
 from tifffs.pixels import SourceFile
 from tifffs.plan import BlockPlan, FitPlan, PagePlan, WholePagePlan
@@ -129,9 +130,60 @@ def _render_rows(source: SourceFile, plan: PagePlan, plane: int, first: int, las
         page, start, stop = reads[0]
         return downsample.nearest(_read(source, page, plane, start, stop, f,
                                         _buffer(buffers, 0)), f)
+    if _tile_by_tile(reads, f):
+        return _reduce_segments(source, reads, plane, f, plan.method,
+                                (last - first, plan.out.width))
     slices = [_read(source, page, plane, start, stop, 1, _buffer(buffers, i))
               for i, (page, start, stop) in enumerate(reads)]
     return downsample.reduce_blocks(slices, f, plan.method)
+
+
+def _tile_by_tile(reads: list[tuple[SourcePage, int, int]], f: int) -> bool:
+    """Whether a band of compressed tiles can be reduced one tile at a time: its rows
+    are whole rows of tiles, whose sides are multiples of ``f``, laid out alike in every
+    slice. Then a slot holds one decoded tile, not a row of them (tens of MB in a slide
+    scan), and each block lies in one tile."""
+    page = reads[0][0]
+    return (page.tiled and not page.direct and page.bilevel_white is None
+            and page.segment_rows % f == 0 and page.segment_width % f == 0
+            and reads[0][1] % page.segment_rows == 0
+            and all((p.direct, p.tiled, p.segment_rows, p.segment_width, p.width, p.height,
+                     p.bilevel_white) == (False, True, page.segment_rows, page.segment_width,
+                                          page.width, page.height, None) and
+                    (start, stop) == reads[0][1:] for p, start, stop in reads))
+
+
+def _reduce_segments(source: SourceFile, reads: list[tuple[SourcePage, int, int]],
+                     plane: int, f: int, method: str, shape: tuple[int, int]) -> np.ndarray:
+    """Output rows of a band, reduced tile by tile (``_tile_by_tile``): the same blocks,
+    so the same pixels, as reducing the band's rows at once."""
+    page, start, stop = reads[0]
+    stop = min(stop, page.height)
+    out: np.ndarray | None = None
+    for seg_y in range(start // page.segment_rows, ceil_div(stop, page.segment_rows)):
+        top = seg_y * page.segment_rows
+        rows = min(page.segment_rows, page.height - top)
+        columns = [source.segment_row(p, plane, seg_y) for p, _, _ in reads]
+        for tiles in zip(*columns):
+            left = tiles[0][0]
+            width = min(page.segment_width, page.width - left)
+            slices = [_zeros_if_unwritten(tile, rows, width, page) for _, tile in tiles]
+            if out is None:
+                out = np.empty((*shape, page.samples_per_row_pixel), dtype=slices[0].dtype)
+            r0, c0 = (top - start) // f, left // f
+            downsample.reduce_blocks(slices, f, method, out=out[r0:r0 + ceil_div(rows, f),
+                                                                c0:c0 + ceil_div(width, f)])
+    assert out is not None
+    return out
+
+
+def _zeros_if_unwritten(tile: np.ndarray | None, rows: int, width: int,
+                        page: SourcePage) -> np.ndarray:
+    """The part of a decoded tile inside the page; zeros for a tile never written."""
+    if tile is None:
+        return np.zeros((rows, width, page.samples_per_row_pixel),
+                        dtype=page.dtype.newbyteorder("<"))
+    return tile[:rows, :width]
 
 
 def _source_rows(pages: tuple[SourcePage, ...], plan: PagePlan, first: int,
