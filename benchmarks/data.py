@@ -21,10 +21,10 @@ LINKS = 8  # hard links of the stack: the tree of stacks that the tree render re
 SIZES: dict[str, dict[str, int]] = {
     "full": {"stack_pages": 101, "stack_side": 2048, "files": 500, "files_pages": 5,
              "files_side": 256, "files_dirs": 10, "flat": 20000, "flat_pages": 2,
-             "flat_side": 64},
+             "flat_side": 64, "page_rows": 16384, "page_columns": 32768},
     "quick": {"stack_pages": 21, "stack_side": 2048, "files": 100, "files_pages": 5,
               "files_side": 256, "files_dirs": 10, "flat": 2000, "flat_pages": 2,
-              "flat_side": 64},
+              "flat_side": 64, "page_rows": 4096, "page_columns": 8192},
 }
 
 
@@ -95,6 +95,31 @@ def _write_flat(root: str, p: dict[str, int]) -> list[str]:
     return _write_small(root, p["flat"], p["flat_pages"], p["flat_side"], 1, 4)
 
 
+def _write_page(root: str, p: dict[str, int]) -> list[str]:
+    """One big page (1 GiB in the full run), uncompressed and in zlib tiles of 512 x 512
+    (as slide scans are stored: a row of tiles holds tens of MB)."""
+    import numpy as np
+    import tifffile
+
+    rows, columns = p["page_rows"], p["page_columns"]
+    rng = np.random.default_rng(5)
+    x = np.arange(columns)
+    uncompressed = os.path.join(root, "page.tif")
+    page = tifffile.memmap(uncompressed, shape=(rows, columns), dtype=np.uint16,
+                           photometric="minisblack")
+    for top in range(0, rows, 1024):
+        band = page[top:top + 1024]
+        band[:] = (1000 + 400 * np.sin(x / 97.0)).astype(np.uint16)
+        band += rng.integers(0, 256, band.shape, dtype=np.uint16)
+    page.flush()
+    del page
+    source = tifffile.memmap(uncompressed, mode="r")
+    tifffile.imwrite(os.path.join(root, "tiles.tif"), source, tile=(512, 512),
+                     compression="zlib", compressionargs={"level": 1},
+                     photometric="minisblack")
+    return ["page.tif", "tiles.tif"]
+
+
 WRITERS: dict[str, tuple[str, Callable[[str, dict[str, int]], list[str]]]] = {
     "stack": ("light-sheet {stack_pages} x {stack_side} x {stack_side} uint16, uncompressed",
               _write_stack),
@@ -102,6 +127,8 @@ WRITERS: dict[str, tuple[str, Callable[[str, dict[str, int]], list[str]]]] = {
                "{files_dirs} folders"), _write_files),
     "flat": ("{flat} files of {flat_pages} x {flat_side} x {flat_side} uint16 in one folder",
              _write_flat),
+    "page": (("one page of {page_rows} x {page_columns} uint16, uncompressed and in zlib "
+              "tiles of 512 x 512"), _write_page),
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from benchmarks import listing, stack
+from benchmarks import listing, page, stack
 
 BUDGET_MB = 150  # the daemon's own memory beside its band cache
 
@@ -60,6 +60,12 @@ TARGETS: tuple[Target, ...] = (
            BUDGET_MB + stack.READERS_CACHE_MB, 1.0, "daemon_mb"),
     Target(10, "ImageJ opens x4 in <= 1/8 of the original's time", "imagej/imagej-x4",
            "imagej/imagej-original", 1 / 8),
+    Target(10, f"one big page, uncompressed: daemon peak <= {BUDGET_MB} MB + cache "
+           f"({page.PAGE_CACHE_MB} MB)", "page/page-uncompressed",
+           BUDGET_MB + page.PAGE_CACHE_MB, 1.0, "daemon_mb"),
+    Target(10, f"one big page in zlib tiles: daemon peak <= {BUDGET_MB} MB + cache "
+           f"({page.PAGE_CACHE_MB} MB)", "page/page-tiles",
+           BUDGET_MB + page.PAGE_CACHE_MB, 1.0, "daemon_mb"),
     # issue 9: many files, the index, descriptors
     *_and_fuse3(Target(9, "10 folders: ls -lR x4 after touching <= 1.0x tifffile scan",
                        "files/ls-lR-touched", "files/tifffile-scan", 1.0)),
