@@ -188,7 +188,7 @@ def test_compressed_neighbours_are_read_a_bounded_run_at_a_time(tmp_path, monkey
     ("ragged", "x4"), ("ragged", "x2-median"), ("ragged", "x4-mode"), ("ragged", "x4-max"),
     ("sparse", "x2"), ("big_endian", "x4"), ("separate", "x2"), ("z", "x2z2"),
 ])
-def test_compressed_tiles_reduce_one_tile_at_a_time(tmp_path, kind, view):
+def test_compressed_tiles_reduce_one_tile_at_a_time(tmp_path, monkeypatch, kind, view):
     """A band of compressed tiles whose sides are multiples of the factor is reduced tile
     by tile: the pixels equal the independent reference, and the slot's row buffers are
     never used (it holds one decoded tile, not a row of tiles)."""
@@ -227,13 +227,12 @@ def test_compressed_tiles_reduce_one_tile_at_a_time(tmp_path, kind, view):
                 used.append(sum(b.data.size for b in buffers))
         return real_run(self, with_buffers)
 
+    monkeypatch.setattr(RenderPool, "run", recording_run)
+    opened = open_view(str(path), view=view)
     try:
-        RenderPool.run = recording_run
-        opened = open_view(str(path), view=view)
         served = opened.read(0, opened.size)
-        opened.close()
     finally:
-        RenderPool.run = real_run
+        opened.close()
     assert used and set(used) == {0}, used
     pages = tifffile.TiffFile(io.BytesIO(served)).pages
     with tifffile.TiffFile(path) as tif:

@@ -138,7 +138,7 @@ class SourceFile:
 
     def _decode_rows(self, page: SourcePage, plane: int, rows: range, out: np.ndarray) -> None:
         """Fill ``out`` with ``rows`` from the strips or tiles that hold them."""
-        seg_rows, seg_width = page.segment_rows, page.segment_width
+        seg_rows = page.segment_rows
         for seg_y in range(rows[0] // seg_rows, rows[-1] // seg_rows + 1):
             top = seg_y * seg_rows
             # the part of ``rows`` inside this row of segments, as out[i0:i1]
@@ -147,35 +147,26 @@ class SourceFile:
             if i0 >= i1:
                 continue
             local = slice(rows[i0] - top, rows[i1 - 1] - top + 1, rows.step)
-            first = plane * page.segments_per_plane + seg_y * page.segments_across
-            for seg_x, segment in enumerate(self._segments(page, first, page.segments_across)):
-                left = seg_x * seg_width
-                right = min(left + seg_width, page.width)
+            for left, width, segment in self.segment_row(page, plane, seg_y, local.stop):
                 if segment is None:  # a segment that was never written: zeros
-                    out[i0:i1, left:right] = 0
-                    continue
-                if segment.shape[0] < local.stop or segment.shape[1] < right - left:
-                    raise BrokenSource(f"page {page.index} segment {first + seg_x} is too "
-                                       "small")
-                out[i0:i1, left:right] = segment[local, :right - left]
+                    out[i0:i1, left:left + width] = 0
+                else:
+                    out[i0:i1, left:left + width] = segment[local, :width]
 
-    def segment_row(self, page: SourcePage, plane: int,
-                    seg_y: int) -> Iterator[tuple[int, np.ndarray | None]]:
+    def segment_row(self, page: SourcePage, plane: int, seg_y: int,
+                    needed_rows: int) -> Iterator[tuple[int, int, np.ndarray | None]]:
         """The decoded strips or tiles of row ``seg_y`` of segments of one plane, one at a
-        time, as (left column, little-endian (rows, columns, samples) array), None for a
-        segment never written (zeros)."""
+        time, as (left column, columns inside the page, (rows, columns, samples) array in
+        the page's byte order), None for a segment never written (zeros). A segment with
+        fewer than ``needed_rows`` rows or columns than the page needs is broken."""
         first = plane * page.segments_per_plane + seg_y * page.segments_across
-        rows = min(page.segment_rows, page.height - seg_y * page.segment_rows)
         for seg_x, segment in enumerate(self._segments(page, first, page.segments_across)):
             left = seg_x * page.segment_width
-            if segment is not None:
-                if segment.shape[0] < rows or segment.shape[1] < min(page.segment_width,
-                                                                     page.width - left):
-                    raise BrokenSource(f"page {page.index} segment {first + seg_x} is too "
-                                       "small")
-                if segment.dtype.byteorder == ">":
-                    segment = segment.byteswap().view(segment.dtype.newbyteorder("<"))
-            yield left, segment
+            width = min(page.segment_width, page.width - left)
+            if segment is not None and (segment.shape[0] < needed_rows
+                                        or segment.shape[1] < width):
+                raise BrokenSource(f"page {page.index} segment {first + seg_x} is too small")
+            yield left, width, segment
 
     def _segments(self, page: SourcePage, first: int,
                   count: int) -> Iterator[np.ndarray | None]:

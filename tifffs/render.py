@@ -163,11 +163,10 @@ def _reduce_segments(source: SourceFile, reads: list[tuple[SourcePage, int, int]
     for seg_y in range(start // page.segment_rows, ceil_div(stop, page.segment_rows)):
         top = seg_y * page.segment_rows
         rows = min(page.segment_rows, page.height - top)
-        columns = [source.segment_row(p, plane, seg_y) for p, _, _ in reads]
+        columns = [source.segment_row(p, plane, seg_y, rows) for p, _, _ in reads]
         for tiles in zip(*columns):
-            left = tiles[0][0]
-            width = min(page.segment_width, page.width - left)
-            slices = [_zeros_if_unwritten(tile, rows, width, page) for _, tile in tiles]
+            left, width = tiles[0][:2]
+            slices = [_inside(tile, rows, width, page) for _, _, tile in tiles]
             if out is None:
                 out = np.empty((*shape, page.samples_per_row_pixel), dtype=slices[0].dtype)
             r0, c0 = (top - start) // f, left // f
@@ -177,13 +176,15 @@ def _reduce_segments(source: SourceFile, reads: list[tuple[SourcePage, int, int]
     return out
 
 
-def _zeros_if_unwritten(tile: np.ndarray | None, rows: int, width: int,
-                        page: SourcePage) -> np.ndarray:
-    """The part of a decoded tile inside the page; zeros for a tile never written."""
+def _inside(tile: np.ndarray | None, rows: int, width: int, page: SourcePage) -> np.ndarray:
+    """The part of a decoded tile inside the page, little-endian; zeros for a tile never
+    written."""
     if tile is None:
         return np.zeros((rows, width, page.samples_per_row_pixel),
                         dtype=page.dtype.newbyteorder("<"))
-    return tile[:rows, :width]
+    tile = tile[:rows, :width]
+    return tile.byteswap().view(tile.dtype.newbyteorder("<")) if tile.dtype.byteorder == ">" \
+        else tile
 
 
 def _source_rows(pages: tuple[SourcePage, ...], plan: PagePlan, first: int,

@@ -54,9 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--view", help="one view by name, e.g. x4, x4z2, x8-max, fit1000")
     parser.add_argument("--factor", help="reduction factor (default 4), instead of --view")
     parser.add_argument("--method", help=f"{', '.join(METHODS)} (default {DEFAULT_METHOD})")
-    parser.add_argument("--jobs", "-j", metavar="N", help=f"cores to use on this machine: up to N files "
-                        f"at once, each in its own process, or one file's bands side by "
-                        f"side (default: the number of cores, {available_cores()})")
+    parser.add_argument("--jobs", "-j", metavar="N",
+                        help="cores to use on this machine: up to N files at once, each in "
+                             "its own process, or one file's bands side by side (default: "
+                             f"the number of cores, {available_cores()})")
     parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="run on a dask.distributed cluster, e.g. tcp://sched:8786; "
                              "SOURCE and OUTPUT must be at the same paths on its workers")
@@ -84,9 +85,10 @@ def main(argv: list[str]) -> int:
     """``tifffs render``; returns the exit status (``ConfigError`` for invalid options)."""
     args = _parser().parse_args(argv)
     options = _options(args)
-    # a cluster's worker threads each render one file, its bands one at a time
-    spec = _spec(args) if options.scheduler is None else dataclasses.replace(
-        _spec(args), render_slots=1)
+    # a cluster's worker threads each render one file, its bands one at a time; here one
+    # task (a stream) renders on every core of --jobs, more share them (``_pool``)
+    spec = dataclasses.replace(_spec(args), render_slots=1 if options.scheduler else
+                               options.jobs)
     source, output = args.source, args.output
     if not os.path.exists(source):
         raise ConfigError(f"SOURCE {source} does not exist")
@@ -98,8 +100,7 @@ def main(argv: list[str]) -> int:
                 if options.scheduler is not None:
                     raise ConfigError("--scheduler writes files on the cluster: give an "
                                       "OUTPUT file or folder instead of '-'")
-                return _stream(dataclasses.replace(spec, render_slots=options.jobs), source,
-                               sys.stdout.buffer)
+                return _stream(spec, source, sys.stdout.buffer)
             return _render_file(spec, options, source, output)
     except ClusterError as exc:
         print(f"tifffs: error: {exc}", file=sys.stderr)
@@ -199,8 +200,7 @@ def _render_file(spec: ViewSpec, options: _Options, source: str, output: str) ->
         output = os.path.join(output, os.path.basename(source))
     if os.path.exists(output) and not stat.S_ISREG(os.stat(output).st_mode):
         with open(output, "wb") as device:  # /dev/null, a fifo: nothing to rename over
-            return _stream(dataclasses.replace(spec, render_slots=options.jobs), source,
-                           device)
+            return _stream(spec, source, device)
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise ConfigError(f"the folder of OUTPUT, {folder}, does not exist: create it with "

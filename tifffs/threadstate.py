@@ -39,8 +39,8 @@ def keep_thread_state() -> None:
     ``MAX_KEPT`` threads). Harmless on a Python thread, whose state Python deletes when
     the thread ends whatever its references."""
     global _kept
-    if getattr(_this_thread, "kept", False):
-        return
+    if _kept >= MAX_KEPT or getattr(_this_thread, "kept", False):
+        return  # (read without the lock: at worst one more request is counted)
     thread = threading.get_native_id()
     with _lock:
         served = _served.get(thread, 0) + 1
