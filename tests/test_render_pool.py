@@ -249,3 +249,64 @@ def test_compressed_tiles_reduce_one_tile_at_a_time(tmp_path, monkeypatch, kind,
         got = page.asarray()
         got = np.moveaxis(got, 0, -1) if kind == "separate" else got.reshape(expected.shape)
         assert np.array_equal(got, expected), kind
+
+
+@pytest.mark.parametrize("damage", ["jpeg_tiles_said_16_bit", "zlib_tiles_said_ccitt"])
+@pytest.mark.parametrize("view", ["x2", "x4-median"])
+def test_tiles_that_decode_to_another_type_are_cast_as_tifffile_casts_them(
+        tmp_path, damage, view):
+    """A damaged page whose tiles decode to another type than its tags say (found by
+    scripts/fuzz) is served in the page's type with tifffile's values, at the view's
+    exact size: the tile-by-tile path once served the decoded bytes as they came, a
+    shorter band that shifted every byte after it."""
+    from reference import reference_blocks
+    from tifffs.views import parse_view
+
+    rng = np.random.default_rng(3)
+    path = tmp_path / f"{damage}.tif"
+    if damage == "jpeg_tiles_said_16_bit":  # JPEG tiles decode to uint8 whatever the tags
+        tifffile.imwrite(path, rng.integers(0, 255, (2, 64, 64)).astype(np.uint8),
+                         tile=(32, 32), compression="jpeg")
+        tag, value = "BitsPerSample", 16
+    else:  # the CCITT decoder makes uint8 bitmaps of the 16-bit page's zlib bytes
+        tifffile.imwrite(path, rng.integers(0, 7, (2, 64, 64)).astype(np.uint16),
+                         tile=(32, 32), compression="zlib")
+        tag, value = "Compression", 3
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        for page in tif.pages:
+            page.tags[tag].overwrite(value)
+    with tifffile.TiffFile(path) as tif:
+        sources = [page.asarray() for page in tif.pages]
+    assert sources[0].dtype == np.uint16
+    parsed = parse_view(view, "mean")
+    opened = open_view(str(path), view=view)
+    try:
+        served = opened.read(0, opened.size)
+    finally:
+        opened.close()
+    assert len(served) == opened.size
+    pages = tifffile.TiffFile(io.BytesIO(served)).pages
+    assert len(pages) == len(sources)
+    for page, source in zip(pages, sources):
+        expected = reference_blocks([source[:, :, None]], parsed.factor, parsed.method)
+        assert np.array_equal(page.asarray(), expected[:, :, 0])
+
+
+def test_a_band_of_the_wrong_size_is_refused_not_served(tmp_path, monkeypatch):
+    """Whatever makes a kernel return another shape or type than the layout holds, the
+    read fails with the file's error instead of serving bytes that shift the rest of
+    the file (the fault is injected: the kernel is made to return uint8)."""
+    from tifffs import downsample
+    from tifffs.errors import BrokenSource
+
+    path = tmp_path / "stack.tif"
+    write_stack(path, sample_array("uint16", (2, 64, 64)))
+    real_reduce = downsample.reduce_blocks
+    monkeypatch.setattr(downsample, "reduce_blocks",
+                        lambda *args, **kw: real_reduce(*args, **kw).astype(np.uint8))
+    opened = open_view(str(path), view="x2")
+    try:
+        with pytest.raises(BrokenSource, match="page 0: its pixels decode to uint8"):
+            opened.read(0, opened.size)
+    finally:
+        opened.close()

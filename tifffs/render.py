@@ -18,6 +18,7 @@ import numpy as np
 
 from tifffs import downsample
 from tifffs.arith import ceil_div
+from tifffs.errors import BrokenSource
 from tifffs.pages import SourcePage
 from tifffs.pixels import SourceFile
 from tifffs.plan import BlockPlan, FitPlan, PagePlan, WholePagePlan
@@ -106,9 +107,20 @@ def render_band(source: SourceFile, plan: PagePlan, plane: int, band: int,
         # bytes read while the source changed would mix two versions
         source.check_unchanged()
     result = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<"))
+    _check_band(source, plan, result, last - first)
     if any(np.may_share_memory(result, buffer.data) for buffer in buffers):
         result = result.copy()  # the buffer is reused by the next band
     return result
+
+
+def _check_band(source: SourceFile, plan: PagePlan, band: np.ndarray, rows: int) -> None:
+    """A band must fill exactly its place in the view's layout: bytes of another length
+    would shift every byte after them in the file that readers get."""
+    if band.dtype.itemsize != plan.out.itemsize or band.nbytes != rows * plan.out.row_bytes:
+        raise BrokenSource(
+            f"page {source.pages[plan.sources[0]].index}: its pixels decode to "
+            f"{band.dtype} {band.shape[:2]} where its tags make {plan.out.itemsize}-byte "
+            f"samples, {rows} x {plan.out.width}: the file is damaged")
 
 
 def _render_rows(source: SourceFile, plan: PagePlan, plane: int, first: int, last: int,
@@ -177,14 +189,14 @@ def _reduce_segments(source: SourceFile, reads: list[tuple[SourcePage, int, int]
 
 
 def _inside(tile: np.ndarray | None, rows: int, width: int, page: SourcePage) -> np.ndarray:
-    """The part of a decoded tile inside the page, little-endian; zeros for a tile never
-    written."""
+    """The part of a decoded tile inside the page, in the page's type, little-endian
+    (a tile that decodes to another type is cast, as tifffile casts it); zeros for a
+    tile never written."""
+    served = page.dtype.newbyteorder("<")
     if tile is None:
-        return np.zeros((rows, width, page.samples_per_row_pixel),
-                        dtype=page.dtype.newbyteorder("<"))
+        return np.zeros((rows, width, page.samples_per_row_pixel), dtype=served)
     tile = tile[:rows, :width]
-    return tile.byteswap().view(tile.dtype.newbyteorder("<")) if tile.dtype.byteorder == ">" \
-        else tile
+    return tile if tile.dtype == served else tile.astype(served)
 
 
 def _source_rows(pages: tuple[SourcePage, ...], plan: PagePlan, first: int,
