@@ -1,5 +1,6 @@
 """A fuzzer of the metadata and render path: hypothesis mutates valid TIFFs written by
-tifffile and drives ``tifffs.open_view(path, factor, method)`` -> ``.size``, ``.read``.
+tifffile and drives ``tifffs.open_view(path, view=..., use_levels=...)`` -> ``.size``,
+``.read``, for block, interpolated, fit and Z views.
 
 What must hold for every input:
 
@@ -54,6 +55,11 @@ from tifffs.errors import TifffsError
 
 FACTORS = (1, 2, 3, 4, 7)
 METHODS = ("mean", "nearest", "max", "median", "mode")
+#: Every factor with every method, and the other kinds of view: min, interpolated
+#: (whole pages), fit (exact area weights) and Z runs (the source's series).
+VIEWS = tuple(f"x{f}-{m}" for f in FACTORS for m in METHODS) + (
+    "x2-min", "x2-linear", "x3-lanczos", "fit16", "fit7", "x2z2", "x1z2-max",
+    "x2z3-median", "x4z2-nearest")
 #: A whole view up to this size is read and parsed with tifffile.
 WHOLE_READ_LIMIT = 4 << 20
 
@@ -182,7 +188,7 @@ class Fuzzer:
         for data in SEEDS.values():  # warm up every codec before the baseline
             self.current.write_bytes(data)
             try:
-                self._exercise(2, "mean", random.Random(0))
+                self._exercise("x2", False, random.Random(0))
             except (TifffsError, OSError):
                 pass
         gc.collect()
@@ -193,32 +199,34 @@ class Fuzzer:
     def _alarm(signum: int, frame: Any) -> None:
         raise Hang("no result within the hang limit")
 
-    def check(self, name: str, data: bytes, factor: int, method: str, read_seed: int) -> None:
+    def check(self, name: str, data: bytes, view: str, use_levels: bool,
+              read_seed: int) -> None:
         """Run one input; raise ``Finding`` (after saving the input) if a rule breaks."""
         self.current.write_bytes(data)
         self.examples += 1
         signal.setitimer(signal.ITIMER_REAL, self.hang_seconds)
+        call = f"view={view!r}, use_levels={use_levels}"
         try:
-            self._exercise(factor, method, random.Random(read_seed))
+            self._exercise(view, use_levels, random.Random(read_seed))
         except (TifffsError, OSError):
             self.refused += 1
         except BaseException as exc:  # anything else is a finding
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            self._save(name, data, factor, method, exc)
+            self._save(name, data, call, exc)
             raise Finding(f"{type(exc).__name__} from a mutation of {name}, "
-                          f"view x{factor}-{method}: {exc}") from exc
+                          f"{call}: {exc}") from exc
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self.baseline_kib
         if grown > self.max_growth_kib:
             error = Finding(f"peak RSS grew by {grown >> 10} MiB (limit "
                             f"{self.max_growth_kib >> 10} MiB)")
-            self._save(name, data, factor, method, error)
+            self._save(name, data, call, error)
             raise error
 
-    def _exercise(self, factor: int, method: str, rng: random.Random) -> None:
-        view = tifffs.open_view(str(self.current), factor, method)
+    def _exercise(self, name: str, use_levels: bool, rng: random.Random) -> None:
+        view = tifffs.open_view(str(self.current), view=name, use_levels=use_levels)
         size = view.size
         if not isinstance(size, int) or size < 8:
             raise Finding(f"size {size!r}")
@@ -238,14 +246,13 @@ class Fuzzer:
                 for page in tif.pages:
                     page.asarray()
 
-    def _save(self, name: str, data: bytes, factor: int, method: str,
-              error: BaseException) -> None:
+    def _save(self, name: str, data: bytes, call: str, error: BaseException) -> None:
         self.findings.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256(data).hexdigest()[:12]
         stem = self.findings / f"{type(error).__name__}-{Path(name).stem}-{digest}"
         stem.with_suffix(".tif").write_bytes(data)
         stem.with_suffix(".txt").write_text(
-            f"seed file {name}, tifffs.open_view(path, {factor}, {method!r})\n\n"
+            f"seed file {name}, tifffs.open_view(path, {call})\n\n"
             + "".join(traceback.format_exception(error)))
 
     def check_leaks(self) -> None:
@@ -262,11 +269,10 @@ def run(fuzzer: Fuzzer, examples: int, first_seed: int, shrink: bool) -> None:
     @seed(first_seed)
     @settings(max_examples=examples, deadline=None, database=None, phases=phases,
               suppress_health_check=list(HealthCheck), print_blob=True)
-    @given(mutated_tiffs(), st.sampled_from(FACTORS), st.sampled_from(METHODS),
-           st.integers(0, 2**32))
-    def one(mutated: tuple[str, bytes], factor: int, method: str, read_seed: int) -> None:
+    @given(mutated_tiffs(), st.sampled_from(VIEWS), st.booleans(), st.integers(0, 2**32))
+    def one(mutated: tuple[str, bytes], view: str, use_levels: bool, read_seed: int) -> None:
         name, data = mutated
-        fuzzer.check(name, data, factor, method, read_seed)
+        fuzzer.check(name, data, view, use_levels, read_seed)
 
     one()
     fuzzer.check_leaks()

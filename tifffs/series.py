@@ -31,6 +31,12 @@ class SeriesInfo:
     levels: dict[int, tuple[tuple[int, SourcePage], ...]] = field(default_factory=dict)
 
 
+#: What tifffile raises while it groups the pages of a damaged file into series (a
+#: RuntimeError "incompatible keyframe" among others, found by scripts/fuzz).
+_DAMAGED = (tifffile.TiffFileError, RuntimeError, ValueError, TypeError, KeyError,
+            IndexError, AttributeError, OSError, struct.error)
+
+
 def read_series_info(fd: int, file_size: int, name: str,
                      pages: tuple[SourcePage, ...]) -> SeriesInfo:
     """Stack dimensions and pyramid levels from tifffile's series of the open file."""
@@ -43,8 +49,7 @@ def read_series_info(fd: int, file_size: int, name: str,
                 return SeriesInfo(**_stack_dimensions(tif, len(pages)), levels=levels)
         except TifffsError:
             raise
-        except (tifffile.TiffFileError, ValueError, TypeError, KeyError, IndexError,
-                AttributeError, OSError, struct.error) as exc:
+        except _DAMAGED as exc:
             raise BrokenSource(f"not a readable TIFF: {exc}") from exc
 
 
@@ -63,8 +68,7 @@ def _levels(tif: tifffile.TiffFile, pages: tuple[SourcePage, ...],
                     if (isinstance(getattr(main, "index", None), int)
                             and main.index in candidates and reduced is not None):
                         candidates[main.index].append(reduced)
-    except (tifffile.TiffFileError, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, OSError, struct.error):
+    except _DAMAGED:
         return {}  # levels are optional: a broken pyramid is not used
     result = {}
     for i, page in enumerate(pages):
