@@ -45,10 +45,10 @@ def read_pages(path) -> list[np.ndarray]:
     """Every page of the main IFD chain as tifffile decodes it, as (rows, columns,
     samples), whatever its planar configuration."""
     with tifffile.TiffFile(path) as tif:
-        return [_decoded(page) for page in tif.pages]
+        return [decoded_page(page) for page in tif.pages]
 
 
-def _decoded(page: tifffile.TiffPage) -> np.ndarray:
+def decoded_page(page: tifffile.TiffPage) -> np.ndarray:
     """One page as tifffile decodes it, as (rows, columns, samples)."""
     array = page.asarray()
     if page.planarconfig == 2 and page.samplesperpixel > 1:
@@ -137,7 +137,7 @@ def served_pixels(page: tifffile.TiffPage) -> tuple[np.ndarray, int, bool]:
     columns, samples) in native byte order, photometric, is bilevel grey). Bilevel
     MinIsWhite/MinIsBlack pages become 0/255 MinIsBlack, other 1-bit pages 0/1 uint8,
     and JPEG's YCbCr is RGB as tifffile decodes it."""
-    pixels = _decoded(page)
+    pixels = decoded_page(page)
     pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     photometric = int(page.photometric)
     grey = page.bitspersample == 1 and photometric in (0, 1)  # MinIsWhite, MinIsBlack

@@ -113,6 +113,8 @@ def test_source_is_what_its_writer_wrote(lab, name):
             sizes = [(p.imagewidth, p.imagelength) for p in tif.pages]
             assert len(sizes) > 2 and sizes == sorted(sizes, reverse=True)
             assert all(int(p.subfiletype) & 1 for p in list(tif.pages)[1:])
+        if "sparse" in words:  # blocks of zeros not written: offset and byte count 0
+            assert 0 in first.dataoffsets and 0 in first.databytecounts
         if "georef" in words:
             assert {"ModelTiepointTag", "GeoKeyDirectoryTag"} <= {t.name for t in first.tags}
         assert tif.is_ome == (".ome." in name)

@@ -203,6 +203,10 @@ GDAL = {
     "gdal/deflate_f64.tif": ("f64_single", "-co COMPRESS=DEFLATE"),
     "gdal/cog_deflate_overviews_u8.tif": (
         "u8_big", "-of COG -co BLOCKSIZE=128 -co COMPRESS=DEFLATE -co OVERVIEWS=AUTO"),
+    # sparse files: blocks of zeros are not written (offset and byte count 0)
+    "gdal/sparse_strips_u16.tif": ("u16_zero_rows", "-co SPARSE_OK=TRUE"),
+    "gdal/sparse_tiled_u16.tif": (
+        "u16_zero_rows", "-co SPARSE_OK=TRUE -co TILED=YES -co BLOCKXSIZE=64 -co BLOCKYSIZE=64"),
 }
 
 
@@ -268,6 +272,11 @@ def build_tifffile(root: Path) -> None:
                      extrasamples=["unassalpha"], compression="zlib")
 
 
+def _zero_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
+    array[start:stop] = 0
+    return array
+
+
 def build_inputs(scratch: Path) -> dict[str, Path]:
     """Uncompressed tifffile files that tiffcp, vips and GDAL convert."""
     arrays: dict[str, tuple[np.ndarray, dict]] = {
@@ -286,6 +295,7 @@ def build_inputs(scratch: Path) -> dict[str, Path]:
         "u16_5band": (noise("uint16", (H, W, 5), 13), {"planarconfig": "contig"}),
         "i16_dem": (noise("int16", (H, W), 14), {}),
         "f64_single": (noise("float64", (H, W), 15), {}),
+        "u16_zero_rows": (_zero_rows(noise("uint16", (H, W), 16), 40, 160), {}),
     }
     return {name: plain(scratch / f"{name}.tif", array, **kwargs)
             for name, (array, kwargs) in arrays.items()}

@@ -137,9 +137,11 @@ def with_segments(page: SourcePage, index: int, ifd_offset: int, offsets: Any,
 
 
 def _segment_end(page: SourcePage, offset: int, bytecount: int) -> int:
+    if not offset or not bytecount:  # never written: read as zeros
+        return 0
     if page.direct:
         return offset + page.height * page.row_bytes
-    return offset + bytecount if offset else 0
+    return offset + bytecount
 
 
 def _segments_end(page: SourcePage, offsets: np.ndarray, bytecounts: np.ndarray) -> int:
@@ -148,9 +150,11 @@ def _segments_end(page: SourcePage, offsets: np.ndarray, bytecounts: np.ndarray)
         down = ceil_div(page.height, page.segment_rows)
         rows_in_strip = np.full(down, page.segment_rows, dtype=np.uint64)
         rows_in_strip[-1] = page.height - page.segment_rows * (down - 1)
-        return int((offsets + np.tile(rows_in_strip, page.planes)
-                    * np.uint64(page.row_bytes)).max())
-    return int(np.where(offsets > 0, offsets + bytecounts, 0).max())
+        ends = offsets + np.tile(rows_in_strip, page.planes) * np.uint64(page.row_bytes)
+    else:
+        ends = offsets + bytecounts
+    # strips or tiles never written (offset or byte count 0) are read as zeros
+    return int(np.where((offsets > 0) & (bytecounts > 0), ends, 0).max())
 
 
 def positive_fraction(numerator: int, denominator: int) -> Fraction | None:

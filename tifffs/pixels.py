@@ -132,6 +132,10 @@ class SourceFile:
         gap = (rows.step - 1) * row_bytes
         scratch = _scratch(gap) if 0 < gap <= SMALL_GAP_BYTES else None
         for offset, buffers, size in _runs(page, plane, rows, target, scratch):
+            if offset is None:  # a strip never written (offset or byte count 0): zeros
+                for buffer in buffers:
+                    np.asarray(buffer).fill(0)
+                continue
             if os.preadv(self.fd, buffers, offset) != size:
                 raise SourceChanged(
                     f"source ends before page {page.index} row {rows.start} (file shrank?)")
@@ -273,6 +277,8 @@ def row_span(page: SourcePage, plane: int, start: int, stop: int) -> tuple[int, 
     top, bottom = start // seg_rows, (stop - 1) // seg_rows
     if page.direct:  # uncompressed strips: exactly the rows' bytes
         strips = page.offsets[first:]
+        if not (strips[top] and strips[bottom]):
+            return None  # a strip never written: nothing to read ahead there
         begin = int(strips[top]) + (start - top * seg_rows) * page.row_bytes
         end = int(strips[bottom]) + (stop - bottom * seg_rows) * page.row_bytes
     else:
@@ -286,26 +292,30 @@ def row_span(page: SourcePage, plane: int, start: int, stop: int) -> tuple[int, 
 
 
 def _runs(page: SourcePage, plane: int, rows: range, target: memoryview,
-          scratch: memoryview | None) -> Iterator[tuple[int, list[memoryview], int]]:
+          scratch: memoryview | None) -> Iterator[tuple[int | None, list[memoryview], int]]:
     """(file offset, buffers, bytes) of each ``preadv`` that reads ``rows`` into
-    ``target``: runs of rows in one strip, skipped rows into ``scratch``."""
+    ``target``: runs of rows in one strip, skipped rows into ``scratch``. The offset is
+    None for rows of a strip never written (offset or byte count 0, as GDAL's sparse
+    files have): they are zeros, as tifffile reads them."""
     row_bytes, rps = page.row_bytes, page.segment_rows
-    strips = page.offsets[plane * page.segments_per_plane:]
+    first_strip = plane * page.segments_per_plane
+    strips = page.offsets[first_strip:]
+    written = (strips > 0) & (page.bytecounts[first_strip:] > 0)
     if rows.step == 1:
         position = 0
         for strip in range(rows.start // rps, (rows.stop - 1) // rps + 1):
             first, last = max(rows.start, strip * rps), min(rows.stop, (strip + 1) * rps)
             size = (last - first) * row_bytes
             offset = int(strips[strip]) + (first - strip * rps) * row_bytes
-            yield offset, [target[position:position + size]], size
+            yield offset if written[strip] else None, [target[position:position + size]], size
             position += size
         return
-    yield from _strided_runs(strips, rps, row_bytes, rows, target, scratch)
+    yield from _strided_runs(strips, written, rps, row_bytes, rows, target, scratch)
 
 
-def _strided_runs(strips: np.ndarray, rps: int, row_bytes: int, rows: range,
-                  target: memoryview, scratch: memoryview | None
-                  ) -> Iterator[tuple[int, list[memoryview], int]]:
+def _strided_runs(strips: np.ndarray, written: np.ndarray, rps: int, row_bytes: int,
+                  rows: range, target: memoryview, scratch: memoryview | None
+                  ) -> Iterator[tuple[int | None, list[memoryview], int]]:
     """Every ``step``-th row: with a scratch buffer, one read per strip (and per
     IOV_MAX buffers) takes the skipped rows into scratch; else one read per row."""
     position = 0
@@ -317,6 +327,9 @@ def _strided_runs(strips: np.ndarray, rps: int, row_bytes: int, rows: range,
         offset = int(strips[strip]) + (row - strip * rps) * row_bytes
         row_view = target[position:position + row_bytes]
         position += row_bytes
+        if not written[strip]:
+            yield None, [row_view], row_bytes
+            continue
         contiguous = scratch is not None and strip == last_strip and \
             len(run) + 2 <= MAX_IOVECS and offset == run_offset + run_size + len(scratch)
         if contiguous:
