@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import tifffile
 
-SHORT, LONG = 3, 4
+ASCII, SHORT, LONG, SSHORT, FLOAT = 2, 3, 4, 8, 11
 ENTRY = struct.Struct("<HHII")
 
 
@@ -150,6 +150,10 @@ def broken_files() -> dict[str, bytes]:
         "samples_65535.tif": gray8(t277=(SHORT, 1, 65535)),
         "bits_3_signed.tif": gray8(t258=(SHORT, 1, 3), t339=(SHORT, 1, 2)),
         "zero_width.tif": gray8(t256=(LONG, 1, 0)),
+        # strip offsets of the wrong type (found by scripts/fuzz): text, negative, fraction
+        "offsets_as_text.tif": gray8(t273=(ASCII, 1, ord("8"))),
+        "offsets_negative.tif": gray8(t273=(SSHORT, 1, 0xFFFF)),
+        "offsets_as_float.tif": gray8(t273=(FLOAT, 1, struct.unpack("<I", struct.pack("<f", 8))[0])),
         "corrupt_lzw.tif": overwrite_first_strip(lzw, b"\xff" * 16),
         "corrupt_deflate.tif": overwrite_first_strip(deflate, b"\0" * 8),
         "corrupt_jpeg_marker.tif": gray8(t259=(SHORT, 1, 7)),

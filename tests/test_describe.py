@@ -82,3 +82,24 @@ def test_a_broken_first_page_is_a_broken_source(tmp_path):
             describe(fd, os.fstat(fd).st_size, path.name)
     finally:
         os.close(fd)
+
+
+@pytest.mark.timeout(60)  # the old code followed the loop for minutes
+@pytest.mark.parametrize("name, pages", [("ifd_loop_self.tif", 1), ("ifd_loop_short.tif", 3),
+                                         ("ifd_loop_after_100.tif", 130)])
+@pytest.mark.parametrize("view, use_levels", [("x2z2", False), ("x2", True)])
+def test_views_that_read_series_stop_where_the_chain_loops(tmp_path, name, pages, view,
+                                                          use_levels):
+    """tifffile follows some looping chains without end (scripts/fuzz: 850,000 pages of a
+    4 KB file), so its series are not read past where tifffs stops: views that need them
+    (Z runs, --use-levels) serve the pages before the loop, as the others do."""
+    from crafted import broken_files
+    from tifffs import open_view
+
+    path = tmp_path / name
+    path.write_bytes(broken_files()[name])
+    with open_view(str(path), view=view, use_levels=use_levels) as opened:
+        served = opened.read(0, opened.size)
+    assert len(served) == opened.size
+    with tifffile.TiffFile(io.BytesIO(served)) as tif:
+        assert len(tif.pages) == (-(-pages // 2) if view == "x2z2" else pages)

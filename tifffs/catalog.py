@@ -193,7 +193,7 @@ class Catalog:
 
         def series() -> SeriesInfo:
             return self._series.get(key, lambda: series_of(source.fd, source.path,
-                                                           source.pages))
+                                                           source.description))
 
         if not _needs_series(view):
             return self._shared_plan(source.description, view)

@@ -117,12 +117,10 @@ def with_segments(page: SourcePage, index: int, ifd_offset: int, offsets: Any,
     if len(offsets) != segments or len(bytecounts) != segments:
         raise BrokenSource(f"{where}: has {len(offsets)} strip or tile offsets, "
                            f"expected {segments}")
+    offsets, bytecounts = _segment_table(offsets, where), _segment_table(bytecounts, where)
     if segments == 1:  # the common contiguous page, without numpy's overhead
         end = _segment_end(page, int(offsets[0]), int(bytecounts[0]))
-        offsets, bytecounts = np.array(offsets, np.uint64), np.array(bytecounts, np.uint64)
     else:
-        offsets = np.asarray(offsets, dtype=np.uint64).reshape(-1)
-        bytecounts = np.asarray(bytecounts, dtype=np.uint64).reshape(-1)
         end = _segments_end(page, offsets, bytecounts)
     if end > file_size:
         raise BrokenSource(f"{where}: pixel data lies past the end of the file "
@@ -134,6 +132,21 @@ def with_segments(page: SourcePage, index: int, ifd_offset: int, offsets: Any,
     copied.__dict__.update(page.__dict__, index=index, ifd_offset=ifd_offset,
                            offsets=offsets, bytecounts=bytecounts)
     return copied
+
+
+def _segment_table(values: Any, where: str) -> np.ndarray:
+    """Strip or tile offsets or byte counts as uint64; ``BrokenSource`` unless they are
+    whole numbers of 0 or more (a damaged tag may hold text, fractions or negatives)."""
+    if isinstance(values, (bytes, str)) or not (
+            isinstance(values, np.ndarray) or all(type(v) is int for v in values)):
+        raise BrokenSource(f"{where}: its strip or tile offsets or byte counts are not "
+                           "whole numbers")
+    table = np.asarray(values).reshape(-1)
+    if table.dtype.kind not in "iu" or (table.dtype.kind == "i" and table.size
+                                        and table.min() < 0):
+        raise BrokenSource(f"{where}: its strip or tile offsets or byte counts are not "
+                           "whole numbers of 0 or more")
+    return table.astype(np.uint64, copy=False)
 
 
 def _segment_end(page: SourcePage, offset: int, bytecount: int) -> int:

@@ -17,7 +17,7 @@ import tifffile
 from tifffs.arith import ceil_div
 from tifffs.describe import page_from_tifffile
 from tifffs.errors import BrokenSource, TifffsError
-from tifffs.pages import SourcePage
+from tifffs.pages import FileDescription, SourcePage
 
 
 @dataclass(frozen=True)
@@ -38,31 +38,39 @@ _DAMAGED = (tifffile.TiffFileError, RuntimeError, ValueError, TypeError, KeyErro
 
 
 def read_series_info(fd: int, file_size: int, name: str,
-                     pages: tuple[SourcePage, ...]) -> SeriesInfo:
-    """Stack dimensions and pyramid levels from tifffile's series of the open file."""
+                     description: FileDescription) -> SeriesInfo:
+    """Stack dimensions and pyramid levels from tifffile's series of the open file. Of
+    a file whose IFD chain is broken or loops (``description.truncated``), only the
+    SubIFD levels of the pages served: tifffile would follow the chain past where tifffs
+    stops (a loop it does not see made 850,000 pages of a 4 KB file)."""
+    pages = description.pages
     with open(fd, "rb", closefd=False) as fh:
         fh.seek(0)  # the descriptor is shared; pixel reads use pread and ignore its position
         try:
             with tifffile.TiffFile(fh, name=name) as tif:
                 # levels first: series turn the pages they group into TiffFrames
-                levels = _levels(tif, pages, file_size)
-                return SeriesInfo(**_stack_dimensions(tif, len(pages)), levels=levels)
+                whole_chain = description.truncated is None
+                levels = _levels(tif, pages, file_size, with_series=whole_chain)
+                stack = _stack_dimensions(tif, len(pages)) if whole_chain else {}
+                return SeriesInfo(**stack, levels=levels)
         except TifffsError:
             raise
         except _DAMAGED as exc:
             raise BrokenSource(f"not a readable TIFF: {exc}") from exc
 
 
-def _levels(tif: tifffile.TiffFile, pages: tuple[SourcePage, ...],
-            file_size: int) -> dict[int, tuple[tuple[int, SourcePage], ...]]:
-    """Each page's reduced-resolution levels: its SubIFDs (OME pyramids) and the levels
-    tifffile's series know (SVS, libvips and other main-chain pyramids)."""
+def _levels(tif: tifffile.TiffFile, pages: tuple[SourcePage, ...], file_size: int,
+            with_series: bool) -> dict[int, tuple[tuple[int, SourcePage], ...]]:
+    """Each page's reduced-resolution levels: its SubIFDs (OME pyramids) and, with
+    ``with_series``, the levels tifffile's series know (SVS, libvips and other
+    main-chain pyramids)."""
     candidates: dict[int, list[Any]] = {i: [] for i in range(len(pages))}
     try:
-        for i, page in enumerate(tif.pages):
-            if i in candidates and isinstance(page, tifffile.TiffPage) and page.pages:
+        for i in candidates:  # the pages served, not the rest of the chain
+            page = tif.pages[i]
+            if isinstance(page, tifffile.TiffPage) and page.pages:
                 candidates[i] += list(page.pages)
-        for series in tif.series:
+        for series in tif.series if with_series else ():
             for level in series.levels[1:]:
                 for main, reduced in zip(series.levels[0].pages, level.pages):
                     if (isinstance(getattr(main, "index", None), int)
@@ -114,6 +122,6 @@ def _stack_dimensions(tif: tifffile.TiffFile, pages: int) -> dict[str, Any]:
     return {"stack_axes": axes, "stack_shape": shape}
 
 
-def series_of(fd: int, path: str, pages: tuple[SourcePage, ...]) -> SeriesInfo:
+def series_of(fd: int, path: str, description: FileDescription) -> SeriesInfo:
     """``read_series_info`` of an open source file."""
-    return read_series_info(fd, os.fstat(fd).st_size, os.path.basename(path), pages)
+    return read_series_info(fd, os.fstat(fd).st_size, os.path.basename(path), description)

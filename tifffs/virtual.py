@@ -194,7 +194,7 @@ def open_source_view(source: SourceFile, view: View, cache: LruCache[np.ndarray]
 
     def series_info() -> SeriesInfo:
         if not info:
-            info.append(series_of(source.fd, source.path, source.pages))
+            info.append(series_of(source.fd, source.path, source.description))
             source.check_unchanged()
         return info[0]
 
