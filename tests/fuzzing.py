@@ -31,6 +31,7 @@ import argparse
 import gc
 import hashlib
 import io
+import json
 import logging
 import os
 import random
@@ -318,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--seconds", type=float, help="run batches until this much time")
     budget.add_argument("--examples", type=int, help="run exactly this many examples")
+    budget.add_argument("--replay", type=Path, metavar="DIR",
+                        help="check the past findings in DIR (its index.json names the "
+                             "view each broke) instead of new inputs")
     parser.add_argument("--seed", type=int, help="first hypothesis seed (default: random)")
     parser.add_argument("--findings", type=Path, default=Path("fuzz-findings"))
     parser.add_argument("--hang-seconds", type=float, default=20.0)
@@ -332,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     first_seed = args.seed if args.seed is not None else random.randrange(2**31)
     args.findings.mkdir(parents=True, exist_ok=True)
     fuzzer = Fuzzer(args.findings, args.findings, args.hang_seconds, args.max_growth_mib)
+    if args.replay is not None:
+        return replay(fuzzer, args.replay)
     started = time.monotonic()
     print(f"fuzzing tifffs.open_view, seed {first_seed}, findings in {args.findings}",
           flush=True)
@@ -356,6 +362,23 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.monotonic() - started:.0f} s; peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10} MiB", flush=True)
     return 1 if findings else 0
+
+
+def replay(fuzzer: Fuzzer, folder: Path) -> int:
+    """Check every past finding in ``folder`` with the view it broke; 1 if any still
+    breaks a rule."""
+    index = json.loads((folder / "index.json").read_text())
+    failed = 0
+    for name, entry in sorted(index.items()):
+        try:
+            fuzzer.check(name, (folder / name).read_bytes(), entry["view"],
+                         entry["use_levels"], 0)
+        except Finding as finding:
+            failed += 1
+            print(f"STILL BROKEN {name} ({entry['broke']}): {finding}", flush=True)
+    fuzzer.check_leaks()
+    print(f"replayed {len(index)} past findings, {failed} still broken", flush=True)
+    return 1 if failed else 0
 
 
 def _where(finding: Finding) -> str:

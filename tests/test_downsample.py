@@ -102,3 +102,19 @@ def test_float_special_values_give_the_documented_pixels_without_warnings(tmp_pa
     if method == "mean":
         assert np.isnan(result[0, 0]) and np.isnan(result[0, 1]) and result[0, 2] == np.inf
         assert result[1, 3] == 1.0
+
+
+@pytest.mark.parametrize("samples", [1, 3, 5, 300])
+@pytest.mark.parametrize("method", ["linear", "lanczos"])
+def test_interpolation_resizes_each_sample_as_opencv_does_one_alone(samples, method):
+    """OpenCV's Python binding takes fewer than 255 samples per pixel (scripts/fuzz made
+    a page of 51,007): every sample comes out as OpenCV's resize of that sample alone."""
+    import cv2
+
+    flag = {"linear": cv2.INTER_LINEAR, "lanczos": cv2.INTER_LANCZOS4}[method]
+    page = np.random.default_rng(samples).integers(0, 255, (37, 29, samples)).astype(np.uint8)
+    got = downsample.interpolate(page, 12, 10, method)
+    assert got.shape == (12, 10, samples)
+    for k in range(samples):
+        expected = cv2.resize(np.ascontiguousarray(page[:, :, k]), (10, 12), interpolation=flag)
+        assert np.array_equal(got[:, :, k], expected)

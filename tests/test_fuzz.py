@@ -35,3 +35,16 @@ def test_fuzzed_tiffs_give_mapped_errors_only(tmp_path):
     saved = sorted(p.name for p in findings.glob("*.txt"))
     assert result.returncode == 0, f"findings {saved} in {findings}:\n{report}"
     assert f"{CI_EXAMPLES} examples" in result.stdout, report
+
+
+def test_past_findings_give_their_size_or_an_errno(tmp_path):
+    """Every input that once broke a rule (``fuzz-regressions/``: the file, and in
+    ``index.json`` the view it broke and how) is checked again, in a fresh interpreter."""
+    regressions = Path(__file__).with_name("fuzz-regressions")
+    command = [sys.executable, str(FUZZER), "--replay", str(regressions), "--findings",
+               str(tmp_path / "findings"), "--hang-seconds", "10"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=HANG, check=False)
+    report = f"{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+    assert result.returncode == 0, report
+    assert f"replayed {len(list(regressions.glob('*.tif')))} past findings, 0 still broken" \
+        in result.stdout, report

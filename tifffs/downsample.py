@@ -45,6 +45,7 @@ from tifffs.methods import METHODS  # noqa: F401  (re-exported)
 _CV2_INTERPOLATION = {"linear": cv2.INTER_LINEAR, "lanczos": cv2.INTER_LANCZOS4}
 _CV2_RESIZABLE = {np.dtype(t) for t in ("uint8", "uint16", "int16", "float32", "float64")}
 _MIN_OPENCV_PIXELS = 64  # smaller pages: numpy alone is as quick
+_OPENCV_SAMPLES = 4  # samples per pixel that one OpenCV call resizes
 _NETWORK_CHUNK_BYTES = 1 << 21  # planes of one chunk of block rows: fewer, larger
 # numpy calls take the GIL less often (two render threads: x4-mode 15 % faster than 1 MiB)
 # Largest block for a comparator network; beyond, numpy's (SIMD) sort of each block wins
@@ -103,8 +104,11 @@ def interpolate(page: np.ndarray, height: int, width: int, method: str) -> np.nd
     interpolation = _CV2_INTERPOLATION[method]
     dtype = page.dtype
     work = page if dtype in _CV2_RESIZABLE else page.astype(np.float64)
-    resized = cv2.resize(work, (width, height), interpolation=interpolation)
-    resized = resized.reshape(height, width, page.shape[2])
+    # OpenCV takes a few samples at a time (a damaged file may declare 51,007 of them)
+    resized = np.concatenate([
+        cv2.resize(np.ascontiguousarray(work[:, :, first:first + _OPENCV_SAMPLES]),
+                   (width, height), interpolation=interpolation).reshape(height, width, -1)
+        for first in range(0, work.shape[2], _OPENCV_SAMPLES)], axis=2)
     if work.dtype == dtype:
         return resized
     if dtype.kind == "f":

@@ -32,9 +32,10 @@ class SeriesInfo:
 
 
 #: What tifffile raises while it groups the pages of a damaged file into series (a
-#: RuntimeError "incompatible keyframe" among others, found by scripts/fuzz).
+#: RuntimeError "incompatible keyframe" and a ZeroDivisionError among others, found by
+#: scripts/fuzz).
 _DAMAGED = (tifffile.TiffFileError, RuntimeError, ValueError, TypeError, KeyError,
-            IndexError, AttributeError, OSError, struct.error)
+            IndexError, AttributeError, ArithmeticError, OSError, struct.error)
 
 
 def read_series_info(fd: int, file_size: int, name: str,
