@@ -53,11 +53,12 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).parent))
 import tifffs
 from crafted import ifd_chain
-from reference import decoded_page, reference_blocks, served_pixels
+from reference import decoded_page, reference_area, reference_blocks, served_pixels
 from tifffs.errors import TifffsError
 
 #: Views whose pixels the fuzzer checks against the reference of tifffile's pixels.
 BLOCK_VIEW = re.compile(r"x(?P<factor>\d+)-(?P<method>mean|nearest|max|min|median|mode)")
+FIT_VIEW = re.compile(r"fit\d+")
 FACTORS = (1, 2, 3, 4, 7)
 METHODS = ("mean", "nearest", "max", "median", "mode")
 #: Every factor with every method, and the other kinds of view: min, interpolated
@@ -253,12 +254,12 @@ class Fuzzer:
                 self._compare(name, served)
 
     def _compare(self, name: str, served: list[np.ndarray]) -> None:
-        """A block view's pixels must be the reference downsampling of the pages as
-        tifffile decodes them, wherever tifffile decodes every page that tifffs serves."""
+        """A block or fit view's pixels must be the reference downsampling of the pages
+        as tifffile decodes them, wherever tifffile decodes every page tifffs serves."""
         match = BLOCK_VIEW.fullmatch(name)
-        if match is None:
+        if match is None and not FIT_VIEW.fullmatch(name):
             return
-        factor, method = int(match["factor"]), match["method"]
+        factor, method = (int(match["factor"]), match["method"]) if match else (0, "area")
         try:
             with tifffile.TiffFile(self.current) as tif:
                 pages = tif.pages[:len(served)]
@@ -271,12 +272,20 @@ class Fuzzer:
         for index, ((pixels, photometric, _), got) in enumerate(zip(sources, served)):
             if index in single_unwritten:
                 continue  # tifffile reads its one strip at offset 0; tifffs serves zeros
-            if photometric == 3 and method != "mode":  # palette indices: nearest
-                method = "nearest"
-            if pixels.dtype.kind == "f" and method != "nearest":
-                continue  # float methods: numpy's own arithmetic, tested elsewhere
-            expected = (pixels[::factor, ::factor] if method == "nearest"
-                        else reference_blocks([pixels], factor, method))
+            kept = method
+            if photometric == 3 and method not in ("mode", "area"):  # palette: nearest
+                kept = "nearest"
+            if pixels.dtype.kind == "f" and kept != "nearest" or photometric == 3 and \
+                    kept == "area":
+                continue  # float arithmetic and palettes in fit views: tested elsewhere
+            if kept == "area":  # exact for integers of up to 16 bits, float64 beyond
+                if pixels.dtype.itemsize > 2:
+                    continue
+                expected = reference_area(pixels, got.shape[0], got.shape[1])
+            elif kept == "nearest":
+                expected = pixels[::factor, ::factor]
+            else:
+                expected = reference_blocks([pixels], factor, kept)
             if not np.array_equal(got, expected, equal_nan=pixels.dtype.kind == "f"):
                 raise Finding(f"page {index} of view {name} differs from the reference of "
                               f"tifffile's pixels ({got.dtype} {got.shape} against "
