@@ -299,21 +299,21 @@ def _runs(page: SourcePage, plane: int, rows: range, target: memoryview,
     files have): they are zeros, as tifffile reads them."""
     row_bytes, rps = page.row_bytes, page.segment_rows
     first_strip = plane * page.segments_per_plane
-    strips = page.offsets[first_strip:]
-    written = (strips > 0) & (page.bytecounts[first_strip:] > 0)
+    strips, counts = page.offsets[first_strip:], page.bytecounts[first_strip:]
     if rows.step == 1:
         position = 0
         for strip in range(rows.start // rps, (rows.stop - 1) // rps + 1):
             first, last = max(rows.start, strip * rps), min(rows.stop, (strip + 1) * rps)
             size = (last - first) * row_bytes
             offset = int(strips[strip]) + (first - strip * rps) * row_bytes
-            yield offset if written[strip] else None, [target[position:position + size]], size
+            written = strips[strip] and counts[strip]
+            yield offset if written else None, [target[position:position + size]], size
             position += size
         return
-    yield from _strided_runs(strips, written, rps, row_bytes, rows, target, scratch)
+    yield from _strided_runs(strips, counts, rps, row_bytes, rows, target, scratch)
 
 
-def _strided_runs(strips: np.ndarray, written: np.ndarray, rps: int, row_bytes: int,
+def _strided_runs(strips: np.ndarray, counts: np.ndarray, rps: int, row_bytes: int,
                   rows: range, target: memoryview, scratch: memoryview | None
                   ) -> Iterator[tuple[int | None, list[memoryview], int]]:
     """Every ``step``-th row: with a scratch buffer, one read per strip (and per
@@ -327,7 +327,7 @@ def _strided_runs(strips: np.ndarray, written: np.ndarray, rps: int, row_bytes: 
         offset = int(strips[strip]) + (row - strip * rps) * row_bytes
         row_view = target[position:position + row_bytes]
         position += row_bytes
-        if not written[strip]:
+        if not (strips[strip] and counts[strip]):  # never written: zeros
             yield None, [row_view], row_bytes
             continue
         contiguous = scratch is not None and strip == last_strip and \
