@@ -124,6 +124,8 @@ def broken_files() -> dict[str, bytes]:
                          compression="lzw", rowsperstrip=8)
     deflate = tifffile_bytes(np.arange(64 * 48, dtype=np.uint8).reshape(48, 64),
                              compression="zlib")
+    jpeg = tifffile_bytes(np.arange(64 * 48, dtype=np.uint8).reshape(48, 64),
+                          compression="jpeg")
     return {
         "empty.tif": b"",
         "header_only.tif": b"II*\0",
@@ -150,6 +152,7 @@ def broken_files() -> dict[str, bytes]:
         "samples_65535.tif": gray8(t277=(SHORT, 1, 65535)),
         "bits_3_signed.tif": gray8(t258=(SHORT, 1, 3), t339=(SHORT, 1, 2)),
         "zero_width.tif": gray8(t256=(LONG, 1, 0)),
+        "jpeg_tagged_1_bit.tif": set_entry(jpeg, ifd_chain(jpeg)[0], 258, value=1),
         # strip offsets of the wrong type (found by scripts/fuzz): text, negative, fraction
         "offsets_as_text.tif": gray8(t273=(ASCII, 1, ord("8"))),
         "offsets_negative.tif": gray8(t273=(SSHORT, 1, 0xFFFF)),

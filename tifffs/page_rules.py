@@ -37,6 +37,10 @@ def check_supported(where: str, *, compression: int, photometric: int, dtype: An
         raise UnsupportedSource(
             f"{where}: {bits}-bit samples (sample format {sampleformat}) are not supported "
             "yet")
+    if compression in (COMPRESSION.JPEG, COMPRESSION.OJPEG) and isinstance(bits, int) \
+            and bits < 8:  # the decoder gives 8-bit values, not what the tags say
+        raise UnsupportedSource(f"{where}: JPEG pages of {bits}-bit samples are not "
+                                "supported")
     if photometric == PHOTOMETRIC.YCBCR and compression not in (COMPRESSION.JPEG,
                                                                 COMPRESSION.OJPEG):
         raise UnsupportedSource(f"{where}: YCbCr pixels without JPEG are not supported yet")
