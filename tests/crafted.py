@@ -126,6 +126,7 @@ def broken_files() -> dict[str, bytes]:
                              compression="zlib")
     jpeg = tifffile_bytes(np.arange(64 * 48, dtype=np.uint8).reshape(48, 64),
                           compression="jpeg")
+    rgb = tifffile_bytes(np.zeros((16, 16, 3), np.uint8), photometric="rgb")
     return {
         "empty.tif": b"",
         "header_only.tif": b"II*\0",
@@ -153,6 +154,7 @@ def broken_files() -> dict[str, bytes]:
         "bits_3_signed.tif": gray8(t258=(SHORT, 1, 3), t339=(SHORT, 1, 2)),
         "zero_width.tif": gray8(t256=(LONG, 1, 0)),
         "jpeg_tagged_1_bit.tif": set_entry(jpeg, ifd_chain(jpeg)[0], 258, value=1),
+        "rgb_planar_config_0.tif": set_entry(rgb, ifd_chain(rgb)[0], 284, value=0),
         # strip offsets of the wrong type (found by scripts/fuzz): text, negative, fraction
         "offsets_as_text.tif": gray8(t273=(ASCII, 1, ord("8"))),
         "offsets_negative.tif": gray8(t273=(SSHORT, 1, 0xFFFF)),

@@ -140,7 +140,8 @@ def served_pixels(page: tifffile.TiffPage) -> tuple[np.ndarray, int, bool]:
     pixels = decoded_page(page)
     pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     photometric = int(page.photometric)
-    grey = page.bitspersample == 1 and photometric in (0, 1)  # MinIsWhite, MinIsBlack
+    grey = (page.bitspersample == 1 and page.samplesperpixel == 1
+            and photometric in (0, 1))  # bilevel: MinIsWhite, MinIsBlack
     if grey:
         pixels = np.where(pixels.astype(bool) == (photometric == 1), 255, 0).astype(np.uint8)
         photometric = 1

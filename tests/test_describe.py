@@ -103,3 +103,15 @@ def test_views_that_read_series_stop_where_the_chain_loops(tmp_path, name, pages
     assert len(served) == opened.size
     with tifffile.TiffFile(io.BytesIO(served)) as tif:
         assert len(tif.pages) == (-(-pages // 2) if view == "x2z2" else pages)
+
+
+def test_a_tag_whose_value_lies_in_the_header_is_left_to_tifffile(tmp_path):
+    """tifffile drops a tag whose value would lie inside the 8-byte header; the lean
+    reader gives up on it rather than read the header as the value (scripts/fuzz)."""
+    from crafted import gray8
+
+    path = tmp_path / "resolution_in_header.tif"
+    path.write_bytes(gray8(t282=(5, 1, 0)))  # XResolution, a RATIONAL at offset 0
+    lean_description, tifffile_description = _both(path)
+    assert lean_description is None
+    assert tifffile_description.pages[0].xresolution is None

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import tifffile
-from tifffile import PLANARCONFIG
 
 from tifffs import lean
 from tifffs.errors import BrokenSource, TifffsError
@@ -137,7 +136,7 @@ def page_from_tifffile(page: Any, index: int, byteorder: str, file_size: int) ->
     fields = {
         "index": index, "ifd_offset": int(page.offset), "width": int(page.imagewidth),
         "height": int(page.imagelength), "samples": int(page.samplesperpixel),
-        "planar_separate": int(page.planarconfig) == PLANARCONFIG.SEPARATE,
+        "planarconfig": int(page.planarconfig),
         "dtype": np.dtype(byteorder + page.dtype.char), "sampleformat": int(page.sampleformat),
         "photometric": int(page.photometric), "compression": int(page.compression),
         "tiled": bool(page.is_tiled), "tile": (int(page.tilelength), int(page.tilewidth)),

@@ -216,6 +216,8 @@ def _value(file: _File, layout: _Layout, field_type: int, count: int, inline: by
         data = inline[:nbytes]
     else:
         where = struct.unpack(layout.offset_format, inline[:layout.inline])[0]
+        if where < 8:  # inside the header: tifffile drops such a tag (and repairs)
+            raise _GiveUp
         data = file.read(where, nbytes) if nbytes <= 1 << 20 else \
             _read_large(file, where, nbytes)
     if field_type in (2, 7):
@@ -291,7 +293,7 @@ def page_fields(tags: dict[int, Any], index: int, offset: int, byteorder: str,
     colormap = tags.get(320)
     fields = {
         "index": index, "ifd_offset": offset, "width": _one(tags, 256), "height": _one(tags, 257),
-        "samples": _one(tags, 277, 1), "planar_separate": _one(tags, 284, 1) == 2, "dtype": dtype,
+        "samples": _one(tags, 277, 1), "planarconfig": _one(tags, 284, 1), "dtype": dtype,
         "sampleformat": sampleformat, "photometric": photometric, "compression": compression,
         "tiled": tiled, "tile": (_one(tags, 323), _one(tags, 322)) if tiled else (0, 0),
         "rowsperstrip": _one(tags, 278, 2**32 - 1),

@@ -50,8 +50,8 @@ def make_page(f: dict[str, Any], file_size: int) -> SourcePage:
     """Validate the fields read from one IFD and build its ``SourcePage``.
 
     ``f`` holds the raw tag values (``tile`` as (length, width), ``rowsperstrip``,
-    ``direct_candidate`` for fill order 1 and no predictor, ``bits`` per sample) and the
-    ``dtype`` tifffile decodes to.
+    ``planarconfig``, ``direct_candidate`` for fill order 1 and no predictor, ``bits``
+    per sample) and the ``dtype`` tifffile decodes to.
     """
     where = f"page {f['index']}"
     width, height, samples = f["width"], f["height"], f["samples"]
@@ -60,7 +60,10 @@ def make_page(f: dict[str, Any], file_size: int) -> SourcePage:
     tile_rows, tile_width = f["tile"]
     if samples < 1 or (f["tiled"] and (tile_rows < 1 or tile_width < 1)):
         raise BrokenSource(f"{where}: no samples per pixel or empty tiles")
-    planar_separate = f["planar_separate"] and samples > 1
+    if samples > 1 and f["planarconfig"] not in (1, 2):
+        raise BrokenSource(f"{where}: PlanarConfiguration {f['planarconfig']} is neither 1 "
+                           "(contiguous) nor 2 (separate)")
+    planar_separate = f["planarconfig"] == 2 and samples > 1
     _check_shorts(where, f)
     bits = f["bits"]
     dtype = kinds.served_dtype(f["dtype"])
