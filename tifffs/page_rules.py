@@ -122,8 +122,8 @@ def with_segments(page: SourcePage, index: int, ifd_offset: int, offsets: Any,
     where = f"page {index}"
     segments = page.segments_per_plane * page.planes
     if len(offsets) != segments or len(bytecounts) != segments:
-        raise BrokenSource(f"{where}: has {len(offsets)} strip or tile offsets, "
-                           f"expected {segments}")
+        raise BrokenSource(f"{where}: has {len(offsets)} strip or tile offsets and "
+                           f"{len(bytecounts)} byte counts, expected {segments}")
     offsets, bytecounts = _segment_table(offsets, where), _segment_table(bytecounts, where)
     if segments == 1:  # the common contiguous page, without numpy's overhead
         end = _segment_end(page, int(offsets[0]), int(bytecounts[0]))
