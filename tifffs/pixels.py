@@ -321,13 +321,17 @@ def _strided_runs(strips: np.ndarray, counts: np.ndarray, rps: int, row_bytes: i
     position = 0
     run: list[memoryview] = []
     run_offset = run_size = 0
-    last_strip = -1
+    last_strip = seen_strip = -1
+    strip_offset, written = 0, True
     for row in rows:
         strip = row // rps
-        offset = int(strips[strip]) + (row - strip * rps) * row_bytes
+        if strip != seen_strip:  # numpy scalars once per strip, not per row
+            strip_offset, seen_strip = int(strips[strip]), strip
+            written = bool(strip_offset and counts[strip])
+        offset = strip_offset + (row - strip * rps) * row_bytes
         row_view = target[position:position + row_bytes]
         position += row_bytes
-        if not (strips[strip] and counts[strip]):  # never written: zeros
+        if not written:  # a strip never written: zeros
             yield None, [row_view], row_bytes
             continue
         contiguous = scratch is not None and strip == last_strip and \
