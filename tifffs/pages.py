@@ -23,8 +23,10 @@ from tifffile import PHOTOMETRIC
 from tifffs.arith import ceil_div
 from tifffs.cache import LruCache
 
-#: Version of the serialised form; an index entry of another format is described anew.
-FORMAT = 2
+#: Version of the serialised form and of the rules that make it; an index entry of
+#: another format is described anew. 3: strips never written, damaged tags and planar
+#: configurations are described as tifffile and the specification read them.
+FORMAT = 3
 #: Serialised descriptions longer than this are compressed.
 _COMPRESS_ABOVE = 4096
 
