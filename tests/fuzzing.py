@@ -125,7 +125,28 @@ def seeds() -> dict[str, bytes]:
                                       compression="packbits", rowsperstrip=9),
         "u12_packed.tif": write(u16[0] >> 4, bitspersample=12),
         "u4_packed.tif": write(u8[0] >> 4, bitspersample=4, rowsperstrip=8),
+        "u8_tiles_uncompressed.tif": write(u8, tile=(16, 16)),
+        "u16_sparse_strips.tif": _unwritten(write(u16, rowsperstrip=8), (1, 3)),
     }
+
+
+def _unwritten(data: bytes, strips: tuple[int, ...]) -> bytes:
+    """``data`` with these strips of every page never written (offset and byte count
+    0), as GDAL leaves out blocks of zeros."""
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        entries = [(page.tags["StripOffsets"].valueoffset,
+                    page.tags["StripByteCounts"].valueoffset,
+                    page.tags["StripByteCounts"].dtype, len(page.dataoffsets))
+                   for page in tif.pages]
+    out = bytearray(data)
+    for offsets_at, counts_at, counts_type, count in entries:
+        assert max(strips) < count and counts_type in (3, 4)  # SHORT or LONG counts
+        counts_size = 2 if counts_type == 3 else 4
+        for strip in strips:
+            out[offsets_at + 4 * strip:offsets_at + 4 * strip + 4] = bytes(4)
+            at = counts_at + counts_size * strip
+            out[at:at + counts_size] = bytes(counts_size)
+    return bytes(out)
 
 
 def _fields(data: bytes) -> list[tuple[int, int]]:
