@@ -161,9 +161,13 @@ def broken_files() -> dict[str, bytes]:
         "offsets_as_float.tif": gray8(t273=(FLOAT, 1, struct.unpack("<I", struct.pack("<f", 8))[0])),
         "corrupt_lzw.tif": overwrite_first_strip(lzw, b"\xff" * 16),
         "corrupt_deflate.tif": overwrite_first_strip(deflate, b"\0" * 8),
+        # CLEAR, then the table code 300 where a literal must come (scripts/fuzz: the
+        # LZW decoder read uninitialised memory and could crash the daemon)
+        "corrupt_lzw_table_code.tif": overwrite_first_strip(lzw, b"\x80\x4b\x20\x20"),
         "corrupt_jpeg_marker.tif": gray8(t259=(SHORT, 1, 7)),
     }
 
 
 #: Broken files whose metadata is readable: they fail on read, not on stat.
-FAIL_ON_READ = {"corrupt_lzw.tif", "corrupt_deflate.tif", "corrupt_jpeg_marker.tif"}
+FAIL_ON_READ = {"corrupt_lzw.tif", "corrupt_deflate.tif", "corrupt_jpeg_marker.tif",
+                "corrupt_lzw_table_code.tif"}

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 import tifffile
+from tifffile import COMPRESSION
 
+from tifffs import lzwcheck
 from tifffs.arith import ceil_div
 from tifffs.errors import BrokenSource, SourceChanged
 from tifffs.pages import FileDescription, SourcePage, SourceVersion
@@ -233,6 +235,9 @@ def _scratch(size: int) -> memoryview:
 
 def _decoded(page: SourcePage, decode: Callable[..., Any], data: bytes,
              index: int) -> np.ndarray | None:
+    if page.compression == COMPRESSION.LZW and not lzwcheck.safe_start(data):
+        raise BrokenSource(f"page {page.index} segment {index}: damaged LZW data (a table "
+                           "code right after CLEAR), which the decoder cannot read safely")
     try:
         segment = decode(data, index)[0]
     except Exception as exc:
