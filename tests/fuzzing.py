@@ -66,6 +66,8 @@ METHODS = ("mean", "nearest", "max", "median", "mode")
 VIEWS = tuple(f"x{f}-{m}" for f in FACTORS for m in METHODS) + (
     "x2-min", "x2-linear", "x3-lanczos", "fit16", "fit7", "x2z2", "x1z2-max",
     "x2z3-median", "x4z2-nearest")
+#: Seeds written by other programs.
+SEED_FILES = Path(__file__).with_name("fuzz-seeds")
 #: A whole view up to this size is read and parsed with tifffile.
 WHOLE_READ_LIMIT = 4 << 20
 #: Pages up to this many samples are compared with the reference (whose mode is a
@@ -127,6 +129,8 @@ def seeds() -> dict[str, bytes]:
         "u4_packed.tif": write(u8[0] >> 4, bitspersample=4, rowsperstrip=8),
         "u8_tiles_uncompressed.tif": write(u8, tile=(16, 16)),
         "u16_sparse_strips.tif": _unwritten(write(u16, rowsperstrip=8), (1, 3)),
+        # bilevel CCITT files, which tifffile cannot write (fuzz-seeds/README.md)
+        **{path.name: path.read_bytes() for path in sorted(SEED_FILES.glob("*.tif"))},
     }
 
 
