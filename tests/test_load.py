@@ -147,6 +147,7 @@ def _stats(mountpoint: Path) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in lines if not line.startswith("error "))
 
 
+@pytest.mark.timeout(SECONDS + 600)  # the suite's 600 s would end a long run early
 def test_random_reads_from_16_threads_are_exact_and_memory_stays_bounded(load_source,
                                                                           tmp_path):
     root, expected = load_source
