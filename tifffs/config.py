@@ -115,12 +115,17 @@ def parse_libfuse(text: str) -> int:
     return int(text)
 
 
-def parse_render_threads(text: str) -> int:
-    """How many bands render at once: an integer from 1 up."""
+def parse_cores(text: str, what: str, option: str) -> int:
+    """A number of cores (``what``, given with ``option``): an integer from 1 up."""
     if not text.strip().isdigit() or int(text) < 1:
-        raise ConfigError(f"invalid render threads {text!r}: use a number of cores from 1 "
-                          "up, e.g. --render-threads 4")
+        raise ConfigError(f"invalid {what} {text!r}: use a number of cores from 1 up, "
+                          f"e.g. {option} 4")
     return int(text)
+
+
+def parse_render_threads(text: str) -> int:
+    """How many bands render at once (``--render-threads``)."""
+    return parse_cores(text, "render threads", "--render-threads")
 
 
 def parse_method(text: str) -> str:

@@ -105,10 +105,10 @@ def interpolate(page: np.ndarray, height: int, width: int, method: str) -> np.nd
     dtype = page.dtype
     work = page if dtype in _CV2_RESIZABLE else page.astype(np.float64)
     # OpenCV takes a few samples at a time (a damaged file may declare 51,007 of them)
-    resized = np.concatenate([
-        cv2.resize(np.ascontiguousarray(work[:, :, first:first + _OPENCV_SAMPLES]),
-                   (width, height), interpolation=interpolation).reshape(height, width, -1)
-        for first in range(0, work.shape[2], _OPENCV_SAMPLES)], axis=2)
+    parts = [cv2.resize(np.ascontiguousarray(work[:, :, first:first + _OPENCV_SAMPLES]),
+                        (width, height), interpolation=interpolation).reshape(height, width, -1)
+             for first in range(0, work.shape[2], _OPENCV_SAMPLES)]
+    resized = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
     if work.dtype == dtype:
         return resized
     if dtype.kind == "f":

@@ -125,6 +125,12 @@ def with_segments(page: SourcePage, index: int, ifd_offset: int, offsets: Any,
         raise BrokenSource(f"{where}: has {len(offsets)} strip or tile offsets and "
                            f"{len(bytecounts)} byte counts, expected {segments}")
     offsets, bytecounts = _segment_table(offsets, where), _segment_table(bytecounts, where)
+    # a strip or tile whose offset or byte count is 0 was never written (GDAL's sparse
+    # blocks) and reads as zeros: both are 0 from here on, so readers test the offset
+    unwritten = (offsets == 0) | (bytecounts == 0)
+    if unwritten.any():
+        offsets, bytecounts = np.where(unwritten, 0, offsets), np.where(unwritten, 0,
+                                                                        bytecounts)
     if segments == 1:  # the common contiguous page, without numpy's overhead
         end = _segment_end(page, int(offsets[0]), int(bytecounts[0]))
     else:
@@ -157,7 +163,7 @@ def _segment_table(values: Any, where: str) -> np.ndarray:
 
 
 def _segment_end(page: SourcePage, offset: int, bytecount: int) -> int:
-    if not offset or not bytecount:  # never written: read as zeros
+    if not offset:  # never written: read as zeros
         return 0
     if page.direct:
         return offset + page.height * page.row_bytes
@@ -173,8 +179,7 @@ def _segments_end(page: SourcePage, offsets: np.ndarray, bytecounts: np.ndarray)
         ends = offsets + np.tile(rows_in_strip, page.planes) * np.uint64(page.row_bytes)
     else:
         ends = offsets + bytecounts
-    # strips or tiles never written (offset or byte count 0) are read as zeros
-    return int(np.where((offsets > 0) & (bytecounts > 0), ends, 0).max())
+    return int(np.where(offsets > 0, ends, 0).max())  # never written: read as zeros
 
 
 def positive_fraction(numerator: int, denominator: int) -> Fraction | None:

@@ -134,7 +134,7 @@ class SourceFile:
         gap = (rows.step - 1) * row_bytes
         scratch = _scratch(gap) if 0 < gap <= SMALL_GAP_BYTES else None
         for offset, buffers, size in _runs(page, plane, rows, target, scratch):
-            if offset is None:  # a strip never written (offset or byte count 0): zeros
+            if offset is None:  # a strip never written: zeros
                 for buffer in buffers:
                     np.asarray(buffer).fill(0)
                 continue
@@ -192,12 +192,12 @@ class SourceFile:
         counts = page.bytecounts[first:first + count].tolist()
         i = 0
         while i < count:
-            if not offsets[i] or not counts[i]:
+            if not offsets[i]:  # never written (see ``with_segments``)
                 yield first + i, None
                 i += 1
                 continue
             j = i + 1  # extend the run while the next segment follows in the file
-            while (j < count and counts[j] and offsets[j] == offsets[j - 1] + counts[j - 1]
+            while (j < count and offsets[j] == offsets[j - 1] + counts[j - 1]
                    and offsets[j] + counts[j] - offsets[i] <= MAX_RUN_BYTES):
                 j += 1
             size = offsets[j - 1] + counts[j - 1] - offsets[i]
@@ -300,26 +300,25 @@ def _runs(page: SourcePage, plane: int, rows: range, target: memoryview,
           scratch: memoryview | None) -> Iterator[tuple[int | None, list[memoryview], int]]:
     """(file offset, buffers, bytes) of each ``preadv`` that reads ``rows`` into
     ``target``: runs of rows in one strip, skipped rows into ``scratch``. The offset is
-    None for rows of a strip never written (offset or byte count 0, as GDAL's sparse
-    files have): they are zeros, as tifffile reads them."""
+    None for rows of a strip never written (offset 0, see ``with_segments``): they are
+    zeros, as tifffile reads them."""
     row_bytes, rps = page.row_bytes, page.segment_rows
-    first_strip = plane * page.segments_per_plane
-    strips, counts = page.offsets[first_strip:], page.bytecounts[first_strip:]
+    strips = page.offsets[plane * page.segments_per_plane:]
     if rows.step == 1:
         position = 0
         for strip in range(rows.start // rps, (rows.stop - 1) // rps + 1):
             first, last = max(rows.start, strip * rps), min(rows.stop, (strip + 1) * rps)
             size = (last - first) * row_bytes
-            offset = int(strips[strip]) + (first - strip * rps) * row_bytes
-            written = strips[strip] and counts[strip]
-            yield offset if written else None, [target[position:position + size]], size
+            start = int(strips[strip])
+            offset = start + (first - strip * rps) * row_bytes if start else None
+            yield offset, [target[position:position + size]], size
             position += size
         return
-    yield from _strided_runs(strips, counts, rps, row_bytes, rows, target, scratch)
+    yield from _strided_runs(strips, rps, row_bytes, rows, target, scratch)
 
 
-def _strided_runs(strips: np.ndarray, counts: np.ndarray, rps: int, row_bytes: int,
-                  rows: range, target: memoryview, scratch: memoryview | None
+def _strided_runs(strips: np.ndarray, rps: int, row_bytes: int, rows: range,
+                  target: memoryview, scratch: memoryview | None
                   ) -> Iterator[tuple[int | None, list[memoryview], int]]:
     """Every ``step``-th row: with a scratch buffer, one read per strip (and per
     IOV_MAX buffers) takes the skipped rows into scratch; else one read per row."""
@@ -327,16 +326,15 @@ def _strided_runs(strips: np.ndarray, counts: np.ndarray, rps: int, row_bytes: i
     run: list[memoryview] = []
     run_offset = run_size = 0
     last_strip = seen_strip = -1
-    strip_offset, written = 0, True
+    strip_offset = 0
     for row in rows:
         strip = row // rps
-        if strip != seen_strip:  # numpy scalars once per strip, not per row
+        if strip != seen_strip:  # a numpy scalar once per strip, not per row
             strip_offset, seen_strip = int(strips[strip]), strip
-            written = bool(strip_offset and counts[strip])
         offset = strip_offset + (row - strip * rps) * row_bytes
         row_view = target[position:position + row_bytes]
         position += row_bytes
-        if not written:  # a strip never written: zeros
+        if not strip_offset:  # a strip never written: zeros
             yield None, [row_view], row_bytes
             continue
         contiguous = scratch is not None and strip == last_strip and \

@@ -22,7 +22,7 @@ from typing import BinaryIO, NoReturn
 from tifffs.arith import ceil_div
 from tifffs.batch import DEFAULT_SPLIT_BYTES, Job, Runner, walk
 from tifffs.cluster import ClusterError, DaskPool
-from tifffs.config import DEFAULT_METHOD, ConfigError, parse_method, parse_size
+from tifffs.config import DEFAULT_METHOD, ConfigError, parse_cores, parse_method, parse_size
 from tifffs.methods import METHODS
 from tifffs.outputs import CHUNK_BYTES, new_run_token
 from tifffs.pools import Pool, available_cores, local_pool
@@ -158,10 +158,7 @@ def _options(args: argparse.Namespace) -> _Options:
                           "decide how many files run at once")
     jobs = available_cores()
     if args.jobs is not None:
-        if not args.jobs.isdigit() or int(args.jobs) < 1:
-            raise ConfigError(f"invalid --jobs {args.jobs!r}: use a number of cores from 1 "
-                              "up, e.g. --jobs 4")
-        jobs = int(args.jobs)
+        jobs = parse_cores(args.jobs, "--jobs", "--jobs")
     split = _size(args.split_size, "--split-size", DEFAULT_SPLIT_BYTES)
     if split < 1 << 20:
         raise ConfigError("--split-size must be at least 1M")
