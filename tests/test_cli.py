@@ -13,6 +13,7 @@ import pytest
 import tifffile
 
 from conftest import MOUNT_TIMEOUT, mounted, unmount, wait_for
+from tifffs.config import MOUNT_SETTINGS
 
 TIFFFS = [sys.executable, "-m", "tifffs"]
 
@@ -54,16 +55,20 @@ def test_mount_options_in_o_form(small_source, tmp_path):
 
 
 @pytest.mark.mount
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_foreground_signal_unmounts_cleanly(small_source, tmp_path, signum):
+@pytest.mark.parametrize("libfuse", ["2", "3"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_foreground_signal_unmounts_cleanly(small_source, tmp_path, signum, libfuse):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    process = subprocess.Popen([*TIFFFS, str(small_source), str(mountpoint), "-f"],
-                               stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen([*TIFFFS, str(small_source), str(mountpoint), "-f",
+                                "--no-index", "--libfuse", libfuse],
+                               stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: os.path.ismount(mountpoint), MOUNT_TIMEOUT, "the mount", process)
         process.send_signal(signum)
-        assert process.wait(timeout=MOUNT_TIMEOUT) == 0, process.stderr.read()
+        _, stderr = process.communicate(timeout=MOUNT_TIMEOUT)
+        assert process.returncode == 0, stderr
+        assert " ERROR " not in stderr and "unmounted" in stderr, stderr
         assert not os.path.ismount(mountpoint)
     finally:
         unmount(mountpoint)
@@ -93,6 +98,42 @@ def test_errors_say_what_to_do(small_source, tmp_path):
     _fails([str(small_source), str(tmp_path / "m"), "--factors", "0,2"], "invalid factor")
     _fails([str(small_source), str(tmp_path / "m"), "--method", "cubic"], "invalid method")
     _fails([str(small_source), str(tmp_path / "m"), "--cache-size", "lots"], "invalid size")
+
+
+@pytest.mark.parametrize("options, expected", [
+    (["--factors", "2,x"], "invalid factor 'x' in '2,x'"),
+    (["--factors", "x"], "invalid factor 'x':"),
+    (["--factors", "2,,4"], "empty factor in '2,,4'"),
+    (["--views", "x4,,x8"], "empty view in 'x4,,x8'"),
+    (["--factors", ""], "no factors given"),
+    (["--views", ""], "no views given"),
+    (["-o", "views="], "no views given"),
+    (["--log-file", ""], "--log-file is empty"),
+    (["-o", "factors=2,4,allow_other"], "-o factors=2,4: inside -o, separate factors"),
+    (["-o", "ro,views=x4,fit100"], "-o views=x4,fit100: inside -o, separate views with"),
+])
+def test_option_errors_name_the_item_and_exit_2(small_source, tmp_path, options, expected):
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    try:
+        result = subprocess.run([*TIFFFS, str(small_source), str(mountpoint), *options],
+                                capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                timeout=MOUNT_TIMEOUT, check=False)
+        assert result.returncode == 2 and f"tifffs: error: {expected}" in result.stderr, \
+            result.stderr
+    finally:
+        unmount(mountpoint)  # in case it mounted (the defaults, for an empty value)
+
+
+def test_help_lists_every_o_setting_and_the_subcommands():
+    text = subprocess.run([*TIFFFS, "--help"], capture_output=True, text=True,
+                          check=True).stdout
+    flat = " ".join(text.split())
+    listed = flat.split("mount options: ")[1].split(" (")[0].split(", ")
+    assert listed == list(MOUNT_SETTINGS)
+    assert {"views=", "index_dir=", "no_index", "libfuse=", "foreground"} <= set(listed)
+    assert "tifffs render --help" in flat and "tifffs index --help" in flat
+    assert "default 2,4,8 unless --views is given" in flat
 
 
 @pytest.mark.mount

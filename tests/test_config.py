@@ -41,10 +41,34 @@ def test_parse_factors(text, expected):
     assert parse_factors(text) == expected
 
 
-@pytest.mark.parametrize("text", ["0", "1025", "2,,4", "two", "2.5", "-2", ""])
+@pytest.mark.parametrize("text", ["0", "1025", "two", "2.5", "-2", "x"])
 def test_parse_factors_rejects_with_the_range(text):
-    with pytest.raises(ConfigError, match="from 1 to 1024"):
+    with pytest.raises(ConfigError, match=f"invalid factor '{text}': use .*from 1 to 1024"):
         parse_factors(text)
+
+
+def test_parse_factors_quotes_the_item_as_given():
+    with pytest.raises(ConfigError, match="invalid factor 'x' in '2,x'"):
+        parse_factors("2,x")
+    with pytest.raises(ConfigError, match="invalid factor 'x0' in 'x2:x0'"):
+        parse_factors("x2:x0")
+
+
+@pytest.mark.parametrize("parse, what", [(parse_factors, "factor"),
+                                         (lambda text: parse_views(text, "mean"), "view")])
+@pytest.mark.parametrize("text", ["4,,8", "4,8,", ":4:8", "4, ,8"])
+def test_lists_refuse_an_empty_item(parse, what, text):
+    text = text.replace("4", "x4").replace("8", "x8") if what == "view" else text
+    with pytest.raises(ConfigError, match=f"empty {what} in .*use e.g."):
+        parse(text)
+
+
+@pytest.mark.parametrize("text", ["", " ", ",", " : "])
+def test_lists_refuse_an_empty_value(text):
+    with pytest.raises(ConfigError, match="no factors given: use e.g. --factors 2,4,8"):
+        parse_factors(text)
+    with pytest.raises(ConfigError, match="no views given: use e.g. --views x4"):
+        parse_views(text, "mean")
 
 
 def test_parse_views_checks_every_name():
@@ -52,8 +76,6 @@ def test_parse_views_checks_every_name():
                                                              "fit1000")
     with pytest.raises(ConfigError, match="x4-blur"):
         parse_views("x4,x4-blur", "mean")
-    with pytest.raises(ConfigError, match="no views given"):
-        parse_views(" , ", "mean")
 
 
 def test_parse_method():
@@ -78,6 +100,21 @@ def test_split_mount_options_separates_ours_libfuse_and_ignored():
                     "log_file": "/var/log/t.log", "use_levels": "1", "views": "x4z2:fit100",
                     "method": "max"}
     assert fuse == {"allow_other": True, "uid": "1000"}
+
+
+@pytest.mark.parametrize("options, message", [
+    (["factors=2,4"], r"-o factors=2,4: inside -o, separate factors with ':' \(factors=2:4\)"),
+    (["allow_other,factors=x2,x4,8,ro"], r"-o factors=x2,x4,8: .* \(factors=x2:x4:8\)"),
+    (["views=x4,fit100,allow_other"], r"-o views=x4,fit100: .* \(views=x4:fit100\)"),
+])
+def test_split_mount_options_refuses_a_list_with_commas(options, message):
+    with pytest.raises(ConfigError, match=message):
+        split_mount_options(options)
+
+
+def test_split_mount_options_passes_on_what_follows_a_list():
+    assert split_mount_options(["factors=2:4,allow_other,uid=0"]) == (
+        {"factors": "2:4"}, {"allow_other": True, "uid": "0"})
 
 
 def test_mount_config_views():

@@ -28,9 +28,11 @@ from tifffs.config import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_FACTORS,
     DEFAULT_METHOD,
+    MOUNT_SETTINGS,
     ConfigError,
     MountConfig,
     cache_size_at_least_a_band,
+    check_source,
     parse_factors,
     parse_libfuse,
     parse_method,
@@ -69,15 +71,17 @@ def _mount_parser() -> argparse.ArgumentParser:
         prog="tifffs",
         description="Mount downsampled, uncompressed views of the TIFF files under SOURCE "
                     "at MOUNTPOINT/x<factor>/<same path>. Unmount with: fusermount -u "
-                    "MOUNTPOINT. To write one view to a file: tifffs render --help.")
+                    "MOUNTPOINT. To write one view to a file: tifffs render --help; to "
+                    "build the metadata index ahead of a mount: tifffs index --help.")
     parser.add_argument("source", metavar="SOURCE", help="directory of TIFF files")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="empty directory to mount on")
     parser.add_argument("-f", "--foreground", action="store_true",
                         help="stay in the foreground; SIGINT/SIGTERM unmount")
     parser.add_argument("--factors", help=f"reduction factors, one directory each "
-                        f"(default {','.join(map(str, DEFAULT_FACTORS))})")
+                        f"(default {','.join(map(str, DEFAULT_FACTORS))} unless --views is "
+                        "given)")
     parser.add_argument("--views", help="view directories by name, e.g. x4,x4-max,x4z2,fit1000 "
-                        "(added to --factors)")
+                        "(alone: only these; with --factors: added to its views)")
     parser.add_argument("--method", help=f"default method: {', '.join(METHODS)} "
                         f"(default {DEFAULT_METHOD})")
     parser.add_argument("--use-levels", action="store_true",
@@ -101,8 +105,9 @@ def _mount_parser() -> argparse.ArgumentParser:
                         help="bands rendered at once (default: one per core this process "
                              "may run on)")
     parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT]",
-                        help="mount options: factors=2:4, method=, cache_size=, log_file=, "
-                             "debug, plus libfuse options such as allow_other")
+                        help=f"mount options: {', '.join(MOUNT_SETTINGS)} (the options "
+                             "above; lists separated by ':', e.g. factors=2:4:8), plus libfuse "
+                             "options such as allow_other")
     parser.add_argument("-v", "--debug", action="store_true",
                         help="verbose log, with a trace of every request (operation, path, "
                              "offset and size, result, duration)")
@@ -112,36 +117,52 @@ def _mount_parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace) -> MountConfig:
     ours, fuse_options = split_mount_options(args.options)
-    factors = args.factors or ours.get("factors")
-    views = args.views or ours.get("views")
-    method = parse_method(args.method or ours.get("method") or DEFAULT_METHOD)
-    cache_size = args.cache_size or ours.get("cache_size")
+
+    def setting(name: str, default: str | None = None) -> str | None:
+        """The option's value, else its ``-o`` form's, else ``default``. An empty value
+        is kept, to be refused: it never stands for the default."""
+        value = getattr(args, name)
+        value = ours.get(name) if value is None else value
+        return default if value is None else value
+
+    factors = setting("factors")
+    views = setting("views")
+    method = parse_method(setting("method", DEFAULT_METHOD))
+    cache_size = setting("cache_size")
     cache_bytes, message = cache_size_at_least_a_band(
-        parse_size(cache_size) if cache_size else DEFAULT_CACHE_BYTES)
+        parse_size(cache_size) if cache_size is not None else DEFAULT_CACHE_BYTES)
     if message:
         print(f"tifffs: {message}", file=sys.stderr)
     return MountConfig(
         source=os.path.abspath(args.source),
         mountpoint=os.path.abspath(args.mountpoint),
-        factors=parse_factors(factors) if factors else None,
-        view_names=parse_views(views, method) if views else (),
+        factors=parse_factors(factors) if factors is not None else None,
+        view_names=parse_views(views, method) if views is not None else (),
         method=method,
         use_levels=args.use_levels or "use_levels" in ours,
         imagej_large=args.imagej_large or "imagej_large" in ours,
         cache_bytes=cache_bytes,
-        index_dir=args.index_dir or ours.get("index_dir"),
+        index_dir=_not_empty(setting("index_dir"), "--index-dir"),
         no_index=args.no_index or "no_index" in ours,
-        libfuse=parse_libfuse(args.libfuse or ours.get("libfuse") or "2"),
-        render_threads=_render_threads(args.render_threads or ours.get("render_threads")),
+        libfuse=parse_libfuse(setting("libfuse", "2")),
+        render_threads=_render_threads(setting("render_threads")),
         foreground=args.foreground or "foreground" in ours,
         debug=args.debug or "debug" in ours,
-        log_file=_absolute(args.log_file or ours.get("log_file")),
+        log_file=_absolute(_not_empty(setting("log_file"), "--log-file")),
         fuse_options=fuse_options,
     )
 
 
 def _render_threads(text: str | None) -> int | None:
     return None if text is None else parse_render_threads(text)
+
+
+def _not_empty(path: str | None, option: str) -> str | None:
+    """``path``, refused when given empty (it would silently mean the default)."""
+    if path is not None and not path.strip():
+        raise ConfigError(f"{option} is empty: give a path, or leave the option out for "
+                          "the default")
+    return path
 
 
 def _absolute(path: str | None) -> str | None:
@@ -151,9 +172,7 @@ def _absolute(path: str | None) -> str | None:
 
 def check_mount_preconditions(config: MountConfig) -> None:
     """Raise ``ConfigError`` saying what to do when the mount cannot work."""
-    if not os.path.isdir(config.source):
-        what = "does not exist" if not os.path.exists(config.source) else "is not a directory"
-        raise ConfigError(f"SOURCE {config.source} {what}: give the directory of your TIFFs")
+    check_source(config.source)
     mountpoint = config.mountpoint
     if _is_stale_mount(mountpoint) and not _clear_stale_tifffs_mount(mountpoint):
         raise ConfigError(f"MOUNTPOINT {mountpoint} is a stale mount (its daemon died): "

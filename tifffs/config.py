@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 from dataclasses import dataclass, field, replace
 
 from tifffs.methods import METHODS
-from tifffs.views import MAX_FACTOR, View, ViewError, parse_view, views_for_factors
+from tifffs.views import (
+    MAX_FACTOR,
+    View,
+    ViewError,
+    looks_like_view_name,
+    parse_view,
+    views_for_factors,
+)
 
 DEFAULT_FACTORS = (2, 4, 8)
 DEFAULT_METHOD = "mean"
@@ -15,6 +24,11 @@ DEFAULT_CACHE_BYTES = 256 << 20
 IGNORED_MOUNT_OPTIONS = {"ro", "rw", "defaults", "auto", "noauto", "nofail", "_netdev",
                          "user", "users", "nouser", "exec", "noexec", "atime", "noatime",
                          "relatime", "strictatime", "nodiratime"}
+#: The ``-o`` settings of tifffs, as written in ``-o`` (with ``=``: it takes a value).
+MOUNT_SETTINGS = ("foreground", "factors=", "views=", "method=", "use_levels",
+                  "imagej_large", "cache_size=", "index_dir=", "no_index", "render_threads=",
+                  "libfuse=", "log_file=", "debug")
+_SETTING_NAMES = frozenset(setting.rstrip("=") for setting in MOUNT_SETTINGS)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -70,6 +84,13 @@ def cache_size_at_least_a_band(size: int) -> tuple[int, str | None]:
                   f"({LARGEST_BAND_BYTES >> 20}M): larger bands are kept one at a time")
 
 
+def check_source(source: str) -> None:
+    """Raise ``ConfigError`` saying what to do unless ``source`` is a directory."""
+    if not os.path.isdir(source):
+        what = "does not exist" if not os.path.exists(source) else "is not a directory"
+        raise ConfigError(f"SOURCE {source} {what}: give the directory of your TIFFs")
+
+
 def parse_size(text: str) -> int:
     """``512M``, ``2G``, ``1048576`` -> bytes (binary units; a trailing ``B``/``iB`` is fine)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
@@ -81,30 +102,39 @@ def parse_size(text: str) -> int:
 def parse_factors(text: str) -> tuple[int, ...]:
     """``2,4,8`` or ``2:4:8`` -> (2, 4, 8): distinct integers from 1 to MAX_FACTOR, in order."""
     factors: list[int] = []
-    for part in re.split(r"[,:]", text):
-        part = part.strip().lower().removeprefix("x")
-        if not part.isdigit() or not 1 <= int(part) <= MAX_FACTOR:
+    for item in _list_items(text, "factor", "--factors 2,4,8"):
+        digits = item.lower().removeprefix("x")
+        if not digits.isdigit() or not 1 <= int(digits) <= MAX_FACTOR:
+            where = f" in {text!r}" if item != text.strip() else ""
             raise ConfigError(
-                f"invalid factor {part!r} in {text!r}: use integers from 1 to {MAX_FACTOR}, "
+                f"invalid factor {item!r}{where}: use integers from 1 to {MAX_FACTOR}, "
                 "e.g. --factors 2,4,8")
-        if int(part) not in factors:
-            factors.append(int(part))
-    if not factors:
-        raise ConfigError("no factors given: use e.g. --factors 2,4,8")
+        if int(digits) not in factors:
+            factors.append(int(digits))
     return tuple(factors)
 
 
 def parse_views(text: str, method: str) -> tuple[str, ...]:
     """``x4,x4-max,fit1000`` (or ``:``-separated) -> view names, each checked."""
-    names = tuple(part.strip() for part in re.split(r"[,:]", text) if part.strip())
-    if not names:
-        raise ConfigError("no views given: use e.g. --views x4,x4-max,x4z2,fit1000")
+    names = tuple(_list_items(text, "view", "--views x4,x4-max,x4z2,fit1000"))
     for name in names:
         try:
             parse_view(name, method)
         except ViewError as exc:
             raise ConfigError(str(exc)) from None
     return names
+
+
+def _list_items(text: str, what: str, example: str) -> list[str]:
+    """The items of a ``,``- or ``:``-separated list; an empty list or item is refused
+    (it would otherwise mean the default, or nothing)."""
+    items = [item.strip() for item in re.split(r"[,:]", text)]
+    if not any(items):
+        raise ConfigError(f"no {what}s given: use e.g. {example}")
+    if not all(items):
+        raise ConfigError(f"empty {what} in {text!r} (two separators in a row, or one at "
+                          f"an end): use e.g. {example}")
+    return items
 
 
 def parse_libfuse(text: str) -> int:
@@ -135,27 +165,40 @@ def parse_method(text: str) -> str:
 
 
 def split_mount_options(options: list[str]) -> tuple[dict[str, str], dict[str, str | bool]]:
-    """Split ``-o`` lists into tifffs settings and libfuse options.
+    """Split ``-o`` lists into tifffs settings (``MOUNT_SETTINGS``) and libfuse options.
 
-    tifffs settings: ``factors``, ``views``, ``method``, ``use_levels``, ``imagej_large``,
-    ``cache_size``, ``log_file``, ``debug``, ``foreground``, ``index_dir``, ``no_index``,
-    ``libfuse``, ``render_threads``.
     Options mount(8) adds (``rw``, ``noauto``, ...) are dropped; all others
-    (``allow_other``, ``uid=``...) go to libfuse.
+    (``allow_other``, ``uid=``...) go to libfuse. ``-o factors=2,4`` is refused: the
+    comma ends the setting (lists take ``:`` inside ``-o``).
     """
     ours: dict[str, str] = {}
     fuse: dict[str, str | bool] = {}
     for group in options:
-        for item in group.split(","):
+        items = group.split(",")
+        for position, item in enumerate(items):
             key, sep, value = item.strip().partition("=")
             key = key.strip()
             if not key:
                 continue
             normal = key.replace("-", "_")
-            if normal in ("factors", "views", "method", "cache_size", "log_file", "debug",
-                          "foreground", "use_levels", "imagej_large", "index_dir",
-                          "no_index", "libfuse", "render_threads"):
+            if normal in _SETTING_NAMES:
+                if normal in ("factors", "views") and sep:
+                    _refuse_comma_list(normal, value.strip(), items[position + 1:])
                 ours[normal] = value if sep else "1"
             elif key not in IGNORED_MOUNT_OPTIONS:
                 fuse[key] = value if sep else True
     return ours, fuse
+
+
+def _refuse_comma_list(name: str, value: str, rest: list[str]) -> None:
+    """Refuse ``-o factors=2,4``, whose ``4`` would go to libfuse as an unknown option."""
+    run = list(itertools.takewhile(_is_list_item, (item.strip() for item in rest)))
+    if run:
+        listed = [value, *run]
+        raise ConfigError(f"-o {name}={','.join(listed)}: inside -o, separate {name} with "
+                          f"':' ({name}={':'.join(listed)})")
+
+
+def _is_list_item(item: str) -> bool:
+    """True for a bare factor or view name: an item of a list, not a libfuse option."""
+    return item.isdigit() or looks_like_view_name(item.lower())

@@ -43,6 +43,12 @@ MAX_READAHEAD = 1 << 20
 LIBFUSE3_OPTIONS = {"max_idle_threads": "10"}
 #: libfuse 2 options libfuse 3 refuses (it mounts on non-empty folders by default).
 _LIBFUSE2_ONLY = {"nonempty"}
+#: What libfuse 3's fuse_main returns when its loop ended with a non-zero result
+#: (helper.c; other failures, such as a failed mount, return 1 to 7). The loop returns
+#: the number of the signal that ended it (SIGINT, SIGTERM: fuse_session_loop in
+#: fuse_lowlevel.h), else a failure to read /dev/fuse, which libfuse has already
+#: reported ("fuse: reading device: ..."). libfuse 2's loop returns 0 on a signal.
+LOOP_ENDED_NONZERO = 8
 
 
 def check_usable() -> None:
@@ -204,14 +210,21 @@ class _FUSE3(mfusepy.FUSE):
 
 
 def mount(operations: TifffsOperations, mountpoint: str, fuse_options: dict[str, Any]) -> None:
-    """Mount with libfuse 3 in the foreground until unmounted or signalled."""
+    """Mount with libfuse 3 in the foreground until unmounted or signalled (SIGINT and
+    SIGTERM unmount, and return as an unmount does); ``RuntimeError`` when it fails."""
     check_usable()
     root = operations.tree.root
     options = {key: value for key, value in {**DEFAULT_FUSE_OPTIONS, **LIBFUSE3_OPTIONS,
                                              **fuse_options}.items()
                if key not in _LIBFUSE2_ONLY}
-    _FUSE3(Libfuse3Operations(operations), mountpoint, foreground=True, nothreads=False,
-           raw_fi=True, encoding="latin-1", ro=True, default_permissions=True,
-           subtype="tifffs", fsname=root.replace("\\", "\\\\").replace(",", "\\,"),
-           **options)
+    try:
+        _FUSE3(Libfuse3Operations(operations), mountpoint, foreground=True, nothreads=False,
+               raw_fi=True, encoding="latin-1", ro=True, default_permissions=True,
+               subtype="tifffs", fsname=root.replace("\\", "\\\\").replace(",", "\\,"),
+               **options)
+    except RuntimeError as exc:  # mfusepy raises fuse_main's non-zero result
+        if exc.args != (LOOP_ENDED_NONZERO,):
+            raise
+        log.info("libfuse 3 stopped serving (on SIGINT or SIGTERM; any other cause is "
+                 "in the lines above)")
 

@@ -64,6 +64,12 @@ def parse_view(name: str, default_method: str) -> View:
                     "fit<pixels>, e.g. x4, x4-max, x4z2, fit1000")
 
 
+def looks_like_view_name(name: str) -> bool:
+    """True for a name shaped like a view's (``x4``, ``x4z2-max``, ``fit1000``), valid
+    or not."""
+    return bool(_FACTOR_VIEW.fullmatch(name) or _FIT_VIEW.fullmatch(name))
+
+
 def views_for_factors(factors: tuple[int, ...], method: str) -> tuple[View, ...]:
     """One view ``x<f>`` per factor."""
     return tuple(View(f"x{f}", method, factor=f) for f in factors)
