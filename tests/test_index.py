@@ -273,3 +273,44 @@ def test_without_an_index_nothing_is_written(tmp_path, monkeypatch):
     path = _tiff(tmp_path / "a.tif")
     assert _catalog(None).size(str(path), os.stat(path), X4) > 0
     assert not (tmp_path / "cache").exists()
+
+
+def _patch_u32(path: Path, offset: int, value: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 4] = value.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+def test_tifffs_index_reports_broken_files_in_its_own_words(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    _tiff(source / "good.tif")
+    chain = _tiff(source / "chain.tif")  # page 0's link to page 1 points past the end
+    with tifffile.TiffFile(chain) as tif:
+        ifd, entries = tif.pages[0].offset, len(tif.pages[0].tags)
+    _patch_u32(chain, ifd + 2 + 12 * entries, 0xFFFFFFF0)
+    (source / "garbage.tif").write_bytes(b"II*\0" + b"\xff" * 60)
+    # a tag whose value lies outside the file: tifffile logs a warning of its own
+    tifffile.imwrite(source / "tag.tif", np.zeros((16, 16), np.uint8),
+                     extratags=[(65000, "s", 0, "x" * 40, True)])
+    with tifffile.TiffFile(source / "tag.tif") as tif:
+        tag_entry = tif.pages[0].tags[65000].offset
+    _patch_u32(source / "tag.tif", tag_entry + 8, 0x7FFFFFF0)
+
+    result = subprocess.run([sys.executable, "-m", "tifffs", "index", str(source),
+                             "--index-dir", str(tmp_path / "index")],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1, result.stderr  # garbage.tif failed
+    lines = result.stderr.splitlines()
+    assert all(line.startswith("tifffs index: ") for line in lines), lines
+    assert "tifffile" not in result.stderr and "TiffTag" not in result.stderr, lines
+    assert any("chain.tif: IFD 1 at offset 4294967280 is unreadable: serving the 1 page "
+               "before it" in line for line in lines), lines
+    assert any("garbage.tif: the header's offset of the first IFD (4294967295) points "
+               "outside the file (64 bytes)" in line for line in lines), lines
+    assert "4 files, 5 pages, 1 failures" in lines[-1], lines
+
+    missing = subprocess.run([sys.executable, "-m", "tifffs", "index", str(tmp_path / "no")],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert missing.returncode == 2
+    assert f"SOURCE {tmp_path / 'no'} does not exist" in missing.stderr, missing.stderr

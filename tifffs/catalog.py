@@ -162,8 +162,9 @@ class Catalog:
             if described is not None and path in described:  # replaced, never grown
                 described[path] = hash(version)  # read from the index once evicted here
         if description.truncated:
-            log.warning("%s: %s: serving the %d pages before it", printable(path),
-                        description.truncated, len(description.pages))
+            count = len(description.pages)
+            log.warning("%s: %s: serving the %d page%s before it", printable(path),
+                        description.truncated, count, "" if count == 1 else "s")
         return description
 
     def _describe_file(self, path: str, version: SourceVersion,

@@ -70,6 +70,8 @@ def _describe_with_tifffile(fd: int, file_size: int, name: str) -> FileDescripti
 
 def _from_tifffile(tif: tifffile.TiffFile, file_size: int) -> FileDescription:
     pages, truncated = _pages_of(tif, file_size)
+    if not pages:
+        raise BrokenSource("TIFF has no pages")
     first = tif.pages.first
     tag = first.tags.get(50839)
     counts = first.tags.get(50838)

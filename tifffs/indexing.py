@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from tifffs.config import (
     DEFAULT_METHOD,
-    ConfigError,
     MountConfig,
+    check_source,
     parse_factors,
     parse_method,
     parse_views,
@@ -45,15 +45,17 @@ def index_parser() -> argparse.ArgumentParser:
 def index_command(argv: list[str]) -> int:
     """Run ``tifffs index``; returns the exit status (1 when a file failed)."""
     args = index_parser().parse_args(argv)
-    method = parse_method(args.method or DEFAULT_METHOD)
+    method = parse_method(args.method if args.method is not None else DEFAULT_METHOD)
     source = os.path.abspath(args.source)
-    if not os.path.isdir(source):
-        raise ConfigError(f"SOURCE {source} is not a directory: give the directory of "
-                          "your TIFFs")
-    views = MountConfig(source, "", parse_factors(args.factors) if args.factors else None,
-                        parse_views(args.views, method) if args.views else (),
+    check_source(source)
+    views = MountConfig(source, "",
+                        parse_factors(args.factors) if args.factors is not None else None,
+                        parse_views(args.views, method) if args.views is not None else (),
                         method).views
+    from tifffs import logs
     from tifffs.setup import build_tree
+
+    logs.setup_command("tifffs index")  # a broken IFD chain, an unusable index...
 
     tree = build_tree(source, views, 32 << 20, args.index_dir or "")
     index = tree.catalog.index

@@ -17,7 +17,7 @@ import numpy as np
 import tifffile
 
 from tifffs.cache import LruCache
-from tifffs.errors import TifffsError
+from tifffs.errors import BrokenSource, TifffsError
 from tifffs.page_rules import check_supported, make_page, positive_fraction, with_segments
 from tifffs.pages import FileDescription, FileMetadata, SourcePage
 
@@ -90,6 +90,9 @@ def _read(file: _File) -> FileDescription:
         offset = struct.unpack(byteorder + "Q", head[8:16])[0]
     else:
         raise _GiveUp
+    if offset >= file.size:  # tifffile finds no page there either
+        raise BrokenSource(f"the header's offset of the first IFD ({offset}) points outside "
+                           f"the file ({file.size} bytes): a damaged header, or not a TIFF")
     return _Chain(file, layout).read(offset)
 
 

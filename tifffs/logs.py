@@ -103,6 +103,18 @@ def setup(log_file: str | None, background: bool, debug: bool) -> str:
     return where
 
 
+def setup_command(prefix: str) -> None:
+    """Log for a command run on a terminal (``tifffs index``): tifffs's warnings and
+    errors on standard error as ``<prefix>: <message>``, like the command's own lines;
+    other libraries' lines as for the daemon (debug lines, so not shown)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"{prefix}: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    route_third_party()
+
+
 class _AsDebug(logging.Handler):
     """Passes another library's record on as a tifffs debug line."""
 
