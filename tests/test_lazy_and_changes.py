@@ -26,7 +26,7 @@ LIGHTSHEET_SHAPE = (101, 2048, 2048)
 
 @pytest.fixture(scope="module")
 def lightsheet(tmp_path_factory) -> Path:
-    """101 x 2048 x 2048 uint16, uncompressed, one strip per page (~850 MB)."""
+    """101 x 2048 x 2048 uint16, uncompressed, one strip per page (808 MiB)."""
     root = tmp_path_factory.mktemp("lightsheet")
     page = np.arange(2048 * 2048, dtype=np.uint16).reshape(2048, 2048)
     with tifffile.TiffWriter(root / "stack.tif") as writer:
