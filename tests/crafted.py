@@ -112,6 +112,33 @@ def overwrite_first_strip(data: bytes, garbage: bytes) -> bytes:
     return data[:at] + garbage + data[at + len(garbage):]
 
 
+def jpegxr_reserved_format() -> bytes:
+    """A JPEG XR TIFF whose first tile's image header gives reserved values for the output
+    colour format and bit depth (0xBB; found by scripts/fuzz): jxrlib, imagecodecs' JPEG
+    XR decoder, then divides by zero and kills its process (SIGFPE)."""
+    data = bytearray(tifffile_bytes(np.arange(48 * 64, dtype=np.uint16).reshape(48, 64),
+                                    compression="jpegxr", tile=(16, 16)))
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        start = int(tif.pages.first.dataoffsets[0])
+    header = data.index(b"WMPHOTO\0", start)  # the image header of the first tile
+    data[header + 11] = 0xBB  # OUTPUT_CLR_FMT and OUTPUT_BITDEPTH: 11, reserved
+    return bytes(data)
+
+
+def jpeg2000_claiming_a_terabyte() -> bytes:
+    """A JPEG 2000 TIFF whose first tile's SIZ marker claims an image and a tile of
+    2^20 x 2^20 pixels (as found by scripts/fuzz): OpenJPEG then fills memory until
+    an allocation fails, 3.8 GB under a 4 GB limit and without one the OOM killer."""
+    data = bytearray(tifffile_bytes(np.arange(64 * 48, dtype=np.uint8).reshape(48, 64),
+                                    compression="jpeg2000", tile=(16, 16)))
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        start = int(tif.pages.first.dataoffsets[0])
+    assert data[start:start + 4] == b"\xff\x4f\xff\x51"  # SOC, then SIZ
+    for field in (8, 12, 24, 28):  # Xsiz, Ysiz, XTsiz, YTsiz
+        struct.pack_into(">I", data, start + field, 1 << 20)
+    return bytes(data)
+
+
 def broken_files() -> dict[str, bytes]:
     """Name -> bytes of every kind of broken input tifffs must refuse with EIO.
 
@@ -165,9 +192,14 @@ def broken_files() -> dict[str, bytes]:
         # LZW decoder read uninitialised memory and could crash the daemon)
         "corrupt_lzw_table_code.tif": overwrite_first_strip(lzw, b"\x80\x4b\x20\x20"),
         "corrupt_jpeg_marker.tif": gray8(t259=(SHORT, 1, 7)),
+        # decoded in a helper process: the decoder's crash fails only the read
+        "corrupt_jpegxr_header.tif": jpegxr_reserved_format(),
+        # decoded in a helper process whose memory is limited
+        "corrupt_jpeg2000_size.tif": jpeg2000_claiming_a_terabyte(),
     }
 
 
 #: Broken files whose metadata is readable: they fail on read, not on stat.
 FAIL_ON_READ = {"corrupt_lzw.tif", "corrupt_deflate.tif", "corrupt_jpeg_marker.tif",
-                "corrupt_lzw_table_code.tif"}
+                "corrupt_lzw_table_code.tif", "corrupt_jpegxr_header.tif",
+                "corrupt_jpeg2000_size.tif"}

@@ -21,9 +21,9 @@ import numpy as np
 import tifffile
 from tifffile import COMPRESSION
 
-from tifffs import lzwcheck
+from tifffs import isolated, lzwcheck
 from tifffs.arith import ceil_div
-from tifffs.errors import BrokenSource, SourceChanged
+from tifffs.errors import BrokenSource, SourceChanged, TifffsError
 from tifffs.pages import FileDescription, SourcePage, SourceVersion
 from tifffs.samples import bilevel_to_grey
 
@@ -212,12 +212,17 @@ class SourceFile:
             i = j
 
     def _decoder(self, page: SourcePage) -> Callable[..., Any]:
-        """tifffile's decoder of a page, built from its IFD once per open file."""
+        """tifffile's decoder of a page, built from its IFD once per open file (run in a
+        helper process for codecs that crash on damaged data: ``tifffs.isolated``)."""
         with self._decoder_lock:
             decode = self._decoders.get(page.ifd_offset)
             if decode is None:
-                decode = self._decoders[page.ifd_offset] = _tifffile_decoder(
-                    self.fd, page, os.path.basename(self.path))
+                name = os.path.basename(self.path)
+                if isolated.is_isolated(page.compression):
+                    decode = isolated.isolated_decoder(self.fd, self.version, page, name)
+                else:
+                    decode = tifffile_decoder(self.fd, page.ifd_offset, page.index, name)
+                self._decoders[page.ifd_offset] = decode
             return decode
 
 
@@ -240,6 +245,8 @@ def _decoded(page: SourcePage, decode: Callable[..., Any], data: bytes,
                            "code right after CLEAR), which the decoder cannot read safely")
     try:
         segment = decode(data, index)[0]
+    except TifffsError:  # said already (a decoding helper's report)
+        raise
     except Exception as exc:
         raise BrokenSource(f"page {page.index} segment {index}: cannot decode: {exc}") \
             from exc
@@ -248,18 +255,20 @@ def _decoded(page: SourcePage, decode: Callable[..., Any], data: bytes,
     return segment.reshape(segment.shape[-3:])
 
 
-def _tifffile_decoder(fd: int, page: SourcePage, name: str) -> Callable[..., Any]:
-    """``TiffPage.decode`` of the IFD at ``page.ifd_offset`` (with its JPEG tables)."""
+def tifffile_decoder(fd: int, ifd_offset: int, page_index: int,
+                     name: str) -> Callable[..., Any]:
+    """``TiffPage.decode`` of the IFD at ``ifd_offset`` of the open file ``fd`` (with
+    its JPEG tables)."""
     with open(fd, "rb", closefd=False) as fh:
         fh.seek(0)
         try:
             with tifffile.TiffFile(fh, name=name) as tif:
-                tif.filehandle.seek(page.ifd_offset)
-                tiff_page = tifffile.TiffPage(tif, index=page.index)
+                tif.filehandle.seek(ifd_offset)
+                tiff_page = tifffile.TiffPage(tif, index=page_index)
                 decode = tiff_page.decode
                 tables = tiff_page.jpegtables
         except Exception as exc:
-            raise BrokenSource(f"page {page.index}: IFD unreadable: {exc!r}") from exc
+            raise BrokenSource(f"page {page_index}: IFD unreadable: {exc!r}") from exc
 
     def run(data: bytes, index: int) -> Any:
         return decode(data, index, jpegtables=tables)

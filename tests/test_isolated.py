@@ -1,0 +1,207 @@
+"""JPEG XR and JPEG 2000 segments are decoded in helper processes (``tifffs.isolated``):
+pixels equal tifffile's; a decoder that crashes, fills memory or hangs fails only its
+read; helpers never outlive the process that started them."""
+
+from __future__ import annotations
+
+import io
+import os
+import resource
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import mounted, wait_for
+from crafted import jpeg2000_claiming_a_terabyte, jpegxr_reserved_format
+from reference import reference_blocks, reference_page
+from tifffs import isolated, open_view
+from tifffs.errors import BrokenSource
+
+HANG = 60.0  # seconds: only a hang detector
+
+
+def _isolated_sources(folder) -> dict[str, np.ndarray]:
+    """JPEG XR and JPEG 2000 files of the kinds tifffile writes (lossless), and their
+    pixels."""
+    rng = np.random.default_rng(5)
+    kinds = {
+        "u8_strips.tif": (rng.integers(0, 255, (3, 41, 35), dtype=np.uint8),
+                          {"rowsperstrip": 16, "compression": "jpegxr"}),
+        "u16_tiles.tif": (rng.integers(0, 65535, (2, 50, 47), dtype=np.uint16),
+                          {"tile": (16, 16), "compression": "jpegxr"}),
+        "rgb_tiles.tif": (rng.integers(0, 255, (37, 45, 3), dtype=np.uint8),
+                          {"tile": (32, 32), "photometric": "rgb", "compression": "jpegxr"}),
+        "j2k_u16_tiles.tif": (rng.integers(0, 65535, (2, 50, 47), dtype=np.uint16),
+                              {"tile": (16, 16), "compression": "jpeg2000"}),
+        "j2k_rgb_strips.tif": (rng.integers(0, 255, (37, 45, 3), dtype=np.uint8),
+                               {"rowsperstrip": 8, "photometric": "rgb",
+                                "compression": "jpeg2000"}),
+    }
+    pixels = {}
+    for name, (array, options) in kinds.items():
+        options.setdefault("photometric", "minisblack")
+        tifffile.imwrite(folder / name, array, **options)
+        pixels[name] = tifffile.imread(folder / name)  # lossless: the written array
+        np.testing.assert_array_equal(pixels[name], array)
+    return pixels
+
+
+def _served(data: bytes) -> np.ndarray:
+    return tifffile.imread(io.BytesIO(data))
+
+
+@pytest.mark.parametrize("view,method", [("x2", "mean"), ("x3-nearest", "nearest"),
+                                         ("x2-median", "median")])
+def test_jpegxr_views_equal_the_reference(tmp_path, view, method):
+    sources = _isolated_sources(tmp_path)
+    factor = int(view[1])
+    for name, array in sources.items():
+        rendered = open_view(str(tmp_path / name), view=view)
+        got = _served(rendered.read(0, rendered.size))
+        rgb = "rgb" in name
+        pages = [array] if rgb or array.ndim == 2 else list(array)
+        if method == "median":
+            expected = [reference_blocks([page if rgb else page[:, :, None]], factor,
+                                         "median") for page in pages]
+            expected = [e if rgb else e[:, :, 0] for e in expected]
+        else:
+            expected = [reference_page(page, factor, method) for page in pages]
+        np.testing.assert_array_equal(got, expected[0] if len(pages) == 1 else
+                                      np.stack(expected), err_msg=name)
+    assert isolated.helper_pids(), "JPEG XR was not decoded in a helper process"
+
+
+def test_crashing_decoder_fails_only_that_read(tmp_path):
+    """jxrlib divides by zero on a reserved header value (SIGFPE, which would end this
+    process): the read fails with the cause, and the next JPEG XR read works."""
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(jpegxr_reserved_format())
+    decode = "import sys, tifffile; tifffile.imread(sys.argv[1])"
+    crash = subprocess.run([sys.executable, "-c", decode, str(bad)], check=False,
+                           capture_output=True, timeout=HANG)
+    assert crash.returncode == -signal.SIGFPE, "the input no longer crashes the decoder"
+
+    view = open_view(str(bad), 2)
+    with pytest.raises(BrokenSource, match=r"page 0 segment 0: the JPEG XR decoder "
+                                           r"crashed \(SIGFPE\)"):
+        view.read(0, view.size)
+    sources = _isolated_sources(tmp_path)
+    good = open_view(str(tmp_path / "u16_tiles.tif"), view="x2-nearest")
+    np.testing.assert_array_equal(_served(good.read(0, good.size)),
+                                  sources["u16_tiles.tif"][:, ::2, ::2])
+
+
+def test_decoder_filling_memory_fails_only_that_read(tmp_path):
+    """OpenJPEG fills as much memory as a damaged tile claims (2^20 x 2^20 pixels): the
+    helper's address space is limited, so the read fails and this process stays small."""
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(jpeg2000_claiming_a_terabyte())
+    decode = ("import resource, sys, tifffile\n"
+              "try:\n    tifffile.imread(sys.argv[1])\nexcept Exception:\n    pass\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    limit = 2 << 30  # so that this check cannot take the machine's memory
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    filled = subprocess.run([sys.executable, "-c", decode, str(bad)], check=True,
+                            capture_output=True, text=True, timeout=HANG,
+                            preexec_fn=limited)
+    assert int(filled.stdout) > 1 << 20, "the input no longer makes OpenJPEG fill memory"
+
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    view = open_view(str(bad), 2)
+    with pytest.raises(BrokenSource, match=r"page 0 segment 0: .*JPEG 2000|cannot decode"):
+        view.read(0, view.size)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
+    assert grown_kib < 100 << 10, f"this process grew by {grown_kib >> 10} MiB"
+
+
+def test_helper_that_stops_answering_is_ended(tmp_path, monkeypatch):
+    sources = _isolated_sources(tmp_path)
+    path = str(tmp_path / "u8_strips.tif")
+    view = open_view(path, view="x1-nearest")
+    view.read(0, view.size)  # starts a helper, which then waits for work
+    helpers = isolated.helper_pids()
+    assert helpers
+    monkeypatch.setattr(isolated, "DECODE_SECONDS", 1.0)
+    for pid in helpers:
+        os.kill(pid, signal.SIGSTOP)  # alive, but never answers
+    try:
+        fresh = open_view(path, view="x1-nearest")  # new decoders: no pixels cached
+        with pytest.raises(BrokenSource, match="did not finish within 1 s"):
+            for _ in helpers:  # each stopped helper fails one read, then is gone
+                fresh.read(0, fresh.size)
+                fresh = open_view(path, view="x1-nearest")
+    finally:
+        for pid in helpers:
+            if os.path.exists(f"/proc/{pid}"):
+                os.kill(pid, signal.SIGCONT)
+    ended = [pid for pid in helpers if not os.path.exists(f"/proc/{pid}")]
+    assert ended, "the helper that did not answer is still running"
+    again = open_view(path, view="x1-nearest")
+    np.testing.assert_array_equal(_served(again.read(0, again.size)),
+                                  sources["u8_strips.tif"])
+
+
+def test_helpers_end_with_the_process_that_started_them(tmp_path):
+    _isolated_sources(tmp_path)
+    code = ("import sys, tifffs\nfrom tifffs import isolated\n"
+            "view = tifffs.open_view(sys.argv[1], 2)\nview.read(0, view.size)\n"
+            "print(*isolated.helper_pids(), flush=True)\nsys.stdin.read()\n")
+    process = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "u16_tiles.tif")],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        helpers = [int(pid) for pid in process.stdout.readline().split()]
+        assert helpers
+        process.kill()  # no chance to clean up: the helpers see their pipe close
+        process.wait(timeout=HANG)
+        wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in helpers),
+                 HANG, "the helpers to end")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _helpers_of(pid: int) -> list[int]:
+    """Process ids of the decoding helpers that ``pid`` started."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read()
+        except OSError:
+            continue
+        if parent == pid and b"tifffs.isolated" in command:
+            children.append(int(entry))
+    return children
+
+
+def test_mount_serves_jpegxr_and_leaves_no_helper(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    sources = _isolated_sources(source)
+    (source / "bad.tif").write_bytes(jpegxr_reserved_format())
+    (source / "big.tif").write_bytes(jpeg2000_claiming_a_terabyte())
+    with mounted(source, tmp_path / "work") as mount:
+        for name in ("bad.tif", "big.tif"):
+            with pytest.raises(OSError) as error:
+                (mount.path / "x2" / name).read_bytes()
+            assert error.value.errno == 5
+        assert "JPEG XR decoder crashed (SIGFPE)" in mount.log_text()
+        for name in sources:  # the mount is still up, and a new helper decodes
+            view = open_view(str(source / name), 2)
+            assert (mount.path / "x2" / name).read_bytes() == view.read(0, view.size), name
+        helpers = _helpers_of(mount.process.pid)
+        assert helpers, "the daemon decoded JPEG XR in process"
+    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in helpers), HANG,
+             "the daemon's helpers to end")
