@@ -133,6 +133,7 @@ def seeds() -> dict[str, bytes]:
         # decoded in helper processes (tifffs.isolated)
         "u16_jpegxr_tiles.tif": write(u16, tile=(16, 16), compression="jpegxr"),
         "rgb_jpegxr.tif": write(rgb, photometric="rgb", compression="jpegxr"),
+        "u8_jpeg2000_tiles.tif": write(u8, tile=(16, 16), compression="jpeg2000"),
         # bilevel CCITT files, which tifffile cannot write (fuzz-seeds/README.md)
         **{path.name: path.read_bytes() for path in sorted(SEED_FILES.glob("*.tif"))},
     }
