@@ -10,6 +10,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -119,6 +120,32 @@ def test_decoder_filling_memory_fails_only_that_read(tmp_path):
         view.read(0, view.size)
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
     assert grown_kib < 100 << 10, f"this process grew by {grown_kib >> 10} MiB"
+
+
+def test_at_most_one_helper_per_core(tmp_path):
+    """Many readers at once (libfuse 2 starts a thread per waiting request) share at
+    most ``MAX_HELPERS`` helpers, each some 40 MB."""
+    sources = _isolated_sources(tmp_path)
+    path = str(tmp_path / "j2k_u16_tiles.tif")
+    problems: list[str] = []
+
+    def read() -> None:
+        try:
+            view = open_view(path, view="x1-nearest")  # its own decoders: no cache shared
+            got = _served(view.read(0, view.size))
+            if not np.array_equal(got, sources["j2k_u16_tiles.tif"]):
+                problems.append("other pixels")
+        except Exception as exc:  # noqa: BLE001  (reported below)
+            problems.append(repr(exc))
+
+    readers = [threading.Thread(target=read) for _ in range(3 * isolated.MAX_HELPERS)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(HANG)
+    assert not problems, problems
+    assert 1 <= isolated.most_helpers_at_once() <= isolated.MAX_HELPERS
+    assert len(isolated.helper_pids()) <= isolated.IDLE_HELPERS
 
 
 def test_helper_that_stops_answering_is_ended(tmp_path, monkeypatch):

@@ -46,6 +46,7 @@ from tifffile import COMPRESSION
 
 from tifffs.errors import BrokenSource, SourceChanged
 from tifffs.pages import SourcePage, SourceVersion
+from tifffs.pools import available_cores
 
 #: Compressions decoded only in a helper process, by the name of their codec.
 ISOLATED_COMPRESSIONS: dict[int, str] = {
@@ -62,8 +63,10 @@ MEMORY_FACTOR = 4
 MEMORY_SLACK = 64 << 20
 #: A helper that has not answered one segment in this time is stopped.
 DECODE_SECONDS = 60.0
-#: Helpers kept waiting for work (more are started while all are busy).
+#: Helpers kept waiting for work.
 IDLE_HELPERS = 2
+#: Helpers running at once (decoding is CPU-bound: one per core, at least two).
+MAX_HELPERS = max(2, available_cores())
 #: The largest item a decoded segment may have (complex128).
 MAX_ITEMSIZE = 16
 #: Decoders the helper keeps built (one per file version and IFD).
@@ -159,11 +162,15 @@ class _Helper:
 
 
 class _Helpers:
-    """The helper processes of this process, started when first needed."""
+    """The helper processes of this process: started when first needed, at most
+    ``MAX_HELPERS`` at once (a request waits for a free one), ``IDLE_HELPERS`` kept."""
 
     def __init__(self) -> None:
         self._idle: list[_Helper] = []
-        self._lock = threading.Lock()
+        self._running = 0  # started and not stopped: idle or busy
+        #: the most helpers that ran at once
+        self.peak = 0
+        self._changed = threading.Condition()
         self._pid = os.getpid()
 
     def run(self, request: dict[str, Any], data: bytes, limit: int, codec: str,
@@ -175,15 +182,15 @@ class _Helpers:
             header = helper.ask(request, data, limit)
         except TimeoutError:
             helper.process.kill()
-            helper.stop()
+            self._stop(helper)
             raise BrokenSource(f"{where} did not finish within {DECODE_SECONDS:g} s; the "
                                "data may be damaged") from None
         except (ValueError, TypeError, struct.error) as exc:  # an answer, but no sense
-            helper.stop()
+            self._stop(helper)
             raise BrokenSource(f"{where} (in a helper process) answered nonsense: "
                                f"{exc}") from None
         except (OSError, EOFError):  # no answer: the helper ended
-            status = helper.stop()
+            status = self._stop(helper)
             if status < 0:
                 raise BrokenSource(f"{where} crashed ({_describe(status)}) on damaged data "
                                    "(in a helper process: only this read fails)") from None
@@ -193,34 +200,50 @@ class _Helpers:
         return header
 
     def _take(self) -> _Helper:
-        with self._lock:
+        with self._changed:
             if self._pid != os.getpid():  # forked: the parent's helpers are not ours
-                self._idle, self._pid = [], os.getpid()
+                self._idle, self._running, self._pid = [], 0, os.getpid()
+            while not self._idle and self._running >= MAX_HELPERS:
+                self._changed.wait()
             if self._idle:
                 return self._idle.pop()
+            self._running += 1
+            self.peak = max(self.peak, self._running)
         try:
             return _Helper()
         except OSError as exc:
+            self._ended()
             raise BrokenSource(f"cannot start a decoding helper process: {exc}") from exc
 
     def _give_back(self, helper: _Helper) -> None:
-        with self._lock:
+        with self._changed:
             if len(self._idle) < IDLE_HELPERS and self._pid == os.getpid():
                 self._idle.append(helper)
+                self._changed.notify()
                 return
-        helper.stop()
+        self._stop(helper)
+
+    def _stop(self, helper: _Helper) -> int:
+        status = helper.stop()
+        self._ended()
+        return status
+
+    def _ended(self) -> None:
+        with self._changed:
+            self._running -= 1
+            self._changed.notify()
 
     def pids(self) -> list[int]:
         """Process ids of the idle helpers."""
-        with self._lock:
+        with self._changed:
             return [helper.process.pid for helper in self._idle]
 
     def stop_all(self) -> None:
         """Stop every idle helper (at exit; busy ones end with their pipes)."""
-        with self._lock:
+        with self._changed:
             idle, self._idle = self._idle, []
         for helper in idle:
-            helper.stop()
+            self._stop(helper)
 
 
 def _describe(status: int) -> str:
@@ -237,6 +260,11 @@ atexit.register(_HELPERS.stop_all)
 def helper_pids() -> list[int]:
     """Process ids of this process's idle decoding helpers (for tests and diagnosis)."""
     return _HELPERS.pids()
+
+
+def most_helpers_at_once() -> int:
+    """The most decoding helpers this process ran at once."""
+    return _HELPERS.peak
 
 
 # -- the wire: a 4-byte length, a JSON header, then ``header["size"]`` raw bytes
