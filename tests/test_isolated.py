@@ -8,6 +8,7 @@ import io
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import tifffile
 from conftest import mounted, wait_for
 from crafted import jpeg2000_claiming_a_terabyte, jpegxr_reserved_format
 from reference import reference_blocks, reference_page
+from robustness import call_with_timeout
 from tifffs import isolated, open_view
 from tifffs.errors import BrokenSource
 
@@ -173,6 +175,118 @@ def test_helper_that_stops_answering_is_ended(tmp_path, monkeypatch):
     again = open_view(path, view="x1-nearest")
     np.testing.assert_array_equal(_served(again.read(0, again.size)),
                                   sources["u8_strips.tif"])
+
+
+def test_large_request_to_a_stopped_helper_times_out(tmp_path, monkeypatch):
+    """The deadline covers the whole exchange: sending a tile larger than the socket's
+    buffer to a helper that reads nothing, too (not only waiting for the answer)."""
+    path = tmp_path / "big_tile.tif"
+    pixels = np.random.default_rng(9).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    tifffile.imwrite(path, pixels, photometric="rgb", compression="jpeg2000",
+                     tile=(512, 512))
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        buffered = ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages.first.databytecounts[0] > 2 * buffered  # more than a socket holds
+    view = open_view(str(path), view="x2-nearest")
+    view.read(0, view.size)  # starts a helper, which then waits for work
+    helpers = isolated.helper_pids()
+    monkeypatch.setattr(isolated, "DECODE_SECONDS", 1.0)
+    for pid in helpers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        fresh = open_view(str(path), view="x2-nearest")
+        with pytest.raises(BrokenSource, match="did not finish within 1 s"):
+            call_with_timeout(lambda: fresh.read(0, fresh.size), HANG, "the read")
+    finally:
+        for pid in helpers:
+            if os.path.exists(f"/proc/{pid}"):
+                os.kill(pid, signal.SIGCONT)
+
+
+def test_helper_killed_while_idle_costs_no_read(tmp_path):
+    """A helper that died waiting for work (the OOM killer, an admin) is replaced before
+    a read uses it: the read is served, not failed as damaged data."""
+    sources = _isolated_sources(tmp_path)
+    path = str(tmp_path / "u16_tiles.tif")
+    view = open_view(path, view="x1-nearest")
+    view.read(0, view.size)
+    for pid in isolated.helper_pids():
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: all(_ended(pid) for pid in isolated.helper_pids()), HANG,
+             "the helpers to die")
+    again = open_view(path, view="x1-nearest")
+    np.testing.assert_array_equal(_served(again.read(0, again.size)), sources["u16_tiles.tif"])
+
+
+def _ended(pid: int) -> bool:
+    """True when ``pid`` exited (a zombie not yet reaped counts)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_descriptors_numbered_beyond_1024(tmp_path):
+    """The daemon raises its descriptor limit and may hold thousands of sources: waiting
+    on a helper must not use select(), which fails for descriptors from 1024 on."""
+    sources = _isolated_sources(tmp_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1200 if hard == resource.RLIM_INFINITY else min(hard, 1200)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    held = []
+    try:
+        while len(held) < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        assert max(held) >= 1024
+        view = open_view(str(tmp_path / "rgb_tiles.tif"), view="x1-nearest")
+        np.testing.assert_array_equal(_served(view.read(0, view.size)),
+                                      sources["rgb_tiles.tif"])
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_helper_ignores_modules_in_the_current_folder(tmp_path):
+    """A foreground daemon keeps the user's current folder; a file there named like a
+    module (imagecodecs.py) must not replace the real one in the helper."""
+    _isolated_sources(tmp_path)
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "imagecodecs.py").write_text("raise ImportError('the wrong imagecodecs')\n")
+    script = tmp_path / "read.py"
+    script.write_text("import sys, tifffs\nview = tifffs.open_view(sys.argv[1], 2)\n"
+                      "print(len(view.read(0, view.size)))\n")
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "u8_strips.tif")],
+                            cwd=folder, capture_output=True, text=True, timeout=HANG,
+                            check=False)
+    assert result.returncode == 0 and int(result.stdout) > 0, result.stderr
+
+
+def test_forked_child_uses_helpers_of_its_own(tmp_path):
+    """After os.fork() (multiprocessing's default on Linux) the child neither keeps its
+    parent's helpers alive nor talks to them, and both go on decoding."""
+    _isolated_sources(tmp_path)
+    code = (
+        "import os, sys, tifffs\nfrom tifffs import isolated\n"
+        "def read():\n    view = tifffs.open_view(sys.argv[1], 2)\n"
+        "    return len(view.read(0, view.size))\n"
+        "read()\nparents = isolated.helper_pids()\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    ok = not isolated.helper_pids() and read() > 0\n"
+        "    ok = ok and not set(isolated.helper_pids()) & set(parents)\n"
+        "    os._exit(0 if ok else 1)\n"
+        "_, status = os.waitpid(child, 0)\n"
+        "assert os.waitstatus_to_exitcode(status) == 0, 'the child failed'\n"
+        "assert isolated.helper_pids() == parents and read() > 0\n"
+        "print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "u16_tiles.tif")],
+                            capture_output=True, text=True, timeout=HANG, check=False)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
 def test_helpers_end_with_the_process_that_started_them(tmp_path):
