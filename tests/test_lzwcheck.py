@@ -1,5 +1,7 @@
 """The guard against LZW streams that imagecodecs' decoder cannot read safely: a table
-code right after CLEAR is refused; every stream an encoder writes passes."""
+code right after the first CLEAR is refused; every stream an encoder writes passes. And
+the tests' reference parser, which finds the same damage after a later CLEAR (left to
+the decoder, docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lzw_reference import table_code_after_a_later_clear
 from tifffs.lzwcheck import safe_start
 
 
@@ -47,3 +50,21 @@ def test_the_stream_found_by_the_fuzzer_is_refused():
     rng = np.random.default_rng(0)
     assert safe_start(imagecodecs.lzw_encode(rng.integers(0, 255, 10**5, np.uint8).tobytes()))
     assert not safe_start(bytes.fromhex("8068cdee043888e4a07ebe470bf6b158"))
+
+
+def test_reference_parser_finds_a_table_code_after_a_later_clear():
+    for msb in (True, False):
+        assert table_code_after_a_later_clear(_codes([256, 65, 66, 256, 300, 257], msb))
+        assert table_code_after_a_later_clear(_codes([256, 65, 256, 256, 259], msb))
+        # after the first CLEAR it is lzwcheck's to refuse
+        assert not table_code_after_a_later_clear(_codes([256, 300, 257], msb))
+        assert not table_code_after_a_later_clear(_codes([256, 65, 256, 66, 258, 257], msb))
+        assert not table_code_after_a_later_clear(_codes([256, 65, 257, 256, 300], msb))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=1, max_size=40000), st.integers(0, 3))
+def test_reference_parser_passes_every_stream_the_encoder_writes(data, repeat):
+    """Long streams: the table fills, the encoder clears it and goes on (many CLEARs)."""
+    stream = imagecodecs.lzw_encode(data * (1 + repeat * 5))
+    assert not table_code_after_a_later_clear(stream)
