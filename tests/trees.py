@@ -43,13 +43,16 @@ def summary(stderr: str) -> tuple[int, ...]:
 
 def make_tree(root: Path) -> Path:
     """A source tree with stacks in folders, a companion file, a name that is not UTF-8,
-    links in and out of the tree, a link loop, a fifo and broken TIFFs."""
+    links in and out of the tree, a link loop, a fifo, broken TIFFs and a JPEG 2000 one."""
     for i, shape in enumerate([(3, 130, 170), (1, 64, 48), (5, 97, 61)]):
         write_stack(root / f"stack{i}.tif", sample_array("uint16", shape, seed=i))
     write_stack(root / "run" / "deep" / "cells.TIFF", sample_array("uint8", (4, 80, 90), 7),
                 compression="zlib")
     write_stack(root / "run" / "rgb.tiff", sample_array("uint8", (33, 45, 3), 8),
                 photometric="rgb")
+    # decoded in helper processes (tifffs.isolated), also on dask workers
+    write_stack(root / "run" / "slide_j2k.tif", sample_array("uint8", (70, 90, 3), 10),
+                photometric="rgb", compression="jpeg2000", tile=(32, 32))
     (root / "run" / "notes.txt").write_text("acquisition notes\n")
     # a name that is not UTF-8 (Latin-1 from an old acquisition PC)
     write_stack(root / "run" / os.fsdecode(b"caf\xe9.tif"), sample_array("uint8", (30, 20), 9))
