@@ -4,8 +4,9 @@ Pixels are read with ``os.pread``/``os.preadv`` on a read-only descriptor, never
 through a memory map: a map of a file that shrinks kills the process with SIGBUS,
 while a short read is an ordinary error (``SourceChanged``) the mount reports as EIO.
 Uncompressed strips are read in place into the caller's buffer; compressed strips and
-tiles are decoded by tifffile (imagecodecs), only those that hold a wanted row, their
-bytes fetched with one read per run of neighbouring segments.
+tiles are decoded by tifffile (imagecodecs; JPEG XR and JPEG 2000 in helper processes),
+only those that hold a wanted row, their bytes fetched with one read per run of
+neighbouring segments.
 """
 
 from __future__ import annotations
@@ -213,7 +214,8 @@ class SourceFile:
 
     def _decoder(self, page: SourcePage) -> Callable[..., Any]:
         """tifffile's decoder of a page, built from its IFD once per open file (run in a
-        helper process for codecs that crash on damaged data: ``tifffs.isolated``)."""
+        helper process for codecs that crash or fill memory on damaged data:
+        ``tifffs.isolated``)."""
         with self._decoder_lock:
             decode = self._decoders.get(page.ifd_offset)
             if decode is None:
