@@ -139,6 +139,18 @@ def jpeg2000_claiming_a_terabyte() -> bytes:
     return bytes(data)
 
 
+def jpeg_claiming_a_huge_frame(side: int = 65000) -> bytes:
+    """A JPEG TIFF whose first tile's SOF marker claims ``side`` x ``side`` pixels:
+    libjpeg-turbo then fills that much memory (4 GB) before tifffile refuses the tile."""
+    data = bytearray(tifffile_bytes(np.arange(64 * 48, dtype=np.uint8).reshape(48, 64),
+                                    compression="jpeg", tile=(16, 16)))
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        start = int(tif.pages.first.dataoffsets[0])
+    sof = data.index(b"\xff\xc0", start)  # baseline start of frame: P, Y, X, Nf
+    struct.pack_into(">HH", data, sof + 5, side, side)
+    return bytes(data)
+
+
 def broken_files() -> dict[str, bytes]:
     """Name -> bytes of every kind of broken input tifffs must refuse with EIO.
 
@@ -196,10 +208,11 @@ def broken_files() -> dict[str, bytes]:
         "corrupt_jpegxr_header.tif": jpegxr_reserved_format(),
         # decoded in a helper process whose memory is limited
         "corrupt_jpeg2000_size.tif": jpeg2000_claiming_a_terabyte(),
+        "corrupt_jpeg_huge_frame.tif": jpeg_claiming_a_huge_frame(),
     }
 
 
 #: Broken files whose metadata is readable: they fail on read, not on stat.
 FAIL_ON_READ = {"corrupt_lzw.tif", "corrupt_deflate.tif", "corrupt_jpeg_marker.tif",
                 "corrupt_lzw_table_code.tif", "corrupt_jpegxr_header.tif",
-                "corrupt_jpeg2000_size.tif"}
+                "corrupt_jpeg2000_size.tif", "corrupt_jpeg_huge_frame.tif"}

@@ -22,7 +22,7 @@ import numpy as np
 import tifffile
 from tifffile import COMPRESSION
 
-from tifffs import isolated, lzwcheck
+from tifffs import isolated, jpegcheck, lzwcheck
 from tifffs.arith import ceil_div
 from tifffs.errors import BrokenSource, SourceChanged, TifffsError
 from tifffs.pages import FileDescription, SourcePage, SourceVersion
@@ -34,6 +34,8 @@ SMALL_GAP_BYTES = 256 << 10
 MAX_RUN_BYTES = 4 << 20
 #: At most this many buffers in one ``preadv`` (Linux's IOV_MAX is 1024).
 MAX_IOVECS = 1024
+#: Compressions whose segments are JPEG streams (new-style and old-style).
+_JPEG = frozenset({COMPRESSION.JPEG, COMPRESSION.OJPEG})
 
 
 class SourceFile:
@@ -245,6 +247,15 @@ def _decoded(page: SourcePage, decode: Callable[..., Any], data: bytes,
     if page.compression == COMPRESSION.LZW and not lzwcheck.safe_start(data):
         raise BrokenSource(f"page {page.index} segment {index}: damaged LZW data (a table "
                            "code right after CLEAR), which the decoder cannot read safely")
+    if page.compression in _JPEG:
+        segment_bytes = (page.segment_rows * page.segment_width
+                         * page.samples_per_row_pixel * page.dtype.itemsize)
+        frame = jpegcheck.oversized(data, segment_bytes)
+        if frame is not None:
+            raise BrokenSource(f"page {page.index} segment {index}: damaged JPEG data: its "
+                               f"header claims {frame.width} x {frame.height} pixels, far "
+                               f"more than the {page.segment_width} x {page.segment_rows} "
+                               "of the strip or tile")
     try:
         segment = decode(data, index)[0]
     except TifffsError:  # said already (a decoding helper's report)
