@@ -411,6 +411,11 @@ def most_helpers_at_once() -> int:
     return _HELPERS.peak
 
 
+def stop_helpers() -> None:
+    """Stop this process's idle decoding helpers now (they also stop at exit)."""
+    _HELPERS.stop_all()
+
+
 # -- the helper's side
 def serve(fd: int) -> None:
     """A helper's life: answer the requests that come on socket ``fd`` until it closes
