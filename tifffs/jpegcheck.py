@@ -3,11 +3,11 @@ tile holds.
 
 libjpeg-turbo (imagecodecs' JPEG decoder) allocates the frame that the SOF marker
 describes and, when the data ends early, fills every row of it: a 16 x 16 tile whose
-header was changed to 65000 x 65000 pixels took 4 GB of memory (12 GB in RGB), enough
-for the OOM killer to end the daemon. tifffile refuses a frame larger than its tile
-after decoding it, and crops one a little taller than its strip; so only frames that
-need more than ``MEMORY_FACTOR`` times the segment's bytes, plus ``MEMORY_SLACK``, are
-refused, before decoding. Reading the markers costs a microsecond or two.
+header was changed to 65000 x 65000 pixels took 4 GB of memory (RGB needs 3 times that),
+enough for the OOM killer to end the daemon. tifffile refuses a frame larger than its
+tile after decoding it, and crops one a little taller than its strip; so only frames
+that need more than ``MEMORY_FACTOR`` times the segment's bytes, plus ``MEMORY_SLACK``,
+are refused, before decoding. Reading the markers costs a microsecond or two.
 """
 
 from __future__ import annotations
