@@ -151,6 +151,17 @@ def jpeg_claiming_a_huge_frame(side: int = 65000) -> bytes:
     return bytes(data)
 
 
+def png_damaged_chunk() -> bytes:
+    """A PNG-compressed TIFF with one byte of its first tile's first chunk flipped:
+    imagecodecs cannot even word libpng's error (a UnicodeDecodeError)."""
+    data = bytearray(tifffile_bytes(np.arange(64 * 48, dtype=np.uint8).reshape(48, 64),
+                                    compression="png", tile=(16, 16)))
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        start = int(tif.pages.first.dataoffsets[0])
+    data[start + 40] ^= 0xFF
+    return bytes(data)
+
+
 def broken_files() -> dict[str, bytes]:
     """Name -> bytes of every kind of broken input tifffs must refuse with EIO.
 
@@ -209,10 +220,12 @@ def broken_files() -> dict[str, bytes]:
         # decoded in a helper process whose memory is limited
         "corrupt_jpeg2000_size.tif": jpeg2000_claiming_a_terabyte(),
         "corrupt_jpeg_huge_frame.tif": jpeg_claiming_a_huge_frame(),
+        "corrupt_png_chunk.tif": png_damaged_chunk(),
     }
 
 
 #: Broken files whose metadata is readable: they fail on read, not on stat.
 FAIL_ON_READ = {"corrupt_lzw.tif", "corrupt_deflate.tif", "corrupt_jpeg_marker.tif",
                 "corrupt_lzw_table_code.tif", "corrupt_jpegxr_header.tif",
-                "corrupt_jpeg2000_size.tif", "corrupt_jpeg_huge_frame.tif"}
+                "corrupt_jpeg2000_size.tif", "corrupt_jpeg_huge_frame.tif",
+                "corrupt_png_chunk.tif"}

@@ -483,6 +483,17 @@ def test_crafted_files_are_what_their_names_say():
     assert struct.unpack_from("<I", looped, chain[-1].next_field)[0] == chain[110].offset
 
 
+def test_decoder_errors_name_the_codec_in_words_a_user_reads(tmp_path):
+    """imagecodecs' PNG decoder fails on a damaged chunk with a UnicodeDecodeError (it
+    cannot word libpng's message): the log names the codec and the damage instead."""
+    path = tmp_path / "png.tif"
+    path.write_bytes(BROKEN["corrupt_png_chunk.tif"])
+    view = open_view(str(path), 2)
+    with pytest.raises(TifffsError, match=r"^page 0 segment 0: cannot decode \(PNG\): the "
+                                          r"decoder failed on damaged data$"):
+        view.read(0, view.size)
+
+
 @pytest.mark.parametrize("unit", [0, 4, 70000])
 def test_resolution_unit_out_of_range_is_dropped(tmp_path, unit):
     """A ResolutionUnit outside the spec (found by the fuzzer: 70000 could not be

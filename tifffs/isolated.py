@@ -95,7 +95,7 @@ def isolated_decoder(fd: int, version: SourceVersion, page: SourcePage,
     cells = page.segment_rows * page.segment_width * page.samples_per_row_pixel
     limit = cells * MAX_ITEMSIZE  # the largest answer (the render casts to the page's type)
     request = {"version": list(version[:4]), "ifd_offset": page.ifd_offset,
-               "page": page.index, "name": name,
+               "page": page.index, "name": name, "compression": page.compression,
                "memory": MEMORY_FACTOR * cells * max(WORK_ITEMSIZE, page.dtype.itemsize)
                + MEMORY_SLACK}
 
@@ -423,7 +423,8 @@ def serve(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     threading.Thread(target=_end_with, args=(parent,), daemon=True).start()
-    from tifffs.pixels import tifffile_decoder  # pixels imports this module
+    # imported here: tifffs.pixels imports this module
+    from tifffs.pixels import decoding_failure, tifffile_decoder
 
     channel = _Channel(socket.socket(fileno=fd))
     decoders: OrderedDict[tuple[Any, ...], Callable[..., Any]] = OrderedDict()
@@ -433,7 +434,8 @@ def serve(fd: int) -> None:
         except (EOFError, OSError, ValueError):
             return
         try:
-            answer, segment = _answer(request, payload, fds, decoders, tifffile_decoder)
+            answer, segment = _answer(request, payload, fds, decoders, tifffile_decoder,
+                                      decoding_failure)
         finally:
             for received in fds:
                 os.close(received)
@@ -443,7 +445,9 @@ def serve(fd: int) -> None:
 
 def _answer(request: dict[str, Any], payload: bytearray, fds: list[int],
             decoders: OrderedDict[tuple[Any, ...], Callable[..., Any]],
-            tifffile_decoder: Callable[..., Any]) -> tuple[dict[str, Any], Any]:
+            tifffile_decoder: Callable[..., Any],
+            decoding_failure: Callable[[int, BaseException], str]
+            ) -> tuple[dict[str, Any], Any]:
     """(answer header, contiguous segment or None) for one request."""
     try:
         if len(fds) != 1:
@@ -468,7 +472,7 @@ def _answer(request: dict[str, Any], payload: bytearray, fds: list[int],
         return {"error": "cannot decode: the decoder wanted more memory than a segment of "
                 f"this page needs ({exc or 'out of memory'}); the data is damaged"}, None
     except Exception as exc:  # noqa: BLE001  (the decoder's own error, reported)
-        return {"error": f"cannot decode: {exc}"}, None
+        return {"error": decoding_failure(request["compression"], exc)}, None
     if segment is None:
         return {"empty": True}, None
     segment = np.ascontiguousarray(segment)

@@ -261,11 +261,23 @@ def _decoded(page: SourcePage, decode: Callable[..., Any], data: bytes,
     except TifffsError:  # said already (a decoding helper's report)
         raise
     except Exception as exc:
-        raise BrokenSource(f"page {page.index} segment {index}: cannot decode: {exc}") \
-            from exc
+        raise BrokenSource(f"page {page.index} segment {index}: "
+                           f"{decoding_failure(page.compression, exc)}") from exc
     if segment is None:
         return None
     return segment.reshape(segment.shape[-3:])
+
+
+def decoding_failure(compression: int, exc: BaseException) -> str:
+    """What a decoder's exception tells a user: ``cannot decode (<codec>): <cause>``."""
+    try:
+        codec = COMPRESSION(compression).name
+    except ValueError:
+        codec = f"compression {compression}"
+    cause = str(exc) or type(exc).__name__
+    if isinstance(exc, UnicodeDecodeError):  # imagecodecs could not word the error (PNG)
+        cause = "the decoder failed on damaged data"
+    return f"cannot decode ({codec}): {cause}"
 
 
 def tifffile_decoder(fd: int, ifd_offset: int, page_index: int,
