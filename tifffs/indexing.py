@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
+from tifffs import logs
 from tifffs.config import (
     DEFAULT_METHOD,
     MountConfig,
@@ -52,7 +53,6 @@ def index_command(argv: list[str]) -> int:
                         parse_factors(args.factors) if args.factors is not None else None,
                         parse_views(args.views, method) if args.views is not None else (),
                         method).views
-    from tifffs import logs
     from tifffs.setup import build_tree
 
     logs.setup_command("tifffs index")  # a broken IFD chain, an unusable index...

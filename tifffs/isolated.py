@@ -43,7 +43,9 @@ from typing import Any
 import numpy as np
 from tifffile import COMPRESSION
 
+from tifffs.decoding import decoding_failure, tifffile_decoder
 from tifffs.errors import BrokenSource, SourceChanged
+from tifffs.page_rules import decode_allowance
 from tifffs.pages import SourcePage, SourceVersion
 from tifffs.pools import available_cores
 
@@ -56,13 +58,11 @@ ISOLATED_COMPRESSIONS: dict[int, str] = {
     COMPRESSION.JPEG_2000_LOSSY: "JPEG 2000",
     COMPRESSION.APERIO_JP2000_RGB: "JPEG 2000",
 }
-#: While decoding, a helper's address space may grow by this many times the page's
-#: largest segment, counted at ``WORK_ITEMSIZE`` bytes a sample, plus ``MEMORY_SLACK``:
-#: OpenJPEG works on 32-bit samples, and took 7 bytes a sample for a valid single-strip
+#: While decoding, a helper's address space may grow by ``page_rules.decode_allowance``
+#: of the page's largest segment counted at ``WORK_ITEMSIZE`` bytes a sample: OpenJPEG
+#: works on 32-bit samples, and took 7 bytes a sample for a valid single-strip
 #: 4096 x 4096 RGB image of 8 bits.
-MEMORY_FACTOR = 4
 WORK_ITEMSIZE = 4
-MEMORY_SLACK = 64 << 20
 #: A request (sending the segment, decoding, answering) must end within this time.
 DECODE_SECONDS = 60.0
 #: Helpers kept waiting for work.
@@ -75,6 +75,7 @@ MAX_ITEMSIZE = 16
 HELPER_DECODERS = 8
 
 _LENGTH = struct.Struct("<I")  # the length of the JSON header that follows
+_FD = struct.Struct("i")  # a descriptor in SCM_RIGHTS data
 _MAX_HEADER = 1 << 16
 #: Run by ``python -I``: no current folder or PYTHON* variables on the path; the
 #: folder that holds this tifffs is added when it is not there already.
@@ -92,12 +93,11 @@ def isolated_decoder(fd: int, version: SourceVersion, page: SourcePage,
     """A ``decode(data, index)`` like tifffile's, run in a helper process on the open
     file ``fd``; it returns (segment array or None, None, None)."""
     codec = ISOLATED_COMPRESSIONS[page.compression]
-    cells = page.segment_rows * page.segment_width * page.samples_per_row_pixel
-    limit = cells * MAX_ITEMSIZE  # the largest answer (the render casts to the page's type)
+    samples = page.segment_samples
+    limit = samples * MAX_ITEMSIZE  # the largest answer (the render casts to the page's type)
     request = {"version": list(version[:4]), "ifd_offset": page.ifd_offset,
                "page": page.index, "name": name, "compression": page.compression,
-               "memory": MEMORY_FACTOR * cells * max(WORK_ITEMSIZE, page.dtype.itemsize)
-               + MEMORY_SLACK}
+               "memory": decode_allowance(samples * max(WORK_ITEMSIZE, page.dtype.itemsize))}
 
     def decode(data: bytes, index: int) -> tuple[np.ndarray | None, None, None]:
         where = f"page {page.index} segment {index}"
@@ -183,33 +183,25 @@ class _Channel:
 
     def _receive_exactly(self, size: int, deadline: float | None,
                          fds: list[int]) -> bytearray:
+        """``size`` bytes; descriptors that come with them are added to ``fds``."""
         data = bytearray(size)  # writable: a decoded segment is written to later
         view = memoryview(data)
         done = 0
         while done < size:
             try:
-                if not fds and done == 0 and size >= 1:  # a descriptor may come first
-                    count, got = self._receive_with_fds(view[done:])
-                    fds.extend(got)
-                else:
-                    count = self.sock.recv_into(view[done:])
+                count, ancillary, _, _ = self.sock.recvmsg_into(
+                    [view[done:]], socket.CMSG_SPACE(_FD.size))
             except BlockingIOError:
                 self._wait(select.POLLIN, deadline)
                 continue
+            for level, kind, cmsg in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    whole = len(cmsg) - len(cmsg) % _FD.size
+                    fds += [fd for (fd,) in _FD.iter_unpack(cmsg[:whole])]
             if not count:
                 raise EOFError
             done += count
         return data
-
-    def _receive_with_fds(self, view: memoryview) -> tuple[int, list[int]]:
-        count, ancillary, _, _ = self.sock.recvmsg_into(
-            [view], socket.CMSG_SPACE(struct.calcsize("i")))
-        fds = []
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                usable = len(data) - len(data) % struct.calcsize("i")
-                fds += list(struct.unpack(f"{usable // 4}i", data[:usable]))
-        return count, fds
 
     def _wait(self, event: int, deadline: float | None) -> None:
         poller = select.poll()  # not select(): descriptors may be numbered beyond 1024
@@ -423,9 +415,6 @@ def serve(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     threading.Thread(target=_end_with, args=(parent,), daemon=True).start()
-    # imported here: tifffs.pixels imports this module
-    from tifffs.pixels import decoding_failure, tifffile_decoder
-
     channel = _Channel(socket.socket(fileno=fd))
     decoders: OrderedDict[tuple[Any, ...], Callable[..., Any]] = OrderedDict()
     while True:
@@ -434,8 +423,7 @@ def serve(fd: int) -> None:
         except (EOFError, OSError, ValueError):
             return
         try:
-            answer, segment = _answer(request, payload, fds, decoders, tifffile_decoder,
-                                      decoding_failure)
+            answer, segment = _answer(request, payload, fds, decoders)
         finally:
             for received in fds:
                 os.close(received)
@@ -444,9 +432,7 @@ def serve(fd: int) -> None:
 
 
 def _answer(request: dict[str, Any], payload: bytearray, fds: list[int],
-            decoders: OrderedDict[tuple[Any, ...], Callable[..., Any]],
-            tifffile_decoder: Callable[..., Any],
-            decoding_failure: Callable[[int, BaseException], str]
+            decoders: OrderedDict[tuple[Any, ...], Callable[..., Any]]
             ) -> tuple[dict[str, Any], Any]:
     """(answer header, contiguous segment or None) for one request."""
     try:

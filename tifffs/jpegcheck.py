@@ -6,17 +6,16 @@ describes and, when the data ends early, fills every row of it: a 16 x 16 tile w
 header was changed to 65000 x 65000 pixels took 4 GB of memory (RGB needs 3 times that),
 enough for the OOM killer to end the daemon. tifffile refuses a frame larger than its
 tile after decoding it, and crops one a little taller than its strip; so only frames
-that need more than ``MEMORY_FACTOR`` times the segment's bytes, plus ``MEMORY_SLACK``,
-are refused, before decoding. Reading the markers costs a microsecond or two.
+that need more than ``page_rules.decode_allowance`` of the segment's bytes are refused,
+before decoding. Reading the markers costs a microsecond or two.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-#: A frame may take this many times the bytes of its strip or tile, plus the slack.
-MEMORY_FACTOR = 4
-MEMORY_SLACK = 64 << 20
+from tifffs.page_rules import decode_allowance
+
 #: Start-of-frame markers (SOF0-SOF15 but DHT, JPG and DAC).
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 #: Markers without a length: TEM, RST0-RST7, SOI.
@@ -67,9 +66,9 @@ def frame(data: bytes) -> Frame | None:
 
 
 def oversized(data: bytes, segment_bytes: int) -> Frame | None:
-    """The frame of ``data`` if decoding it would need more than ``MEMORY_FACTOR``
-    times ``segment_bytes`` plus ``MEMORY_SLACK``; else None."""
+    """The frame of ``data`` if decoding it would need more than the allowance of a
+    segment of ``segment_bytes`` (``page_rules.decode_allowance``); else None."""
     found = frame(data)
-    if found is not None and found.decoded_bytes > MEMORY_FACTOR * segment_bytes + MEMORY_SLACK:
+    if found is not None and found.decoded_bytes > decode_allowance(segment_bytes):
         return found
     return None

@@ -18,6 +18,16 @@ from tifffs.pages import SourcePage
 MAX_ROW_BYTES = 64 << 20
 #: A compressed strip or tile may not decode to more than this.
 MAX_SEGMENT_BYTES = 512 << 20
+#: Decoding a strip or tile may take this many times its bytes, plus ``DECODE_SLACK``
+#: (tifffile's reshaping and casts copy it); more is taken for damage (a JPEG frame that
+#: claims more, a decoding helper's address-space limit).
+DECODE_FACTOR = 4
+DECODE_SLACK = 64 << 20
+
+
+def decode_allowance(segment_bytes: int) -> int:
+    """The most memory decoding a strip or tile of ``segment_bytes`` may take."""
+    return DECODE_FACTOR * segment_bytes + DECODE_SLACK
 
 
 def check_supported(where: str, *, compression: int, photometric: int, dtype: Any, bits: Any,

@@ -93,6 +93,11 @@ class SourcePage:
         return 1 if self.planar_separate else self.samples
 
     @property
+    def segment_samples(self) -> int:
+        """Samples in one decoded strip or tile (of one plane)."""
+        return self.segment_rows * self.segment_width * self.samples_per_row_pixel
+
+    @property
     def row_bytes(self) -> int:
         """Bytes of one row of one plane."""
         return self.width * self.samples_per_row_pixel * self.dtype.itemsize

@@ -19,11 +19,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-import tifffile
-from tifffile import COMPRESSION
 
-from tifffs import isolated, jpegcheck, lzwcheck
+from tifffs import isolated
 from tifffs.arith import ceil_div
+from tifffs.decoding import decoding_failure, guarded_decoder
 from tifffs.errors import BrokenSource, SourceChanged, TifffsError
 from tifffs.pages import FileDescription, SourcePage, SourceVersion
 from tifffs.samples import bilevel_to_grey
@@ -34,8 +33,6 @@ SMALL_GAP_BYTES = 256 << 10
 MAX_RUN_BYTES = 4 << 20
 #: At most this many buffers in one ``preadv`` (Linux's IOV_MAX is 1024).
 MAX_IOVECS = 1024
-#: Compressions whose segments are JPEG streams (new-style and old-style).
-_JPEG = frozenset({COMPRESSION.JPEG, COMPRESSION.OJPEG})
 
 
 class SourceFile:
@@ -215,9 +212,9 @@ class SourceFile:
             i = j
 
     def _decoder(self, page: SourcePage) -> Callable[..., Any]:
-        """tifffile's decoder of a page, built from its IFD once per open file (run in a
-        helper process for codecs that crash or fill memory on damaged data:
-        ``tifffs.isolated``)."""
+        """The decoder of a page, built from its IFD once per open file: in this process
+        behind its codec's check (``tifffs.decoding``), or in a helper process for codecs
+        that no check makes safe (``tifffs.isolated``)."""
         with self._decoder_lock:
             decode = self._decoders.get(page.ifd_offset)
             if decode is None:
@@ -225,7 +222,7 @@ class SourceFile:
                 if isolated.is_isolated(page.compression):
                     decode = isolated.isolated_decoder(self.fd, self.version, page, name)
                 else:
-                    decode = tifffile_decoder(self.fd, page.ifd_offset, page.index, name)
+                    decode = guarded_decoder(self.fd, page, name)
                 self._decoders[page.ifd_offset] = decode
             return decode
 
@@ -244,21 +241,9 @@ def _scratch(size: int) -> memoryview:
 
 def _decoded(page: SourcePage, decode: Callable[..., Any], data: bytes,
              index: int) -> np.ndarray | None:
-    if page.compression == COMPRESSION.LZW and not lzwcheck.safe_start(data):
-        raise BrokenSource(f"page {page.index} segment {index}: damaged LZW data (a table "
-                           "code right after CLEAR), which the decoder cannot read safely")
-    if page.compression in _JPEG:
-        segment_bytes = (page.segment_rows * page.segment_width
-                         * page.samples_per_row_pixel * page.dtype.itemsize)
-        frame = jpegcheck.oversized(data, segment_bytes)
-        if frame is not None:
-            raise BrokenSource(f"page {page.index} segment {index}: damaged JPEG data: its "
-                               f"header claims {frame.width} x {frame.height} pixels, far "
-                               f"more than the {page.segment_width} x {page.segment_rows} "
-                               "of the strip or tile")
     try:
         segment = decode(data, index)[0]
-    except TifffsError:  # said already (a decoding helper's report)
+    except TifffsError:  # said already (a codec's check, a decoding helper's report)
         raise
     except Exception as exc:
         raise BrokenSource(f"page {page.index} segment {index}: "
@@ -266,39 +251,6 @@ def _decoded(page: SourcePage, decode: Callable[..., Any], data: bytes,
     if segment is None:
         return None
     return segment.reshape(segment.shape[-3:])
-
-
-def decoding_failure(compression: int, exc: BaseException) -> str:
-    """What a decoder's exception tells a user: ``cannot decode (<codec>): <cause>``."""
-    try:
-        codec = COMPRESSION(compression).name
-    except ValueError:
-        codec = f"compression {compression}"
-    cause = str(exc) or type(exc).__name__
-    if isinstance(exc, UnicodeDecodeError):  # imagecodecs could not word the error (PNG)
-        cause = "the decoder failed on damaged data"
-    return f"cannot decode ({codec}): {cause}"
-
-
-def tifffile_decoder(fd: int, ifd_offset: int, page_index: int,
-                     name: str) -> Callable[..., Any]:
-    """``TiffPage.decode`` of the IFD at ``ifd_offset`` of the open file ``fd`` (with
-    its JPEG tables)."""
-    with open(fd, "rb", closefd=False) as fh:
-        fh.seek(0)
-        try:
-            with tifffile.TiffFile(fh, name=name) as tif:
-                tif.filehandle.seek(ifd_offset)
-                tiff_page = tifffile.TiffPage(tif, index=page_index)
-                decode = tiff_page.decode
-                tables = tiff_page.jpegtables
-        except Exception as exc:
-            raise BrokenSource(f"page {page_index}: IFD unreadable: {exc!r}") from exc
-
-    def run(data: bytes, index: int) -> Any:
-        return decode(data, index, jpegtables=tables)
-
-    return run
 
 
 #: The most bytes one read-ahead advice covers.
