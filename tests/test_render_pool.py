@@ -310,3 +310,48 @@ def test_a_band_of_the_wrong_size_is_refused_not_served(tmp_path, monkeypatch):
             opened.read(0, opened.size)
     finally:
         opened.close()
+
+
+@pytest.mark.parametrize("view", ["x2", "x4-median", "x8-max", "x2z2", "x1"])
+def test_rows_of_tiles_larger_than_a_band_are_reduced_tile_by_tile(tmp_path, monkeypatch,
+                                                                   view):
+    """A slide scan whose row of 512 x 512 tiles holds more than a band's budget (60,000
+    RGB pixels a row: 92 MB): its bands are whole rows of tiles, reduced tile by tile, so
+    each tile is decoded once and the pixels equal the reference. The first band of such
+    a slide once failed ("out must be (8, 8, 3)"): it began at a row of tiles, so it was
+    reduced tile by tile, but it held fewer rows than one tile. The band budget is
+    lowered here so that a small file is as wide, in bands, as that slide. At x1 a row of
+    tiles would make too large a band: bands of a few rows are read row by row."""
+    from reference import reference_blocks
+    from tifffs import pixels, plan
+    from tifffs.views import parse_view
+
+    # a row of tiles holds 32 x 480 bytes: more than the 4 budgets a band may span
+    monkeypatch.setattr(plan, "BAND_SOURCE_BYTES", 2 << 10)
+    data = sample_array("uint8", (4, 96, 160, 3), seed=5)
+    path = tmp_path / "wide.tif"
+    write_stack(path, data, tile=(32, 32), compression="zlib", photometric="rgb")
+    decoded: list[int] = []
+    real_decoded = pixels._decoded
+
+    def counting(page, decode, chunk, index):
+        decoded.append(index)
+        return real_decoded(page, decode, chunk, index)
+
+    monkeypatch.setattr(pixels, "_decoded", counting)
+    parsed = parse_view(view, "mean")
+    opened = open_view(str(path), view=view)
+    try:
+        served = opened.read(0, opened.size)
+    finally:
+        opened.close()
+    tiles = 4 * (96 // 32) * (160 // 32)
+    if parsed.factor > 1:
+        assert len(decoded) == tiles, (len(decoded), tiles)  # each tile once
+    else:
+        assert len(decoded) > tiles
+    pages = [p.asarray() for p in tifffile.TiffFile(io.BytesIO(served)).pages]
+    groups = [list(data[i:i + parsed.z_factor]) for i in range(0, 4, parsed.z_factor)]
+    assert len(pages) == len(groups)
+    for page, group in zip(pages, groups):
+        assert np.array_equal(page, reference_blocks(group, parsed.factor, parsed.method))

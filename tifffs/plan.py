@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
@@ -143,8 +143,8 @@ def _plan(pages: tuple[SourcePage, ...], group: tuple[int, ...], view: View,
                                     "(it resizes whole pages); use a block method")
         return WholePagePlan(out, group, out.height, method)
     level_factor, level = _level_for(src, view, series) if len(group) == 1 else (1, None)
-    read = level or src
-    rows = _band_rows(read, out, f // level_factor, len(group))
+    reads = [level] if level is not None else [pages[i] for i in group]
+    rows = _band_rows(reads, out, f // level_factor)
     return BlockPlan(out, group, rows, f, method, level, level_factor)
 
 
@@ -201,12 +201,29 @@ def _with_file_metadata(first: OutputPage, description: FileDescription, view: V
                    extra_tags=metadata.imagej_tags(meta.imagej_metadata()))
 
 
-def _band_rows(src: SourcePage, out: OutputPage, f: int, slices: int) -> int:
-    """Output rows per band: bounded source bytes, whole segments when they are decoded."""
-    source_rows = max(f, BAND_SOURCE_BYTES // (src.row_bytes * slices))
+def reducible_by_tiles(pages: Sequence[SourcePage], f: int) -> bool:
+    """Whether blocks of ``f`` x ``f`` of ``pages`` (the slices of one output page) can
+    be reduced one decoded tile at a time: compressed tiles whose sides are multiples of
+    ``f``, laid out alike in every page, so that each block lies in one tile."""
+    page = pages[0]
+    layout = (False, True, page.segment_rows, page.segment_width, page.width, page.height,
+              None)
+    return (page.segment_rows % f == 0 and page.segment_width % f == 0
+            and all((p.direct, p.tiled, p.segment_rows, p.segment_width, p.width, p.height,
+                     p.bilevel_white) == layout for p in pages))
+
+
+def _band_rows(reads: list[SourcePage], out: OutputPage, f: int) -> int:
+    """Output rows per band: bounded source bytes, whole segments when they are decoded
+    (each segment is then decoded once). A band reduced tile by tile holds one tile and
+    its output rows, not its source rows: it may span a row of tiles of any width."""
+    src = reads[0]
+    source_rows = max(f, BAND_SOURCE_BYTES // (src.row_bytes * len(reads)))
     if not src.direct:
         unit = math.lcm(src.segment_rows, f)
-        if unit * src.row_bytes <= 4 * BAND_SOURCE_BYTES:
+        if (unit * src.row_bytes <= 4 * BAND_SOURCE_BYTES
+                or (reducible_by_tiles(reads, f)
+                    and unit // f * out.row_bytes <= 4 * BAND_SOURCE_BYTES)):
             source_rows = max(1, source_rows // unit) * unit
     return max(1, min(out.height, source_rows // f))
 

@@ -21,7 +21,7 @@ from tifffs.arith import ceil_div
 from tifffs.errors import BrokenSource
 from tifffs.pages import SourcePage
 from tifffs.pixels import SourceFile
-from tifffs.plan import BlockPlan, FitPlan, PagePlan, WholePagePlan
+from tifffs.plan import BlockPlan, FitPlan, PagePlan, WholePagePlan, reducible_by_tiles
 from tifffs.pools import available_cores
 
 
@@ -151,18 +151,15 @@ def _render_rows(source: SourceFile, plan: PagePlan, plane: int, first: int, las
 
 
 def _tile_by_tile(reads: list[tuple[SourcePage, int, int]], f: int) -> bool:
-    """Whether a band of compressed tiles can be reduced one tile at a time: its rows
-    are whole rows of tiles, whose sides are multiples of ``f``, laid out alike in every
-    slice. Then a slot holds one decoded tile, not a row of them (tens of MB in a slide
-    scan), and each block lies in one tile."""
-    page = reads[0][0]
-    return (page.tiled and not page.direct and page.bilevel_white is None
-            and page.segment_rows % f == 0 and page.segment_width % f == 0
-            and reads[0][1] % page.segment_rows == 0
-            and all((p.direct, p.tiled, p.segment_rows, p.segment_width, p.width, p.height,
-                     p.bilevel_white) == (False, True, page.segment_rows, page.segment_width,
-                                          page.width, page.height, None) and
-                    (start, stop) == reads[0][1:] for p, start, stop in reads))
+    """Whether a band can be reduced one tile at a time (``reducible_by_tiles``): its
+    rows are also whole rows of tiles, the same in every slice. Then a slot holds one
+    decoded tile, not a row of them (tens of MB in a slide scan)."""
+    page, start, stop = reads[0]
+    return (reducible_by_tiles([p for p, _, _ in reads], f)
+            and start % page.segment_rows == 0
+            and (stop % page.segment_rows == 0 or stop >= page.height)
+            and all((rows_start, rows_stop) == (start, stop)
+                    for _, rows_start, rows_stop in reads))
 
 
 def _reduce_segments(source: SourceFile, reads: list[tuple[SourcePage, int, int]],
