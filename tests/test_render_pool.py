@@ -358,3 +358,118 @@ def test_rows_of_tiles_larger_than_a_band_are_reduced_tile_by_tile(tmp_path, mon
         expected = group[0][::2, ::2] if parsed.method == "nearest" else \
             reference_blocks(group, parsed.factor, parsed.method)
         assert np.array_equal(page, expected)
+
+
+@pytest.mark.parametrize("kind", ["uint16", "int16", "rgb", "ragged", "sparse", "big_endian",
+                                  "separate"])
+def test_fit_views_of_tiles_sum_one_column_of_tiles_at_a_time(tmp_path, monkeypatch, kind):
+    """A fit view of compressed tiles is summed a column of tiles at a time: the pixels
+    equal the exact reference, across bands that begin and end inside rows of tiles; a
+    slot never holds a band's source rows (only its row sums and one column of tiles);
+    and each tile is decoded at most twice (a row of tiles two bands share). Before, a
+    band of a 60,000-pixel-wide slide was one output row: each tile decoded 8 times."""
+    from reference import reference_area
+    from tifffs import pixels
+
+    rng = np.random.default_rng(11)
+    height, width, fit = 300, 1280, 290  # 1280 -> 290 x 68: a band spans 2 rows of tiles
+    dtype = {"int16": np.int16, "rgb": np.uint8}.get(kind, np.uint16)
+    info = np.iinfo(dtype)
+    shape = {"rgb": (height, width, 3), "separate": (3, height, width)}.get(
+        kind, (height, width))
+    data = rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+    options = {"tile": (32, 64), "compression": "zlib"}
+    if kind == "ragged":
+        data = data[:290, :1250]
+    if kind == "big_endian":
+        options["byteorder"] = ">"
+    if kind in ("rgb", "separate"):
+        options.update(photometric="rgb", planarconfig="contig" if kind == "rgb" else
+                       "separate")
+    if kind == "sparse":
+        data[64:96] = 0
+    path = tmp_path / f"{kind}.tif"
+    write_stack(path, data[None], **options)
+    if kind == "sparse":  # the third row of tiles never written: offset and count 0
+        with tifffile.TiffFile(path, mode="r+b") as tif:
+            for name in ("TileOffsets", "TileByteCounts"):
+                tag = tif.pages[0].tags[name]
+                values = list(tag.value)
+                values[40:60] = [0] * 20
+                tag.overwrite(values)
+    decoded: list[int] = []
+    real_decoded = pixels._decoded
+
+    def counting(page, decode, chunk, index):
+        decoded.append(index)
+        return real_decoded(page, decode, chunk, index)
+
+    held: list[int] = []
+    real_run = RenderPool.run
+
+    def recording_run(self, render):
+        def with_buffers(buffers):
+            try:
+                return render(buffers)
+            finally:
+                held.append(sum(b.data.size for b in buffers))
+        return real_run(self, with_buffers)
+
+    monkeypatch.setattr(pixels, "_decoded", counting)
+    monkeypatch.setattr(RenderPool, "run", recording_run)
+    opened = open_view(str(path), view=f"fit{fit}")
+    try:
+        band_rows = opened.view.plan.pages[0].band_rows
+        served = opened.read(0, opened.size)
+    finally:
+        opened.close()
+    source = data if kind != "separate" else np.moveaxis(data, 0, -1)
+    source = source.reshape(source.shape[0], source.shape[1], -1)
+    rows, columns = source.shape[:2]
+    with tifffile.TiffFile(io.BytesIO(served)) as tif:
+        got = tif.pages[0].asarray()
+    if kind == "separate":
+        got = np.moveaxis(got, 0, -1)
+    assert got.shape[:2] == ((2 * rows * fit + columns) // (2 * columns), fit)
+    expected = reference_area(source, *got.shape[:2])
+    assert np.array_equal(got.reshape(expected.shape), expected), kind
+    planes = 3 if kind == "separate" else 1
+    tiles = planes * -(-rows // 32) * -(-columns // 64)
+    assert got.shape[0] > 2 * band_rows  # several bands
+    assert tiles < len(decoded) <= 2 * tiles, (len(decoded), tiles)
+    source_rows = -(-rows * band_rows // got.shape[0]) * source[0].nbytes // planes
+    assert held and max(held) < source_rows, (max(held), source_rows)
+
+
+@pytest.mark.parametrize("view", ["x2z2", "fit100"])
+def test_rows_of_tiles_walked_side_by_side_share_one_run_budget(tmp_path, monkeypatch,
+                                                                 view):
+    """Rows of tiles decoded side by side (the slices of a Z view, the rows of tiles of a
+    fit band) each read runs of compressed bytes that many times smaller: a slot holds
+    at most MAX_RUN_BYTES of them, whatever the view."""
+    from tifffs import pixels
+
+    path = tmp_path / "tiled.tif"
+    write_stack(path, sample_array("uint16", (2, 256, 512)), tile=(64, 64), compression="zlib")
+    whole = open_view(str(path), view=view)
+    try:
+        expected = whole.read(0, whole.size)
+    finally:
+        whole.close()
+    sizes: list[int] = []
+    real_pread = os.pread
+
+    def recording_pread(fd, size, offset):
+        sizes.append(size)
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(pixels, "MAX_RUN_BYTES", 32 << 10)
+    monkeypatch.setattr(pixels.os, "pread", recording_pread)
+    view_file = open_view(str(path), view=view)
+    try:
+        assert view_file.read(0, view_file.size) == expected
+    finally:
+        view_file.close()
+    tiles = tifffile.TiffFile(path).pages[0].databytecounts
+    runs = [s for s in sizes if s > 4096]  # the IFD reads are a few KiB
+    assert runs and max(runs) <= max(16 << 10, max(tiles)), (max(runs), max(tiles))

@@ -71,13 +71,31 @@ def area_resize(rows: np.ndarray, row_axis: AreaAxis, col_axis: AreaAxis, first:
     types in float64 (integers then rounded half up and clipped). The result is written
     into ``out`` when given.
     """
-    dtype = rows.dtype
-    if dtype in _SMALL_INTEGERS and rows.shape[2] <= _OPENCV_SAMPLES:
-        largest = max(-int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
-        if largest * row_axis.source * col_axis.source < 2**53:
-            result = _exact_integers(rows, row_axis, col_axis, first, last, largest)
-            return result if out is None else _store(out, result)
+    if exact_integers_apply(rows.dtype, rows.shape[2], row_axis, col_axis):
+        exact = ExactArea(rows.dtype, row_axis, col_axis, first, last)
+        result = np.empty((last - first, col_axis.output, rows.shape[2]), dtype=rows.dtype)
+        # both passes a few output rows at a time: every intermediate stays in the L2
+        # cache and none is large
+        chunk = max(1, _CHUNK_BYTES // (rows.shape[1] * rows.shape[2] * 4))
+        for a in range(0, last - first, chunk):
+            b = min(a + chunk, last - first)
+            result[a:b] = exact.columns(exact.rows(rows, a, b))
+        return result if out is None else _store(out, result)
     return _store(out, _original(rows, row_axis, col_axis, first, last))
+
+
+def exact_integers_apply(dtype: np.dtype, samples: int, row_axis: AreaAxis,
+                         col_axis: AreaAxis) -> bool:
+    """Whether ``ExactArea`` computes this page (integers of up to 16 bits, up to 4
+    samples, every weighted sum below 2**53)."""
+    if np.dtype(dtype).newbyteorder("=") not in _SMALL_INTEGERS or samples > _OPENCV_SAMPLES:
+        return False
+    return _largest(dtype) * row_axis.source * col_axis.source < 2**53
+
+
+def _largest(dtype: np.dtype) -> int:
+    info = np.iinfo(dtype)
+    return max(-int(info.min), int(info.max))
 
 
 def _store(out: np.ndarray | None, result: np.ndarray) -> np.ndarray:
@@ -89,30 +107,49 @@ def _store(out: np.ndarray | None, result: np.ndarray) -> np.ndarray:
     return out
 
 
-def _exact_integers(rows: np.ndarray, row_axis: AreaAxis, col_axis: AreaAxis, first: int,
-                    last: int, largest: int) -> np.ndarray:
-    """Both passes a few output rows at a time, the columns pass on the transposed rows
-    pass: every intermediate stays in the L2 cache and none is large."""
-    # |row pass| <= largest * source rows; its intermediates <= largest * (rows + 2 outputs)
-    row_type = (np.int32 if largest * (row_axis.source + 2 * row_axis.output) < 2**31
-                else np.float64)
-    widest = ceil_div(col_axis.source, col_axis.output)  # source columns wholly in one output
-    sum_type = np.int32 if widest * largest * row_axis.source < 2**31 else np.float64
-    total = float(row_axis.source * col_axis.source)
-    by_rows = _Cuts(row_axis, first, last, row_type)
-    by_columns = _Cuts(col_axis, 0, col_axis.output, np.float64)
-    out = np.empty((last - first, col_axis.output, rows.shape[2]), dtype=rows.dtype)
-    chunk = max(1, _CHUNK_BYTES // (rows.shape[1] * rows.shape[2] * 4))
-    for a in range(0, last - first, chunk):
-        b = min(a + chunk, last - first)
-        part = by_rows.sums(rows, a, b, row_type)
-        sums = by_columns.sums(_transpose(part), 0, col_axis.output, sum_type)
-        np.divide(sums, total, out=sums)  # then floor(sums / total + 1/2)
-        np.add(sums, 0.5, out=sums)
-        if rows.dtype.kind == "i":  # casting truncates towards zero: floor only for x >= 0
-            np.floor(sums, out=sums)
-        out[a:b] = _transpose(sums.astype(rows.dtype))
-    return out
+class ExactArea:
+    """The exact area average of output rows ``first:last`` of integers of up to 16 bits
+    (``exact_integers_apply``), in two passes that may be called apart: ``rows`` (of any
+    columns of the source rows, so a page can be summed a column of tiles at a time),
+    then ``columns`` of the whole width, which rounds."""
+
+    def __init__(self, dtype: np.dtype, row_axis: AreaAxis, col_axis: AreaAxis, first: int,
+                 last: int) -> None:
+        largest = _largest(dtype)
+        self.dtype = np.dtype(dtype)
+        # |row pass| <= largest * source rows; its intermediates <= largest * (rows + 2
+        # outputs)
+        self.row_type = (np.int32 if largest * (row_axis.source + 2 * row_axis.output) < 2**31
+                         else np.float64)
+        widest = ceil_div(col_axis.source, col_axis.output)  # source columns in one output
+        self._sum_type = (np.int32 if widest * largest * row_axis.source < 2**31
+                          else np.float64)
+        self._total = float(row_axis.source * col_axis.source)
+        self._by_rows = _Cuts(row_axis, first, last, self.row_type)
+        self._by_columns = _Cuts(col_axis, 0, col_axis.output, np.float64)
+        self._outputs = col_axis.output
+
+    def rows(self, rows: np.ndarray, a: int = 0, b: int | None = None) -> np.ndarray:
+        """The row pass of outputs ``a:b`` (of ``first:last``; all by default), as
+        ``row_type`` (outputs, columns, samples); ``rows`` holds the source rows
+        ``row_axis.source_range(first, last)`` of some columns."""
+        b = len(self._by_rows.counts) if b is None else b
+        return self._by_rows.sums(rows, a, b, self.row_type)
+
+    def columns(self, sums: np.ndarray) -> np.ndarray:
+        """Output pixels (rows, output columns, samples) of the row pass of every column,
+        a few rows at a time (their intermediates stay in the L2 cache)."""
+        out = np.empty((sums.shape[0], self._outputs, sums.shape[2]), dtype=self.dtype)
+        chunk = max(1, _CHUNK_BYTES // (sums.shape[1] * sums.shape[2] * 4))
+        for a in range(0, sums.shape[0], chunk):
+            part = self._by_columns.sums(_transpose(sums[a:a + chunk]), 0, self._outputs,
+                                         self._sum_type)
+            np.divide(part, self._total, out=part)  # then floor(part / total + 1/2)
+            np.add(part, 0.5, out=part)
+            if self.dtype.kind == "i":  # casting truncates towards zero: floor for x >= 0
+                np.floor(part, out=part)
+            out[a:a + chunk] = _transpose(part.astype(self.dtype))
+        return out
 
 
 class _Cuts:

@@ -159,14 +159,18 @@ class SourceFile:
                 else:
                     out[i0:i1, left:left + width] = segment[local, :width]
 
-    def segment_row(self, page: SourcePage, plane: int, seg_y: int,
-                    needed_rows: int) -> Iterator[tuple[int, int, np.ndarray | None]]:
+    def segment_row(self, page: SourcePage, plane: int, seg_y: int, needed_rows: int,
+                    side_by_side: int = 1) -> Iterator[tuple[int, int, np.ndarray | None]]:
         """The decoded strips or tiles of row ``seg_y`` of segments of one plane, one at a
         time, as (left column, columns inside the page, (rows, columns, samples) array in
         the page's byte order), None for a segment never written (zeros). A segment with
-        fewer than ``needed_rows`` rows or columns than the page needs is broken."""
+        fewer than ``needed_rows`` rows or columns than the page needs is broken. A
+        caller that walks ``side_by_side`` rows of segments at once gets runs of
+        compressed bytes that many times smaller, so that it holds ``MAX_RUN_BYTES``."""
         first = plane * page.segments_per_plane + seg_y * page.segments_across
-        for seg_x, segment in enumerate(self._segments(page, first, page.segments_across)):
+        segments = self._segments(page, first, page.segments_across,
+                                  max(1, MAX_RUN_BYTES // side_by_side))
+        for seg_x, segment in enumerate(segments):
             left = seg_x * page.segment_width
             width = min(page.segment_width, page.width - left)
             if segment is not None and (segment.shape[0] < needed_rows
@@ -174,18 +178,18 @@ class SourceFile:
                 raise BrokenSource(f"page {page.index} segment {first + seg_x} is too small")
             yield left, width, segment
 
-    def _segments(self, page: SourcePage, first: int,
-                  count: int) -> Iterator[np.ndarray | None]:
+    def _segments(self, page: SourcePage, first: int, count: int,
+                  run_bytes: int = MAX_RUN_BYTES) -> Iterator[np.ndarray | None]:
         """Decoded segments ``first:first+count`` of a page, (rows, columns, samples) each,
         None for a segment never written, one at a time."""
         decode = self._decoder(page)
-        for index, chunk in self._read_segment_bytes(page, first, count):
+        for index, chunk in self._read_segment_bytes(page, first, count, run_bytes):
             yield None if chunk is None else _decoded(page, decode, chunk, index)
 
-    def _read_segment_bytes(self, page: SourcePage, first: int,
-                            count: int) -> Iterator[tuple[int, bytes | None]]:
+    def _read_segment_bytes(self, page: SourcePage, first: int, count: int,
+                            run_bytes: int) -> Iterator[tuple[int, bytes | None]]:
         """(index, compressed bytes) of segments ``first:first+count``, None for one never
-        written. Neighbours in the file are read together, up to ``MAX_RUN_BYTES`` at a
+        written. Neighbours in the file are read together, up to ``run_bytes`` at a
         time: a row of tiles of a slide scan holds tens of MB, and each render slot
         holds only its current run."""
         offsets = page.offsets[first:first + count].tolist()
@@ -198,7 +202,7 @@ class SourceFile:
                 continue
             j = i + 1  # extend the run while the next segment follows in the file
             while (j < count and offsets[j] == offsets[j - 1] + counts[j - 1]
-                   and offsets[j] + counts[j] - offsets[i] <= MAX_RUN_BYTES):
+                   and offsets[j] + counts[j] - offsets[i] <= run_bytes):
                 j += 1
             size = offsets[j - 1] + counts[j - 1] - offsets[i]
             data = os.pread(self.fd, size, offsets[i])

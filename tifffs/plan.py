@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
-from tifffs import downsample, metadata
+from tifffs import area, downsample, metadata
 from tifffs.arith import ceil_div
 from tifffs.errors import UnsupportedSource
 from tifffs.layout import Layout, OutputPage, build_layout, layout_size
@@ -25,6 +25,9 @@ from tifffs.views import View
 
 #: A band reads at most about this many source bytes (one output row at least).
 BAND_SOURCE_BYTES = 16 << 20
+#: A band of a fit view of a tiled page spans about this many rows of tiles (each tile
+#: is then decoded about 1.5 times: the rows of tiles two bands share, twice).
+FIT_TILE_ROWS = 2
 #: linear and lanczos resize whole pages: larger pages are refused.
 MAX_WHOLE_PAGE_BYTES = 512 << 20
 
@@ -152,11 +155,28 @@ def _fit_plan(src: SourcePage, group: tuple[int, ...], longest: int) -> FitPlan:
     width, height = fit_size(src.width, src.height, longest)
     out = _output_page(src, width, height, Fraction(src.width, width),
                        Fraction(src.height, height))
-    source_rows_per_row = ceil_div(src.height, height) + 1
-    band_rows = BAND_SOURCE_BYTES // (source_rows_per_row * src.row_bytes)
-    return FitPlan(out, group, max(1, min(height, band_rows)),
-                   downsample.AreaAxis(src.height, height), downsample.AreaAxis(src.width,
-                                                                                width))
+    rows = downsample.AreaAxis(src.height, height)
+    columns = downsample.AreaAxis(src.width, width)
+    if fit_by_tile_columns(src, rows, columns):
+        # a band holds its row sums (at most 8 bytes a sample) and one column of tiles
+        sums_per_row = src.width * src.samples_per_row_pixel * 8
+        band_rows = min(FIT_TILE_ROWS * src.segment_rows * height // src.height,
+                        BAND_SOURCE_BYTES // sums_per_row)
+    else:
+        source_rows_per_row = ceil_div(src.height, height) + 1
+        band_rows = BAND_SOURCE_BYTES // (source_rows_per_row * src.row_bytes)
+    return FitPlan(out, group, max(1, min(height, band_rows)), rows, columns)
+
+
+def fit_by_tile_columns(src: SourcePage, rows: downsample.AreaAxis,
+                        columns: downsample.AreaAxis) -> bool:
+    """Whether a fit view of a page of compressed tiles is summed one column of tiles at
+    a time (its exact integer path applies and it is not the page itself): a band then
+    decodes each of its tiles once, and holds its row sums rather than its source rows."""
+    return (src.tiled and not src.direct and src.bilevel_white is None
+            and (rows.output, columns.output) != (src.height, src.width)
+            and area.exact_integers_apply(src.dtype, src.samples_per_row_pixel, rows,
+                                          columns))
 
 
 def _level_for(src: SourcePage, view: View,

@@ -16,12 +16,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from tifffs import downsample
+from tifffs import area, downsample
 from tifffs.arith import ceil_div
 from tifffs.errors import BrokenSource
 from tifffs.pages import SourcePage
 from tifffs.pixels import SourceFile
-from tifffs.plan import BlockPlan, FitPlan, PagePlan, WholePagePlan, reducible_by_tiles
+from tifffs.plan import (
+    BlockPlan,
+    FitPlan,
+    PagePlan,
+    WholePagePlan,
+    fit_by_tile_columns,
+    reducible_by_tiles,
+)
 from tifffs.pools import available_cores
 
 
@@ -128,6 +135,8 @@ def _render_rows(source: SourceFile, plan: PagePlan, plane: int, first: int, las
     reads = _source_rows(source.pages, plan, first, last)
     if isinstance(plan, FitPlan):
         page, start, stop = reads[0]
+        if fit_by_tile_columns(page, plan.rows, plan.columns):
+            return _fit_by_tile_columns(source, page, plane, plan, first, last, buffers)
         rows = _read(source, page, plane, start, stop, 1, _buffer(buffers, 0))
         if (plan.out.width, plan.out.height) == (page.width, page.height):
             return rows
@@ -172,7 +181,7 @@ def _reduce_segments(source: SourceFile, reads: list[tuple[SourcePage, int, int]
     for seg_y in range(start // page.segment_rows, ceil_div(stop, page.segment_rows)):
         top = seg_y * page.segment_rows
         rows = min(page.segment_rows, page.height - top)
-        columns = [source.segment_row(p, plane, seg_y, rows) for p, _, _ in reads]
+        columns = [source.segment_row(p, plane, seg_y, rows, len(reads)) for p, _, _ in reads]
         for tiles in zip(*columns):
             left, width = tiles[0][:2]
             slices = [_inside(tile, rows, width, page) for _, _, tile in tiles]
@@ -183,6 +192,33 @@ def _reduce_segments(source: SourceFile, reads: list[tuple[SourcePage, int, int]
                                                                 c0:c0 + ceil_div(width, f)])
     assert out is not None
     return out
+
+
+def _fit_by_tile_columns(source: SourceFile, page: SourcePage, plane: int, plan: FitPlan,
+                         first: int, last: int, buffers: list[_RowBuffer]) -> np.ndarray:
+    """Output rows ``first:last`` of a fit view of a tiled page, summed one column of
+    tiles at a time (``fit_by_tile_columns``): the same sums, so the same pixels, as
+    ``area_resize`` of the band's source rows, with each tile decoded once."""
+    start, stop = plan.rows.source_range(first, last)
+    served = page.dtype.newbyteorder("<")
+    samples = page.samples_per_row_pixel
+    exact = area.ExactArea(served, plan.rows, plan.columns, first, last)
+    sums = _buffer(buffers, 0).array((last - first, page.width, samples),
+                                     np.dtype(exact.row_type))
+    tile_rows = range(start // page.segment_rows, ceil_div(stop, page.segment_rows))
+    # the rows of each row of tiles that the band needs, from its top
+    needed = [min(stop - y * page.segment_rows, page.segment_rows) for y in tile_rows]
+    columns = [source.segment_row(page, plane, y, n, len(tile_rows))
+               for y, n in zip(tile_rows, needed)]
+    for tiles in zip(*columns):
+        left, width = tiles[0][:2]
+        strip = _buffer(buffers, 1).array((stop - start, width, samples), served)
+        for y, n, (_, _, tile) in zip(tile_rows, needed, tiles):
+            top = y * page.segment_rows
+            skip = max(start - top, 0)
+            strip[top + skip - start:top + n - start] = _inside(tile, n, width, page)[skip:]
+        sums[:, left:left + width] = exact.rows(strip)
+    return exact.columns(sums)
 
 
 def _inside(tile: np.ndarray | None, rows: int, width: int, page: SourcePage) -> np.ndarray:
