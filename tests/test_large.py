@@ -64,3 +64,37 @@ def test_views_over_4_gib(large_source, tmp_path, imagej_large):
             assert total == int(last.sum(dtype=np.int64))
     after = (root / "large.tif").stat()
     assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+WIDE = 44032  # RGB: a row of 512 x 512 tiles decodes to 67.6 MB, more than a band's 64 MiB
+
+
+@pytest.fixture(scope="module")
+def wide_slide(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """A slide scan as wide as those of a 60,000-pixel scanner, in JPEG tiles of 512."""
+    root = tmp_path_factory.mktemp("wide")
+    y, x = np.ogrid[:512, :WIDE]
+    rgb = np.empty((512, WIDE, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = (x // 7 + y) % 256, (x // 3 + 0 * y) % 256, \
+        (y * 2 + x // 11) % 256
+    tifffile.imwrite(root / "slide.tif", rgb, tile=(512, 512),
+                     compression="jpeg", photometric="rgb")
+    return root, tifffile.imread(root / "slide.tif")
+
+
+def test_views_of_a_slide_wider_than_a_band(wide_slide, tmp_path):
+    """Every block view of such a slide once failed on its first band (EIO); x2 is the
+    exact mean of the decoded pixels, x8-max their maximum, fit1000 their exact area
+    average (summed one column of tiles at a time)."""
+    from reference import reference_area
+
+    root, pixels = wide_slide
+    with mounted(root, tmp_path, "--views", "x2,x8-max,fit1000") as mount:
+        x2 = tifffile.imread(mount.path / "x2" / "slide.tif")
+        x8_max = tifffile.imread(mount.path / "x8-max" / "slide.tif")
+        fit = tifffile.imread(mount.path / "fit1000" / "slide.tif")
+    sums = pixels.astype(np.uint16).reshape(256, 2, WIDE // 2, 2, 3).sum(axis=(1, 3))
+    np.testing.assert_array_equal(x2, ((sums + 2) // 4).astype(np.uint8))
+    np.testing.assert_array_equal(x8_max, pixels.reshape(64, 8, WIDE // 8, 8, 3).max(axis=(1, 3)))
+    assert fit.shape == (12, 1000, 3)
+    np.testing.assert_array_equal(fit, reference_area(pixels, 12, 1000))
