@@ -147,7 +147,7 @@ def _plan(pages: tuple[SourcePage, ...], group: tuple[int, ...], view: View,
         return WholePagePlan(out, group, out.height, method)
     level_factor, level = _level_for(src, view, series) if len(group) == 1 else (1, None)
     reads = [level] if level is not None else [pages[i] for i in group]
-    rows = _band_rows(reads, out, f // level_factor, by_tiles=method != "nearest")
+    rows = _band_rows(reads, out, f // level_factor)
     return BlockPlan(out, group, rows, f, method, level, level_factor)
 
 
@@ -233,17 +233,16 @@ def reducible_by_tiles(pages: Sequence[SourcePage], f: int) -> bool:
                      p.bilevel_white) == layout for p in pages))
 
 
-def _band_rows(reads: list[SourcePage], out: OutputPage, f: int, by_tiles: bool) -> int:
+def _band_rows(reads: list[SourcePage], out: OutputPage, f: int) -> int:
     """Output rows per band: bounded source bytes, whole segments when they are decoded
-    (each segment is then decoded once). A band reduced tile by tile (``by_tiles``: the
-    method allows it) holds one tile and its output rows, not its source rows: it may
-    span a row of tiles of any width."""
+    (each segment is then decoded once). A band reduced tile by tile holds one tile and
+    its output rows, not its source rows: it may span a row of tiles of any width."""
     src = reads[0]
     source_rows = max(f, BAND_SOURCE_BYTES // (src.row_bytes * len(reads)))
     if not src.direct:
         unit = math.lcm(src.segment_rows, f)
         if (unit * src.row_bytes <= 4 * BAND_SOURCE_BYTES
-                or (by_tiles and reducible_by_tiles(reads, f)
+                or (reducible_by_tiles(reads, f)
                     and unit // f * out.row_bytes <= 4 * BAND_SOURCE_BYTES)):
             source_rows = max(1, source_rows // unit) * unit
     return max(1, min(out.height, source_rows // f))

@@ -147,13 +147,13 @@ def _render_rows(source: SourceFile, plan: PagePlan, plane: int, first: int, las
         return downsample.interpolate(whole, plan.out.height, plan.out.width, plan.method)
     assert isinstance(plan, BlockPlan)
     f = plan.factor // plan.level_factor
+    if _tile_by_tile(reads, f):
+        return _reduce_segments(source, reads, plane, f, plan.method,
+                                (last - first, plan.out.width))
     if plan.method == "nearest":
         page, start, stop = reads[0]
         return downsample.nearest(_read(source, page, plane, start, stop, f,
                                         _buffer(buffers, 0)), f)
-    if _tile_by_tile(reads, f):
-        return _reduce_segments(source, reads, plane, f, plan.method,
-                                (last - first, plan.out.width))
     slices = [_read(source, page, plane, start, stop, 1, _buffer(buffers, i))
               for i, (page, start, stop) in enumerate(reads)]
     return downsample.reduce_blocks(slices, f, plan.method)
@@ -188,8 +188,11 @@ def _reduce_segments(source: SourceFile, reads: list[tuple[SourcePage, int, int]
             if out is None:
                 out = np.empty((*shape, page.samples_per_row_pixel), dtype=slices[0].dtype)
             r0, c0 = (top - start) // f, left // f
-            downsample.reduce_blocks(slices, f, method, out=out[r0:r0 + ceil_div(rows, f),
-                                                                c0:c0 + ceil_div(width, f)])
+            place = out[r0:r0 + ceil_div(rows, f), c0:c0 + ceil_div(width, f)]
+            if method == "nearest":  # the first pixel of each block (of the first slice)
+                place[...] = slices[0][::f, ::f]
+            else:
+                downsample.reduce_blocks(slices, f, method, out=place)
     assert out is not None
     return out
 
