@@ -84,17 +84,19 @@ def wide_slide(tmp_path_factory) -> tuple[Path, np.ndarray]:
 
 def test_views_of_a_slide_wider_than_a_band(wide_slide, tmp_path):
     """Every block view of such a slide once failed on its first band (EIO); x2 is the
-    exact mean of the decoded pixels, x8-max their maximum, fit1000 their exact area
-    average (summed one column of tiles at a time)."""
+    exact mean of the decoded pixels, x8-max their maximum, x4-nearest every fourth,
+    fit1000 their exact area average (summed one column of tiles at a time)."""
     from reference import reference_area
 
     root, pixels = wide_slide
-    with mounted(root, tmp_path, "--views", "x2,x8-max,fit1000") as mount:
+    with mounted(root, tmp_path, "--views", "x2,x8-max,x4-nearest,fit1000") as mount:
         x2 = tifffile.imread(mount.path / "x2" / "slide.tif")
+        x4_nearest = tifffile.imread(mount.path / "x4-nearest" / "slide.tif")
         x8_max = tifffile.imread(mount.path / "x8-max" / "slide.tif")
         fit = tifffile.imread(mount.path / "fit1000" / "slide.tif")
     sums = pixels.astype(np.uint16).reshape(256, 2, WIDE // 2, 2, 3).sum(axis=(1, 3))
     np.testing.assert_array_equal(x2, ((sums + 2) // 4).astype(np.uint8))
     np.testing.assert_array_equal(x8_max, pixels.reshape(64, 8, WIDE // 8, 8, 3).max(axis=(1, 3)))
+    np.testing.assert_array_equal(x4_nearest, pixels[::4, ::4])
     assert fit.shape == (12, 1000, 3)
     np.testing.assert_array_equal(fit, reference_area(pixels, 12, 1000))
