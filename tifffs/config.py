@@ -71,7 +71,9 @@ class MountConfig:
                      for v in views)
 
 
-#: The largest band: a band reads at most 16 MiB of source rows (x1 views keep them all).
+#: The largest band of uncompressed rows: it reads at most 16 MiB of source rows (x1 views
+#: keep them all). Bands of compressed strips or tiles cover whole rows of them, and may
+#: reach 64 MiB.
 LARGEST_BAND_BYTES = 16 << 20
 
 
