@@ -221,29 +221,35 @@ def _with_file_metadata(first: OutputPage, description: FileDescription, view: V
                    extra_tags=metadata.imagej_tags(meta.imagej_metadata()))
 
 
-def reducible_by_tiles(pages: Sequence[SourcePage], f: int) -> bool:
+def reducible_by_segments(pages: Sequence[SourcePage], f: int) -> bool:
     """Whether blocks of ``f`` x ``f`` of ``pages`` (the slices of one output page) can
-    be reduced one decoded tile at a time: compressed tiles whose sides are multiples of
-    ``f``, laid out alike in every page, so that each block lies in one tile."""
+    be reduced one decoded segment at a time: compressed tiles, or strips too large for a
+    band to hold as rows, laid out alike in every page, whose sides are multiples of
+    ``f`` (or span the page), so that each block lies in one segment. Smaller strips are
+    read as rows: one reduction a band beats one a strip."""
     page = pages[0]
-    layout = (False, True, page.segment_rows, page.segment_width, page.width, page.height,
-              None)
-    return (page.segment_rows % f == 0 and page.segment_width % f == 0
+    if not (page.tiled or page.segment_rows * page.row_bytes > 4 * BAND_SOURCE_BYTES):
+        return False
+    layout = (False, page.tiled, page.segment_rows, page.segment_width, page.width,
+              page.height, None)
+    return ((page.segment_rows % f == 0 or page.segment_rows >= page.height)
+            and (page.segment_width % f == 0 or page.segment_width >= page.width)
             and all((p.direct, p.tiled, p.segment_rows, p.segment_width, p.width, p.height,
                      p.bilevel_white) == layout for p in pages))
 
 
 def _band_rows(reads: list[SourcePage], out: OutputPage, f: int) -> int:
     """Output rows per band: bounded source bytes, whole segments when they are decoded
-    (each segment is then decoded once). A band reduced tile by tile holds one tile and
-    its output rows, not its source rows: it may span a row of tiles of any width."""
+    (each segment is then decoded once). A band reduced one segment at a time holds one
+    segment and its output rows, not its source rows: it may span a row of tiles of any
+    width, or a strip of any size, up to 64 MiB of output rows."""
     src = reads[0]
     source_rows = max(f, BAND_SOURCE_BYTES // (src.row_bytes * len(reads)))
     if not src.direct:
         unit = math.lcm(src.segment_rows, f)
         if (unit * src.row_bytes <= 4 * BAND_SOURCE_BYTES
-                or (reducible_by_tiles(reads, f)
-                    and unit // f * out.row_bytes <= 4 * BAND_SOURCE_BYTES)):
+                or (reducible_by_segments(reads, f)
+                    and min(unit // f, out.height) * out.row_bytes <= 4 * BAND_SOURCE_BYTES)):
             source_rows = max(1, source_rows // unit) * unit
     return max(1, min(out.height, source_rows // f))
 

@@ -27,7 +27,7 @@ from tifffs.plan import (
     PagePlan,
     WholePagePlan,
     fit_by_tile_columns,
-    reducible_by_tiles,
+    reducible_by_segments,
 )
 from tifffs.pools import available_cores
 
@@ -147,7 +147,7 @@ def _render_rows(source: SourceFile, plan: PagePlan, plane: int, first: int, las
         return downsample.interpolate(whole, plan.out.height, plan.out.width, plan.method)
     assert isinstance(plan, BlockPlan)
     f = plan.factor // plan.level_factor
-    if _tile_by_tile(reads, f):
+    if _by_segments(reads, f):
         return _reduce_segments(source, reads, plane, f, plan.method,
                                 (last - first, plan.out.width))
     if plan.method == "nearest":
@@ -159,12 +159,12 @@ def _render_rows(source: SourceFile, plan: PagePlan, plane: int, first: int, las
     return downsample.reduce_blocks(slices, f, plan.method)
 
 
-def _tile_by_tile(reads: list[tuple[SourcePage, int, int]], f: int) -> bool:
-    """Whether a band can be reduced one tile at a time (``reducible_by_tiles``): its
-    rows are also whole rows of tiles, the same in every slice. Then a slot holds one
-    decoded tile, not a row of them (tens of MB in a slide scan)."""
+def _by_segments(reads: list[tuple[SourcePage, int, int]], f: int) -> bool:
+    """Whether a band can be reduced one segment at a time (``reducible_by_segments``):
+    its rows are also whole rows of segments, the same in every slice. Then a slot holds
+    one decoded tile or strip, not a row of them (tens of MB in a slide scan)."""
     page, start, stop = reads[0]
-    return (reducible_by_tiles([p for p, _, _ in reads], f)
+    return (reducible_by_segments([p for p, _, _ in reads], f)
             and start % page.segment_rows == 0
             and (stop % page.segment_rows == 0 or stop >= page.height)
             and all((rows_start, rows_stop) == (start, stop)
@@ -173,8 +173,8 @@ def _tile_by_tile(reads: list[tuple[SourcePage, int, int]], f: int) -> bool:
 
 def _reduce_segments(source: SourceFile, reads: list[tuple[SourcePage, int, int]],
                      plane: int, f: int, method: str, shape: tuple[int, int]) -> np.ndarray:
-    """Output rows of a band, reduced tile by tile (``_tile_by_tile``): the same blocks,
-    so the same pixels, as reducing the band's rows at once."""
+    """Output rows of a band, reduced one segment at a time (``_by_segments``): the same
+    blocks, so the same pixels, as reducing the band's rows at once."""
     page, start, stop = reads[0]
     stop = min(stop, page.height)
     out: np.ndarray | None = None
