@@ -181,3 +181,41 @@ def test_a_dropped_prefetch_leaves_the_key_to_its_readers():
     assert cache.get("k", lambda: "again") == "computed by the reader"
     cache.prefetch("j", lambda: "never", lambda task: False)
     assert cache.get("j", lambda: "computed by the reader") == "computed by the reader"
+
+
+def test_reserved_keys_are_waited_for_and_ended_by_keep_fail_or_abandon():
+    """A caller that computes several values at once reserves the keys no one holds or
+    computes; their readers wait for it, then get the value, the error, or (abandoned)
+    compute it themselves."""
+    cache: LruCache[str] = LruCache(10)
+    cache.get("held", lambda: "already")
+    reserved = cache.reserve(["held", "a", "b", "c", "a"])
+    assert [key for key, _ in reserved] == ["a", "b", "c"]
+    assert cache.reserve(["a", "b"]) == []  # in flight: no one else reserves them
+    outcomes: dict[str, object] = {}
+
+    def read(key: str) -> None:
+        try:
+            outcomes[key] = cache.get(key, lambda: f"{key} computed by its reader")
+        except BrokenSource as exc:
+            outcomes[key] = exc
+
+    readers = [threading.Thread(target=read, args=(key,), daemon=True) for key in "abc"]
+    (_, a), (_, b), (_, c) = reserved
+    error = BrokenSource("page 2: damaged")
+    try:
+        for reader in readers:
+            reader.start()
+        # "held" missed once; each reader misses once, then waits
+        wait_for(lambda: cache.stats().misses == 4, WAIT, "the readers to wait")
+        assert not outcomes
+    finally:
+        cache.keep("a", a, "a value")
+        cache.fail("b", b, error)
+        cache.abandon("c", c)
+        for reader in readers:
+            reader.join(WAIT)
+    assert outcomes["a"] == "a value"
+    assert isinstance(outcomes["b"], BrokenSource) and outcomes["b"].__cause__ is error
+    assert outcomes["c"] == "c computed by its reader"
+    assert cache.peek("a") == "a value" and cache.peek("b") is None

@@ -16,6 +16,7 @@ import tifffile
 from conftest import mounted, sample_array, wait_for, write_stack
 from tifffs import open_view
 from tifffs.cache import LruCache
+from tifffs.errors import BrokenSource
 from tifffs.render import RenderPool
 from tools import mount_stats
 
@@ -297,7 +298,6 @@ def test_a_band_of_the_wrong_size_is_refused_not_served(tmp_path, monkeypatch):
     read fails with the file's error instead of serving bytes that shift the rest of
     the file (the fault is injected: the kernel is made to return uint8)."""
     from tifffs import downsample
-    from tifffs.errors import BrokenSource
 
     path = tmp_path / "stack.tif"
     write_stack(path, sample_array("uint16", (2, 64, 64)))
@@ -524,3 +524,58 @@ def test_strips_larger_than_a_band_are_decoded_once(tmp_path, monkeypatch, rows_
         expected = (group[0][::parsed.factor, ::parsed.factor] if parsed.method == "nearest"
                     else reference_blocks(group, parsed.factor, parsed.method))
         assert np.array_equal(page, expected)
+
+
+def test_small_bands_render_in_runs_in_one_slot(tmp_path, monkeypatch):
+    """A time-lapse of many small pages makes many small bands: each renders with the
+    small bands after it (up to RUN_BYTES of output) in one slot, so a reader pays one
+    hand-over a run, not a band. A damaged page inside a run fails only its own reads,
+    and is not kept: a later read tries it again."""
+    from tifffs import virtual
+
+    data = sample_array("uint16", (300, 128, 128), seed=9)
+    path = tmp_path / "timelapse.tif"
+    write_stack(path, data, compression="zlib")
+    with tifffile.TiffFile(path) as tif:  # page 40's strip: bytes that do not inflate
+        offset, count = tif.pages[40].dataoffsets[0], tif.pages[40].databytecounts[0]
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(b"\xff" * count)
+    renders: list[tuple[int, int, int]] = []
+    real_render_band = virtual.render_band
+
+    def counting_render_band(source, plan, plane, band, buffers):
+        renders.append((plan.sources[0], plane, band))
+        return real_render_band(source, plan, plane, band, buffers)
+
+    slots: list[int] = []
+    real_run = RenderPool.run
+
+    def counting_run(self, render):
+        slots.append(1)
+        return real_run(self, render)
+
+    monkeypatch.setattr(virtual, "render_band", counting_render_band)
+    monkeypatch.setattr(RenderPool, "run", counting_run)
+    opened = open_view(str(path), view="x2")
+    try:
+        layout = opened.view.layout
+        page_bytes = 64 * 64 * 2
+        per_run = virtual.RUN_BYTES // page_bytes  # bands of one page each
+        first = opened.read(layout.page_offsets[0], page_bytes)
+        assert np.array_equal(np.frombuffer(first, np.uint16).reshape(64, 64),
+                              ((data[0].reshape(64, 2, 64, 2).sum(axis=(1, 3),
+                                                                  dtype=np.int64) + 2) // 4))
+        assert len(slots) == 1 and [p for p, _, _ in renders] == list(range(per_run))
+        opened.read(layout.page_offsets[per_run - 1], page_bytes)  # held already
+        assert len(slots) == 1
+        opened.read(layout.page_offsets[per_run], page_bytes)  # its run holds page 40
+        assert len(slots) == 2 and 40 < 2 * per_run
+        for _ in range(2):
+            with pytest.raises(BrokenSource):
+                opened.read(layout.page_offsets[40], page_bytes)
+        assert [p for p, _, _ in renders].count(40) == 3  # in a run, then each read anew
+        after = opened.read(layout.page_offsets[41], page_bytes)  # kept from that run
+        assert len(after) == page_bytes and [p for p, _, _ in renders].count(41) == 1
+    finally:
+        opened.close()

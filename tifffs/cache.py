@@ -11,7 +11,7 @@ import copy
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -105,16 +105,43 @@ class LruCache(Generic[V]):
         try:
             value = compute()
         except BaseException as exc:
-            pending.error = exc
+            self.fail(key, pending, exc)
             raise
-        else:
-            pending.value = value
-            self._store(key, value)
-            return value
-        finally:
-            with self._lock:
-                del self._pending[key]
-            pending.finish()
+        self.keep(key, pending, value)
+        return value
+
+    def reserve(self, keys: Iterable[Hashable]) -> list[tuple[Hashable, _Pending]]:
+        """Mark as in flight those of ``keys`` that are neither held nor in flight (their
+        readers then wait for them), for a caller that computes several values at once.
+        It must end each (key, pending) pair returned with ``keep``, ``fail`` or
+        ``abandon``."""
+        reserved = []
+        with self._lock:
+            for key in keys:
+                if key not in self._items and key not in self._pending:
+                    reserved.append((key, self._pending.setdefault(key, _Pending())))
+        return reserved
+
+    def keep(self, key: Hashable, pending: _Pending, value: V) -> None:
+        """Keep the value of ``key`` computed for ``pending``; its waiters get it."""
+        pending.value = value
+        self._store(key, value)
+        self._end(key, pending)
+
+    def fail(self, key: Hashable, pending: _Pending, error: BaseException) -> None:
+        """End the computation of ``key`` with ``error``, which its waiters raise."""
+        pending.error = error
+        self._end(key, pending)
+
+    def abandon(self, key: Hashable, pending: _Pending) -> None:
+        """Give up computing ``key``: its waiters compute it themselves."""
+        pending.abandoned = True
+        self._end(key, pending)
+
+    def _end(self, key: Hashable, pending: _Pending) -> None:
+        with self._lock:
+            del self._pending[key]
+        pending.finish()
 
     def prefetch(self, key: Hashable, compute: Callable[[], V],
                  submit: Callable[[Callable[[], None]], bool]) -> None:
@@ -137,10 +164,7 @@ class LruCache(Generic[V]):
                 log.debug("prefetch of %r failed: %s", key, exc)
 
         if not submit(run):
-            with self._lock:
-                del self._pending[key]
-            pending.abandoned = True
-            pending.finish()
+            self.abandon(key, pending)
 
     def peek(self, key: Hashable) -> V | None:
         """The value of ``key`` if held (no counters, no computing), else None."""

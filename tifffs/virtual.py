@@ -32,6 +32,13 @@ Piece = bytes | np.ndarray
 #: A read renders its further bands side by side when they hold at least this many
 #: output bytes; below, handing them to other threads costs more than it saves.
 SIDE_BY_SIDE_BYTES = 256 << 10
+#: Bands of fewer output bytes render in runs: with each, the bands after it, up to this
+#: many bytes in all, in the same render slot and thread. Handing a band to a slot (or
+#: to a background thread) costs more than rendering a small one: a time-lapse of
+#: 20,000 pages of 64 x 64 makes 20,000 bands of 2 KiB. Small bands are not rendered
+#: in the background; several readers (or the kernel's parallel reads) render runs side
+#: by side.
+RUN_BYTES = 256 << 10
 
 
 def band_cache(capacity_bytes: int) -> LruCache[np.ndarray]:
@@ -136,7 +143,10 @@ class VirtualTiff:
             yield page, plane, band
 
     def _prefetch(self, key: BandKey) -> None:
-        """Have the pool render ``key`` in the background (dropped if the pool is busy)."""
+        """Have the pool render ``key`` in the background (dropped if the pool is busy);
+        not small bands, which render in runs (``RUN_BYTES``)."""
+        if band_bytes(self.plan.pages[key[0]]) < RUN_BYTES:
+            return
         self._cache.prefetch((self._key_prefix, *key), functools.partial(self._render, *key),
                              self._pool.submit)
 
@@ -145,9 +155,43 @@ class VirtualTiff:
         return self._cache.get(key, lambda: self._render(page, plane, band))
 
     def _render(self, page: int, plane: int, band: int) -> np.ndarray:
+        """Band ``band`` of a plane of a page; a small one with the run of small bands
+        after it that no one holds or renders (``RUN_BYTES``), which the cache keeps."""
         plan = self.plan.pages[page]
-        return self._pool.run(lambda buffers: render_band(self.source, plan, plane, band,
-                                                          buffers))
+        run = self._cache.reserve(self._run_after((page, plane, band)))
+
+        def render(buffers: list) -> np.ndarray:
+            ended = 0
+            try:
+                value = render_band(self.source, plan, plane, band, buffers)
+                for key, pending in run:
+                    _, page_i, plane_i, band_i = key
+                    try:
+                        other = render_band(self.source, self.plan.pages[page_i], plane_i,
+                                            band_i, buffers)
+                    except Exception as exc:  # noqa: BLE001  (its readers raise it)
+                        self._cache.fail(key, pending, exc)
+                    else:
+                        self._cache.keep(key, pending, other)
+                    ended += 1
+                return value
+            finally:
+                for key, pending in run[ended:]:
+                    self._cache.abandon(key, pending)
+
+        return self._pool.run(render)
+
+    def _run_after(self, key: BandKey) -> list[Hashable]:
+        """Cache keys of the small bands after ``key`` (if it is small itself) whose
+        output, with ``key``'s, fits in ``RUN_BYTES``."""
+        run: list[Hashable] = []
+        size = band_bytes(self.plan.pages[key[0]])
+        for following in self._bands_after(key):
+            size += band_bytes(self.plan.pages[following[0]])
+            if size > RUN_BYTES:
+                break
+            run.append((self._key_prefix, *following))
+        return run
 
 
 class ViewReader:
