@@ -84,3 +84,18 @@ def test_rational_resolution_fits_32_bits(value, expected):
         assert abs(Fraction(numerator, denominator) / value - 1) < 1e-9
     else:
         assert (numerator, denominator) == expected
+
+
+@pytest.mark.parametrize("side", [40, 9000])  # classic TIFF; BigTIFF past 4 GiB
+def test_pages_shared_by_alike_pages_lay_out_as_copies_do(side):
+    """A plan gives alike pages one output page object (a stack of 20,000 pages: its IFD
+    entries built once); the bytes are those of distinct, equal pages."""
+    from dataclasses import replace
+
+    shared = _pages(70, side)
+    copies = [shared[0]] + [replace(page) for page in shared[1:]]
+    assert len({id(page) for page in shared}) == 2 and len({id(p) for p in copies}) == 70
+    one, other = build_layout(shared), build_layout(copies)
+    assert (one.head, one.page_offsets, one.size, one.bigtiff) == \
+        (other.head, other.page_offsets, other.size, other.bigtiff)
+    assert one.bigtiff == (side == 9000)

@@ -121,7 +121,7 @@ def _format(pages: list[OutputPage], imagej_large: bool) -> tuple[bool, int]:
 
 def _ifd_sizes(pages: list[OutputPage], bigtiff: bool, ifd_pages: int) -> list[int]:
     entries = _EntryMaker(bigtiff)
-    return [_ifd_size(entries(page, None), bigtiff) for page in pages[:ifd_pages]]
+    return [entries.ifd_size(page) for page in pages[:ifd_pages]]
 
 
 def _pixel_end(pages: list[OutputPage], ifd_sizes: list[int], bigtiff: bool) -> int:
@@ -135,7 +135,7 @@ def _encode(pages: list[OutputPage], bigtiff: bool, ifd_pages: int) -> Layout:
     position = 16 if bigtiff else 8
     for page in pages[:ifd_pages]:
         ifd_offsets.append(position)
-        position += _ifd_size(entries(page, None), bigtiff)
+        position += entries.ifd_size(page)
     position = _align(position, PIXEL_ALIGNMENT)
     page_offsets = []
     for page in pages:
@@ -155,16 +155,29 @@ class _EntryMaker:
 
     def __init__(self, bigtiff: bool) -> None:
         self.bigtiff = bigtiff
+        # by page object (alike pages of a plan share one): the page, its static entries
+        self._static: dict[int, tuple[OutputPage, list[Entry]]] = {}
+        self._sizes: dict[int, tuple[OutputPage, int]] = {}
 
     def __call__(self, page: OutputPage, pixel_offset: int | None) -> list[Entry]:
         """All entries of ``page``, sorted; strip offsets are 0 when ``pixel_offset`` is None."""
-        static = _STATIC.get((_signature(page), self.bigtiff),
-                             lambda: _static_entries(page, self.bigtiff))
+        held = self._static.get(id(page))
+        if held is None:
+            held = self._static[id(page)] = (page, _STATIC.get(
+                (_signature(page), self.bigtiff), lambda: _static_entries(page, self.bigtiff)))
+        static = held[1]
         offsets = _strip_offsets(page, pixel_offset or 0)
         if pixel_offset is None:
             offsets = [0] * len(offsets)
         strip_offsets = _field(273, LONG8 if self.bigtiff else LONG, offsets)
         return sorted([*static, strip_offsets])
+
+    def ifd_size(self, page: OutputPage) -> int:
+        """Bytes of the IFD of ``page`` and its tag data (the same for alike pages)."""
+        held = self._sizes.get(id(page))
+        if held is None:
+            held = self._sizes[id(page)] = (page, _ifd_size(self(page, None), self.bigtiff))
+        return held[1]
 
 
 #: Static entries by page signature, shared by all layouts.

@@ -102,7 +102,20 @@ def plan_view(description: FileDescription, view: View,
     ``use_levels``). Raises ``UnsupportedSource`` for views the source cannot give."""
     pages = description.pages
     groups = _page_groups(description, view, series)
-    plans = [_plan(pages, group, view, series) for group in groups]
+    if view.use_levels:  # the levels differ from page to page
+        plans = [_plan(pages, group, view, series) for group in groups]
+    else:
+        # alike pages share one plan but its sources (a stack of 20,000 pages: one plan,
+        # one output page, whose IFD entries the layout then builds once)
+        alike: dict[tuple, PagePlan] = {}
+        plans = []
+        for group in groups:
+            key = tuple(pages[i].layout_key() for i in group)
+            template = alike.get(key)
+            if template is None:
+                template = alike[key] = _plan(pages, group, view, series)
+            plans.append(template if template.sources == group
+                         else replace(template, sources=group))
     first = _with_file_metadata(plans[0].out, description, view, len(plans))
     plans[0] = replace(plans[0], out=first)
     return ViewPlan(tuple(plans), view.imagej_large)
