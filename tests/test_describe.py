@@ -43,10 +43,15 @@ def test_the_lean_reader_describes_as_tifffile_does(tmp_path, name):
     assert [p.to_json() for p in quick.pages] == [p.to_json() for p in reference.pages]
     again = FileDescription.from_bytes(quick.to_bytes())  # and it survives the index
     assert [p.to_json() for p in again.pages] == [p.to_json() for p in quick.pages]
-    # the index's text holds each page's to_json (its shared part is encoded once)
+    # the index's text holds each kind of page once, then where each page lies: together
+    # they are each page's to_json
     data = quick.to_bytes()
     stored = json.loads(data if data[:1] == b"{" else zlib.decompress(data))
-    assert stored["pages"] == json.loads(json.dumps([p.to_json() for p in quick.pages]))
+    rebuilt = [{**stored["kinds"][kind], "index": index, "ifd_offset": ifd_offset,
+                "offsets": offsets, "bytecounts": bytecounts}
+               for kind, index, ifd_offset, offsets, bytecounts in stored["pages"]]
+    assert rebuilt == json.loads(json.dumps([p.to_json() for p in quick.pages]))
+    assert len(stored["kinds"]) == len({p.layout_key() for p in quick.pages})
 
 
 def _three_pages_with_page_2_past_the_end() -> bytes:
@@ -115,3 +120,30 @@ def test_a_tag_whose_value_lies_in_the_header_is_left_to_tifffile(tmp_path):
     lean_description, tifffile_description = _both(path)
     assert lean_description is None
     assert tifffile_description.pages[0].xresolution is None
+
+
+def test_the_index_form_keeps_pages_of_several_kinds_and_refuses_damage(tmp_path):
+    """Each kind of page is stored once and each page as its place: a file whose pages
+    alternate between two kinds (a pyramid's levels, say) comes back page for page; a
+    stored description that is damaged, or names a kind it lacks, is refused (the file
+    is then described anew), never read as other pages."""
+    path = tmp_path / "two_kinds.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for i in range(6):
+            side = 64 if i % 2 == 0 else 32
+            tif.write(sample_array("uint16", (side, side), seed=i), photometric="minisblack")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        description = describe(fd, os.fstat(fd).st_size, path.name)
+    finally:
+        os.close(fd)
+    data = description.to_bytes()
+    stored = json.loads(data if data[:1] == b"{" else zlib.decompress(data))
+    assert len(stored["kinds"]) == 2 and [p[0] for p in stored["pages"]] == [0, 1] * 3
+    again = FileDescription.from_bytes(data)
+    assert [p.to_json() for p in again.pages] == [p.to_json() for p in description.pages]
+    assert again.layout_key() == description.layout_key()
+    stored["pages"][3][0] = 2  # a kind that is not there
+    for damaged in (json.dumps(stored).encode(), data[: len(data) // 2], b"{}"):
+        with pytest.raises(ValueError, match="not a tifffs description"):
+            FileDescription.from_bytes(damaged)

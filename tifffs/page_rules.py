@@ -148,13 +148,7 @@ def with_segments(page: SourcePage, index: int, ifd_offset: int, offsets: Any,
     if end > file_size:
         raise BrokenSource(f"{where}: pixel data lies past the end of the file "
                            f"({end} > {file_size} bytes)")
-    page.layout_key()  # kept on the template, so that every copy shares it
-    # a copy of the frozen page with its segments: much faster than dataclasses.replace
-    # or copy.copy for a page per IFD (its fields are all in its __dict__)
-    copied = object.__new__(type(page))
-    copied.__dict__.update(page.__dict__, index=index, ifd_offset=ifd_offset,
-                           offsets=offsets, bytecounts=bytecounts)
-    return copied
+    return page.placed(index, ifd_offset, offsets, bytecounts)
 
 
 def _segment_table(values: Any, where: str) -> np.ndarray:

@@ -25,8 +25,9 @@ from tifffs.cache import LruCache
 
 #: Version of the serialised form and of the rules that make it; an index entry of
 #: another format is described anew. 3: strips never written, damaged tags and planar
-#: configurations are described as tifffile and the specification read them.
-FORMAT = 3
+#: configurations are described as tifffile and the specification read them. 4: each
+#: kind of page once, then where each page lies (a stack of 20,000 alike pages).
+FORMAT = 4
 #: Serialised descriptions longer than this are compressed.
 _COMPRESS_ABOVE = 4096
 
@@ -129,15 +130,24 @@ class SourcePage:
             object.__setattr__(self, "_layout_key", key)
         return key
 
-    def json_text(self) -> str:
-        """``to_json`` as JSON text. What the page shares with alike pages is encoded
-        once per kind of page (a folder of alike files is indexed at listing speed)."""
-        shared = _SHARED_JSON.get(self.layout_key(), lambda: json.dumps(
+    def shared_json(self) -> str:
+        """JSON of the fields alike pages share (all but ``placed``'s), encoded once per
+        kind of page: a folder of alike files is indexed at listing speed."""
+        return _SHARED_JSON.get(self.layout_key(), lambda: json.dumps(
             {name: value for name, value in self.to_json().items()
              if name in _layout_field_names()}, separators=(",", ":")))
-        return (f'{shared[:-1]},"index":{int(self.index)},"ifd_offset":{int(self.ifd_offset)},'
-                f'"offsets":{_array_json(self.offsets)},'
-                f'"bytecounts":{_array_json(self.bytecounts)}}}')
+
+    def placed(self, index: int, ifd_offset: int, offsets: np.ndarray,
+               bytecounts: np.ndarray) -> SourcePage:
+        """This page as page ``index`` at ``ifd_offset`` with these segments (unchecked;
+        ``page_rules.with_segments`` checks them). A copy of the frozen page, much faster
+        than ``dataclasses.replace`` or ``copy.copy`` for a page per IFD: its fields are
+        all in its ``__dict__``, and it shares the layout key."""
+        self.layout_key()
+        copied = object.__new__(type(self))
+        copied.__dict__.update(self.__dict__, index=index, ifd_offset=ifd_offset,
+                               offsets=offsets, bytecounts=bytecounts)
+        return copied
 
     def to_json(self) -> dict[str, Any]:
         record = {name: getattr(self, name) for name in _page_field_names()}
@@ -243,9 +253,21 @@ class FileDescription:
         return tuple(page.layout_key() for page in self.pages), self.metadata, self.truncated
 
     def to_bytes(self) -> bytes:
-        """JSON, compressed when large (offsets of many tiles, long OME-XML)."""
-        pages = ",".join(page.json_text() for page in self.pages)
-        text = (f'{{"format":{FORMAT},"pages":[{pages}],"metadata":'
+        """JSON, compressed when large (offsets of many tiles, long OME-XML): each kind
+        of page once, then each page as [kind, index, IFD offset, offsets, byte counts]."""
+        kinds: dict[tuple, int] = {}
+        first_of_kind: list[SourcePage] = []
+        places = []
+        for page in self.pages:
+            kind = kinds.get(page.layout_key())
+            if kind is None:
+                kind = kinds[page.layout_key()] = len(first_of_kind)
+                first_of_kind.append(page)
+            places.append(f"[{kind},{int(page.index)},{int(page.ifd_offset)},"
+                          f"{_array_json(page.offsets)},{_array_json(page.bytecounts)}]")
+        shared = ",".join(page.shared_json() for page in first_of_kind)
+        text = (f'{{"format":{FORMAT},"kinds":[{shared}],'
+                f'"pages":[{",".join(places)}],"metadata":'
                 f'{_METADATA_JSON.get(self.metadata, self.metadata.json_text)},'
                 f'"truncated":{json.dumps(self.truncated)}}}').encode()
         return zlib.compress(text, 1) if len(text) > _COMPRESS_ABOVE else text
@@ -261,9 +283,18 @@ class FileDescription:
             if metadata["imagej_tag"] is not None:
                 metadata["imagej_tag"] = base64.b64decode(metadata["imagej_tag"])
             metadata["imagej_tag_counts"] = tuple(metadata["imagej_tag_counts"])
-            pages = tuple(SourcePage.from_json(p) for p in record["pages"])
+            nowhere = _array_text(np.zeros(0, dtype=np.uint64))
+            kinds = [SourcePage.from_json({**kind, "index": 0, "ifd_offset": 0,
+                                           "offsets": nowhere, "bytecounts": nowhere})
+                     for kind in record["kinds"]]
+            pages = tuple(kinds[kind].placed(index, ifd_offset, _array_of(offsets),
+                                             _array_of(bytecounts))
+                          for kind, index, ifd_offset, offsets, bytecounts in record["pages"])
+            if not pages:
+                raise ValueError("no pages")
             return cls(pages, FileMetadata(**metadata), record["truncated"])
-        except (zlib.error, KeyError, TypeError, AttributeError, ValueError) as exc:
+        except (zlib.error, KeyError, TypeError, AttributeError, ValueError,
+                IndexError) as exc:
             raise ValueError(f"not a tifffs description: {exc}") from None
 
 
