@@ -147,3 +147,33 @@ def test_the_index_form_keeps_pages_of_several_kinds_and_refuses_damage(tmp_path
     for damaged in (json.dumps(stored).encode(), data[: len(data) // 2], b"{}"):
         with pytest.raises(ValueError, match="not a tifffs description"):
             FileDescription.from_bytes(damaged)
+
+
+@pytest.mark.parametrize("offsets, bytecounts", [
+    (b"\x08", (100,)),  # a damaged tag read as bytes
+    ("8", (100,)),
+    ((8.0,), (100,)),
+    ((-8,), (100,)),
+    ((8,), (True,)),
+    (np.array([8.5]), (100,)),
+    ((8, 108), (100, 100)),  # two segments where the page has one
+])
+def test_segment_tables_that_are_not_whole_numbers_are_refused(tmp_path, offsets,
+                                                               bytecounts):
+    """A one-strip page (the common case, checked without numpy) refuses the same
+    damaged offsets and byte counts as a page of many segments."""
+    from tifffs.page_rules import with_segments
+
+    path = tmp_path / "one.tif"
+    write_stack(path, sample_array("uint8", (1, 8, 8)))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        page = describe(fd, os.fstat(fd).st_size, path.name).pages[0]
+    finally:
+        os.close(fd)
+    assert page.offsets.size == 1
+    with pytest.raises(BrokenSource, match="strip or tile offsets"):
+        with_segments(page, 0, 8, offsets, bytecounts, 1 << 20)
+    placed = with_segments(page, 3, 8, (200,), (0,), 1 << 20)  # never written: zeros
+    assert (placed.index, int(placed.offsets[0]), int(placed.bytecounts[0])) == (3, 0, 0)
+    assert placed.offsets.dtype == np.uint64

@@ -134,16 +134,26 @@ def with_segments(page: SourcePage, index: int, ifd_offset: int, offsets: Any,
     if len(offsets) != segments or len(bytecounts) != segments:
         raise BrokenSource(f"{where}: has {len(offsets)} strip or tile offsets and "
                            f"{len(bytecounts)} byte counts, expected {segments}")
-    offsets, bytecounts = _segment_table(offsets, where), _segment_table(bytecounts, where)
     # a strip or tile whose offset or byte count is 0 was never written (GDAL's sparse
     # blocks) and reads as zeros: both are 0 from here on, so readers test the offset
-    unwritten = (offsets == 0) | (bytecounts == 0)
-    if unwritten.any():
-        offsets, bytecounts = np.where(unwritten, 0, offsets), np.where(unwritten, 0,
-                                                                        bytecounts)
     if segments == 1:  # the common contiguous page, without numpy's overhead
-        end = _segment_end(page, int(offsets[0]), int(bytecounts[0]))
+        if isinstance(offsets, (bytes, str)) or isinstance(bytecounts, (bytes, str)):
+            raise BrokenSource(f"{where}: its strip or tile offsets or byte counts are "
+                               "not whole numbers")
+        offset = _whole_number(offsets[0], where)
+        bytecount = _whole_number(bytecounts[0], where)
+        if not offset or not bytecount:
+            offset = bytecount = 0
+        end = _segment_end(page, offset, bytecount)
+        offsets = np.array([offset], dtype=np.uint64)
+        bytecounts = np.array([bytecount], dtype=np.uint64)
     else:
+        offsets = _segment_table(offsets, where)
+        bytecounts = _segment_table(bytecounts, where)
+        unwritten = (offsets == 0) | (bytecounts == 0)
+        if unwritten.any():
+            offsets = np.where(unwritten, 0, offsets)
+            bytecounts = np.where(unwritten, 0, bytecounts)
         end = _segments_end(page, offsets, bytecounts)
     if end > file_size:
         raise BrokenSource(f"{where}: pixel data lies past the end of the file "
@@ -164,6 +174,17 @@ def _segment_table(values: Any, where: str) -> np.ndarray:
         raise BrokenSource(f"{where}: its strip or tile offsets or byte counts are not "
                            "whole numbers of 0 or more")
     return table.astype(np.uint64, copy=False)
+
+
+def _whole_number(value: Any, where: str) -> int:
+    """One strip or tile offset or byte count as an int (``_segment_table``'s rules)."""
+    if type(value) is not int and not isinstance(value, np.integer):
+        raise BrokenSource(f"{where}: its strip or tile offsets or byte counts are not "
+                           "whole numbers")
+    if value < 0:
+        raise BrokenSource(f"{where}: its strip or tile offsets or byte counts are not "
+                           "whole numbers of 0 or more")
+    return int(value)
 
 
 def _segment_end(page: SourcePage, offset: int, bytecount: int) -> int:
