@@ -19,9 +19,9 @@ from benchmarks import commands
 from benchmarks.data import Case
 from benchmarks.mount import Mount
 
-SCENARIOS = ("stack", "imagej", "page", "files", "flat", "tree")
-SCENARIO_MODULES = ("benchmarks.stack", "benchmarks.page", "benchmarks.listing",
-                    "benchmarks.tree")
+SCENARIOS = ("stack", "imagej", "page", "timelapse", "files", "flat", "tree")
+SCENARIO_MODULES = ("benchmarks.stack", "benchmarks.page", "benchmarks.timelapse",
+                    "benchmarks.listing", "benchmarks.tree")
 
 
 @dataclass

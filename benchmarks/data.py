@@ -21,10 +21,12 @@ LINKS = 8  # hard links of the stack: the tree of stacks that the tree render re
 SIZES: dict[str, dict[str, int]] = {
     "full": {"stack_pages": 101, "stack_side": 2048, "files": 500, "files_pages": 5,
              "files_side": 256, "files_dirs": 10, "flat": 20000, "flat_pages": 2,
-             "flat_side": 64, "page_rows": 16384, "page_columns": 32768},
+             "flat_side": 64, "page_rows": 16384, "page_columns": 32768,
+             "timelapse_pages": 4000, "timelapse_side": 256},
     "quick": {"stack_pages": 21, "stack_side": 2048, "files": 100, "files_pages": 5,
               "files_side": 256, "files_dirs": 10, "flat": 2000, "flat_pages": 2,
-              "flat_side": 64, "page_rows": 4096, "page_columns": 8192},
+              "flat_side": 64, "page_rows": 4096, "page_columns": 8192,
+              "timelapse_pages": 500, "timelapse_side": 256},
 }
 
 
@@ -120,6 +122,27 @@ def _write_page(root: str, p: dict[str, int]) -> list[str]:
     return ["page.tif", "tiles.tif"]
 
 
+def _write_timelapse(root: str, p: dict[str, int]) -> list[str]:
+    """A time-lapse as a microscope writes it: thousands of small frames in one ImageJ
+    hyperstack (a band per frame: what per-band costs weigh on)."""
+    import numpy as np
+    import tifffile
+
+    frames, side = p["timelapse_pages"], p["timelapse_side"]
+    rng = np.random.default_rng(6)
+    y, x = np.ogrid[:side, :side]
+    base = (800 + 300 * np.sin(x / 17.0) * np.cos(y / 23.0)).astype(np.uint16)
+
+    def planes() -> Iterator[Any]:
+        for _ in range(frames):
+            yield base + rng.integers(0, 256, (side, side), dtype=np.uint16)
+
+    tifffile.imwrite(os.path.join(root, "timelapse.tif"), planes(),
+                     shape=(frames, side, side), dtype="uint16", imagej=True,
+                     metadata={"axes": "TYX"})
+    return ["timelapse.tif"]
+
+
 WRITERS: dict[str, tuple[str, Callable[[str, dict[str, int]], list[str]]]] = {
     "stack": ("light-sheet {stack_pages} x {stack_side} x {stack_side} uint16, uncompressed",
               _write_stack),
@@ -129,6 +152,8 @@ WRITERS: dict[str, tuple[str, Callable[[str, dict[str, int]], list[str]]]] = {
              _write_flat),
     "page": (("one page of {page_rows} x {page_columns} uint16, uncompressed and in zlib "
               "tiles of 512 x 512"), _write_page),
+    "timelapse": (("time-lapse of {timelapse_pages} x {timelapse_side} x {timelapse_side} "
+                   "uint16 frames, one ImageJ file"), _write_timelapse),
 }
 
 
@@ -170,6 +195,13 @@ def _prepare_case(base: str, name: str, params: dict[str, int],
     return Case(name, title_format.format(**params), root, tuple(sorted(manifest["sizes"])))
 
 
+def _params_of(name: str, sizes: dict[str, int]) -> dict[str, int]:
+    """The sizes of case ``name`` (``flat``, ``flat_pages``...): a case is generated
+    anew only when its own change."""
+    return {key: value for key, value in sizes.items()
+            if key == name or key.startswith(name + "_")}
+
+
 def _link_tree(base: str, stack: Case) -> Case:
     """LINKS hard links of the stack in two folders: a tree of stacks, no extra disk."""
     root = os.path.join(base, "stacks")
@@ -188,6 +220,7 @@ def prepare(data_dir: str, mode: str, log: Callable[[str], None]) -> dict[str, C
     """Every case of ``mode`` ("full" or "quick"), generated where missing or damaged."""
     base = os.path.join(data_dir, mode)
     os.makedirs(base, exist_ok=True)
-    cases = {name: _prepare_case(base, name, SIZES[mode], log) for name in WRITERS}
+    cases = {name: _prepare_case(base, name, _params_of(name, SIZES[mode]), log)
+             for name in WRITERS}
     cases["stacks"] = _link_tree(base, cases["stack"])
     return cases

@@ -16,6 +16,7 @@ SCENARIO_TITLES = {
     "stack": "Light-sheet stack (x4 views, warm unless cold)",
     "imagej": "ImageJ 1.x headless, one JVM",
     "page": "One big page (memory)",
+    "timelapse": "Time-lapse of many small frames (x2)",
     "files": "Many files in 10 folders",
     "flat": "Many files in one folder",
     "tree": "Whole-tree render of the stacks",
