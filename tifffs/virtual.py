@@ -158,9 +158,10 @@ class VirtualTiff:
         """Band ``band`` of a plane of a page; a small one with the run of small bands
         after it that no one holds or renders (``RUN_BYTES``), which the cache keeps."""
         plan = self.plan.pages[page]
-        run = self._cache.reserve(self._run_after((page, plane, band)))
 
         def render(buffers: list) -> np.ndarray:
+            # reserved once the slot is ours: every key reserved is ended below
+            run = self._cache.reserve(self._run_after((page, plane, band)))
             ended = 0
             try:
                 value = render_band(self.source, plan, plane, band, buffers)
