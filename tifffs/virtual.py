@@ -33,12 +33,14 @@ Piece = bytes | np.ndarray
 #: output bytes; below, handing them to other threads costs more than it saves.
 SIDE_BY_SIDE_BYTES = 256 << 10
 #: Bands of fewer output bytes render in runs: with each, the bands after it, up to this
-#: many bytes in all, in the same render slot and thread. Handing a band to a slot (or
-#: to a background thread) costs more than rendering a small one: a time-lapse of
-#: 20,000 pages of 64 x 64 makes 20,000 bands of 2 KiB. Small bands are not rendered
-#: in the background; several readers (or the kernel's parallel reads) render runs side
-#: by side.
+#: many bytes in all, in the same render slot and thread. Handing a band to a slot costs
+#: more than rendering a small one: a time-lapse of 20,000 pages of 64 x 64 makes
+#: 20,000 bands of 2 KiB.
 RUN_BYTES = 256 << 10
+#: Bands of fewer output bytes are not rendered ahead in the background (a reader's own
+#: runs are quicker than handing them to other threads; several readers, or the
+#: kernel's parallel reads, render runs side by side).
+SMALL_BAND_BYTES = 64 << 10
 
 
 def band_cache(capacity_bytes: int) -> LruCache[np.ndarray]:
@@ -144,8 +146,8 @@ class VirtualTiff:
 
     def _prefetch(self, key: BandKey) -> None:
         """Have the pool render ``key`` in the background (dropped if the pool is busy);
-        not small bands, which render in runs (``RUN_BYTES``)."""
-        if band_bytes(self.plan.pages[key[0]]) < RUN_BYTES:
+        not small bands (``SMALL_BAND_BYTES``)."""
+        if band_bytes(self.plan.pages[key[0]]) < SMALL_BAND_BYTES:
             return
         self._cache.prefetch((self._key_prefix, *key), functools.partial(self._render, *key),
                              self._pool.submit)
