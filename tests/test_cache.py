@@ -219,3 +219,28 @@ def test_reserved_keys_are_waited_for_and_ended_by_keep_fail_or_abandon():
     assert isinstance(outcomes["b"], BrokenSource) and outcomes["b"].__cause__ is error
     assert outcomes["c"] == "c computed by its reader"
     assert cache.peek("a") == "a value" and cache.peek("b") is None
+
+
+def test_a_value_that_cannot_be_kept_still_releases_its_waiters():
+    """If keeping a value fails (here its weight cannot be taken), the key's computation
+    still ends: its readers are not left waiting for ever, and a later read computes it
+    again (found by review of the runs' keep, fail and abandon)."""
+    def weigh(value: str) -> int:
+        if value == "unweighable":
+            raise ValueError("no weight")
+        return 1
+
+    cache: LruCache[str] = LruCache(10, weigh=weigh)
+    [(key, pending)] = cache.reserve(["k"])
+    with pytest.raises(ValueError):
+        cache.keep(key, pending, "unweighable")
+    cache.abandon(key, pending)  # a second end of the same computation changes nothing
+    [(_, again)] = cache.reserve(["k"])  # no longer in flight (a get would not wait)
+    cache.keep(key, again, "fine")
+    assert cache.get("k", lambda: "computed") == "fine"
+    [(j, first)] = cache.reserve(["j"])
+    cache.abandon(j, first)
+    [(_, second)] = cache.reserve(["j"])  # a new computation of the same key
+    cache.abandon(j, first)  # a late second end of the first must not remove it
+    assert cache.reserve(["j"]) == []
+    cache.abandon(j, second)

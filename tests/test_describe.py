@@ -143,8 +143,11 @@ def test_the_index_form_keeps_pages_of_several_kinds_and_refuses_damage(tmp_path
     again = FileDescription.from_bytes(data)
     assert [p.to_json() for p in again.pages] == [p.to_json() for p in description.pages]
     assert again.layout_key() == description.layout_key()
-    stored["pages"][3][0] = 2  # a kind that is not there
-    for damaged in (json.dumps(stored).encode(), data[: len(data) // 2], b"{}"):
+    damaged_entries = [data[: len(data) // 2], b"{}"]
+    for kind in (2, -1, True, "0", 0.0):  # kinds that are not there, or not numbers
+        stored["pages"][3][0] = kind
+        damaged_entries.append(json.dumps(stored).encode())
+    for damaged in damaged_entries:
         with pytest.raises(ValueError, match="not a tifffs description"):
             FileDescription.from_bytes(damaged)
 

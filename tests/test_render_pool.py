@@ -579,3 +579,65 @@ def test_small_bands_render_in_runs_in_one_slot(tmp_path, monkeypatch):
         assert len(after) == page_bytes and [p for p, _, _ in renders].count(41) == 1
     finally:
         opened.close()
+
+
+@pytest.mark.parametrize("view", ["fit8", "x32"])
+def test_a_run_reads_a_bounded_amount_of_source(tmp_path, monkeypatch, view):
+    """Small bands of large frames (a fit or x32 view) make runs bounded by the source
+    they read, not only by their output: a read of 64 bytes of one frame renders at most
+    RUN_SOURCE_BYTES of frames, not hundreds of them (found by review: 200 frames of
+    1024 x 1024, 3.5 s for 64 bytes)."""
+    from tifffs import virtual
+
+    data = sample_array("uint16", (60, 256, 256), seed=12)  # 128 KiB a frame
+    path = tmp_path / "frames.tif"
+    write_stack(path, data)
+    renders: list[int] = []
+    real_render_band = virtual.render_band
+
+    def counting_render_band(source, plan, plane, band, buffers):
+        renders.append(plan.sources[0])
+        return real_render_band(source, plan, plane, band, buffers)
+
+    monkeypatch.setattr(virtual, "render_band", counting_render_band)
+    opened = open_view(str(path), view=view)
+    try:
+        got = opened.read(opened.view.layout.page_offsets[20], 64)
+    finally:
+        opened.close()
+    assert len(got) == 64
+    most = virtual.RUN_SOURCE_BYTES // (256 * 256 * 2)
+    assert renders[0] == 20 and 1 < len(renders) <= most, renders
+
+
+def test_a_cache_smaller_than_a_run_still_renders_each_band_once(tmp_path, monkeypatch):
+    """A run keeps at most a quarter of the band cache, so that a sequential reader finds
+    the run's bands still there (found by review: with --cache-size 64K, 2,000 bands of
+    1 KiB were rendered 355,221 times)."""
+    from tifffs import virtual
+    from tifffs.sources import open_source
+    from tifffs.views import parse_view
+    from tifffs.virtual import band_cache, open_source_view
+
+    path = tmp_path / "frames.tif"
+    write_stack(path, sample_array("uint8", (2000, 64, 64), seed=13))
+    renders: list[int] = []
+    real_render_band = virtual.render_band
+
+    def counting_render_band(source, plan, plane, band, buffers):
+        renders.append(plan.sources[0])
+        return real_render_band(source, plan, plane, band, buffers)
+
+    monkeypatch.setattr(virtual, "render_band", counting_render_band)
+    pool = RenderPool(2)
+    opened = open_source_view(open_source(str(path)), parse_view("x2", "mean"),
+                              band_cache(64 << 10), pool)
+    try:
+        reader = opened.reader()
+        served = b"".join(reader.read(offset, 128 << 10)
+                          for offset in range(0, opened.size, 128 << 10))
+        assert len(served) == opened.size
+    finally:
+        pool.shutdown()
+        opened.source.close()
+    assert sorted(renders) == list(range(2000))

@@ -42,6 +42,7 @@ class _Pending:
         self.value: object = None
         self.error: BaseException | None = None
         self.abandoned = False
+        self.ended = False
 
     def wait(self) -> None:
         with self._gate:  # each waiter passes the open gate in turn
@@ -101,14 +102,18 @@ class LruCache(Generic[V]):
         return self._compute(key, pending, compute)
 
     def _compute(self, key: Hashable, pending: _Pending, compute: Callable[[], V]) -> V:
-        """Compute the value of ``key`` that ``pending`` reserved, keep it, open the gate."""
+        """Compute the value of ``key`` that ``pending`` reserved, keep it, open the gate
+        (whatever happens: its waiters never wait for ever)."""
         try:
             value = compute()
+            pending.value = value
+            self._store(key, value)
+            return value
         except BaseException as exc:
-            self.fail(key, pending, exc)
+            pending.error = exc
             raise
-        self.keep(key, pending, value)
-        return value
+        finally:
+            self._end(key, pending)
 
     def reserve(self, keys: Iterable[Hashable]) -> list[tuple[Hashable, _Pending]]:
         """Mark as in flight those of ``keys`` that are neither held nor in flight (their
@@ -125,8 +130,10 @@ class LruCache(Generic[V]):
     def keep(self, key: Hashable, pending: _Pending, value: V) -> None:
         """Keep the value of ``key`` computed for ``pending``; its waiters get it."""
         pending.value = value
-        self._store(key, value)
-        self._end(key, pending)
+        try:
+            self._store(key, value)
+        finally:
+            self._end(key, pending)
 
     def fail(self, key: Hashable, pending: _Pending, error: BaseException) -> None:
         """End the computation of ``key`` with ``error``, which its waiters raise."""
@@ -139,8 +146,14 @@ class LruCache(Generic[V]):
         self._end(key, pending)
 
     def _end(self, key: Hashable, pending: _Pending) -> None:
+        """Open ``pending``'s gate, once: a second end (an exception between two calls)
+        must not remove another computation of the same key."""
         with self._lock:
-            del self._pending[key]
+            if pending.ended:
+                return
+            pending.ended = True
+            if self._pending.get(key) is pending:
+                del self._pending[key]
         pending.finish()
 
     def prefetch(self, key: Hashable, compute: Callable[[], V],

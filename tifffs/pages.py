@@ -287,8 +287,8 @@ class FileDescription:
             kinds = [SourcePage.from_json({**kind, "index": 0, "ifd_offset": 0,
                                            "offsets": nowhere, "bytecounts": nowhere})
                      for kind in record["kinds"]]
-            pages = tuple(kinds[kind].placed(index, ifd_offset, _array_of(offsets),
-                                             _array_of(bytecounts))
+            pages = tuple(_kind(kinds, kind).placed(index, ifd_offset, _array_of(offsets),
+                                                    _array_of(bytecounts))
                           for kind, index, ifd_offset, offsets, bytecounts in record["pages"])
             if not pages:
                 raise ValueError("no pages")
@@ -296,6 +296,13 @@ class FileDescription:
         except (zlib.error, KeyError, TypeError, AttributeError, ValueError,
                 IndexError) as exc:
             raise ValueError(f"not a tifffs description: {exc}") from None
+
+
+def _kind(kinds: list[SourcePage], kind: Any) -> SourcePage:
+    """The stored kind of page numbered ``kind``; ``ValueError`` for any other value."""
+    if type(kind) is not int or not 0 <= kind < len(kinds):
+        raise ValueError(f"no kind of page {kind!r}")
+    return kinds[kind]
 
 
 def _array_json(array: np.ndarray) -> str:

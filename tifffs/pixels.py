@@ -87,6 +87,11 @@ class SourceFile:
                 self._closer()
 
     @property
+    def closing(self) -> bool:
+        """Whether its last handle has closed (renders that start now fail)."""
+        return self._closing
+
+    @property
     def closed(self) -> bool:
         return not self._closer.alive
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from tifffs.arith import ceil_div
 from tifffs.cache import LruCache
 from tifffs.errors import SourceChanged
 from tifffs.pixels import SourceFile
@@ -37,6 +38,12 @@ SIDE_BY_SIDE_BYTES = 256 << 10
 #: more than rendering a small one: a time-lapse of 20,000 pages of 64 x 64 makes
 #: 20,000 bands of 2 KiB.
 RUN_BYTES = 256 << 10
+#: A run also reads at most this many source bytes, and holds at most this many bands
+#: and a quarter of the band cache: a fit or x32 view of large frames has small bands
+#: whose runs would otherwise read hundreds of frames for one small read, and a small
+#: cache would drop a run's bands before its reader reached them.
+RUN_SOURCE_BYTES = 1 << 20
+RUN_BANDS = 64
 #: Bands of fewer output bytes are not rendered ahead in the background (a reader's own
 #: runs are quicker than handing them to other threads; several readers, or the
 #: kernel's parallel reads, render runs side by side).
@@ -168,6 +175,8 @@ class VirtualTiff:
             try:
                 value = render_band(self.source, plan, plane, band, buffers)
                 for key, pending in run:
+                    if self.source.closing:  # its last handle closed: leave the rest
+                        break
                     _, page_i, plane_i, band_i = key
                     try:
                         other = render_band(self.source, self.plan.pages[page_i], plane_i,
@@ -185,16 +194,30 @@ class VirtualTiff:
         return self._pool.run(render)
 
     def _run_after(self, key: BandKey) -> list[Hashable]:
-        """Cache keys of the small bands after ``key`` (if it is small itself) whose
-        output, with ``key``'s, fits in ``RUN_BYTES``."""
+        """Cache keys of the small bands after ``key`` (if it is small itself) that a run
+        renders with it: up to ``RUN_BYTES`` of output in all, ``RUN_SOURCE_BYTES`` of
+        source, ``RUN_BANDS`` bands and a quarter of the cache."""
         run: list[Hashable] = []
-        size = band_bytes(self.plan.pages[key[0]])
-        for following in self._bands_after(key):
-            size += band_bytes(self.plan.pages[following[0]])
-            if size > RUN_BYTES:
+        output_limit = min(RUN_BYTES, self._cache.capacity // 4)
+        output, source = self._band_length(key), self._band_source_bytes(key[0])
+        for following in itertools.islice(self._bands_after(key), RUN_BANDS - 1):
+            output += self._band_length(following)
+            source += self._band_source_bytes(following[0])
+            if output > output_limit or source > RUN_SOURCE_BYTES:
                 break
             run.append((self._key_prefix, *following))
         return run
+
+    def _band_length(self, key: BandKey) -> int:
+        """Output bytes of a full band of ``key``'s page."""
+        return band_bytes(self.plan.pages[key[0]])
+
+    def _band_source_bytes(self, page: int) -> int:
+        """About how many source bytes a full band of output page ``page`` reads."""
+        plan = self.plan.pages[page]
+        src = self.source.pages[plan.sources[0]]
+        rows = ceil_div(plan.band_rows * src.height, plan.out.height)
+        return rows * src.row_bytes * len(plan.sources)
 
 
 class ViewReader:
