@@ -129,7 +129,10 @@ def test_bursts_of_parallel_requests_keep_few_thread_states(tmp_path):
                                                     names * 3)))
             assert read == expected
         kept = mount_stats(mount)["thread_states_kept"]
-        assert 1 <= kept < MAX_KEPT // 2  # each burst starts dozens of workers
+        # the four bursts run 130-200 threads in the daemon: had each worker kept its
+        # state, the cap would be reached. Those that live through bursts keep theirs:
+        # 4 to 17 of them (17 made the former limit of MAX_KEPT // 2 flaky)
+        assert 1 <= kept < MAX_KEPT
         assert mount.process.poll() is None
 
 
