@@ -23,6 +23,68 @@ from tools import mount_stats
 WAIT = 10.0  # seconds: only a hang detector
 
 
+def _count_decodes(monkeypatch) -> list[int]:
+    """The index of every strip or tile decoded from now on."""
+    from tifffs import pixels
+
+    decoded: list[int] = []
+    real_decoded = pixels._decoded
+
+    def counting(page, decode, chunk, index):
+        decoded.append(index)
+        return real_decoded(page, decode, chunk, index)
+
+    monkeypatch.setattr(pixels, "_decoded", counting)
+    return decoded
+
+
+def _count_renders(monkeypatch) -> list[int]:
+    """The (first) source page of every band a view renders from now on."""
+    from tifffs import virtual
+
+    renders: list[int] = []
+    real_render_band = virtual.render_band
+
+    def counting(source, plan, plane, band, buffers):
+        renders.append(plan.sources[0])
+        return real_render_band(source, plan, plane, band, buffers)
+
+    monkeypatch.setattr(virtual, "render_band", counting)
+    return renders
+
+
+def _record_preads(monkeypatch) -> list[int]:
+    """The size of every ``os.pread`` of a source from now on."""
+    from tifffs import pixels
+
+    sizes: list[int] = []
+    real_pread = os.pread
+
+    def recording_pread(fd, size, offset):
+        sizes.append(size)
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(pixels.os, "pread", recording_pread)
+    return sizes
+
+
+def _record_slots(monkeypatch) -> list[int]:
+    """For every render slot taken from now on, the bytes its row buffers then held."""
+    held: list[int] = []
+    real_run = RenderPool.run
+
+    def recording_run(self, render):
+        def with_buffers(buffers):
+            try:
+                return render(buffers)
+            finally:
+                held.append(sum(b.data.size for b in buffers))
+        return real_run(self, with_buffers)
+
+    monkeypatch.setattr(RenderPool, "run", recording_run)
+    return held
+
+
 def test_at_most_slots_bands_render_at_once_each_with_its_own_buffers():
     pool = RenderPool(slots=2)
     running, peak, arrived, lock = [0], [0], [0], threading.Lock()
@@ -165,15 +227,8 @@ def test_compressed_neighbours_are_read_a_bounded_run_at_a_time(tmp_path, monkey
         expected = whole.read(0, whole.size)
     finally:
         whole.close()
-    sizes: list[int] = []
-    real_pread = os.pread
-
-    def recording_pread(fd, size, offset):
-        sizes.append(size)
-        return real_pread(fd, size, offset)
-
     monkeypatch.setattr(pixels, "MAX_RUN_BYTES", 16 << 10)
-    monkeypatch.setattr(pixels.os, "pread", recording_pread)
+    sizes = _record_preads(monkeypatch)
     view = open_view(str(path), 2, "mean")
     try:
         assert view.read(0, view.size) == expected
@@ -217,18 +272,7 @@ def test_compressed_tiles_reduce_one_tile_at_a_time(tmp_path, monkeypatch, kind,
                     values[3:6] = [0, 0, 0]
                     tag.overwrite(values)
     parsed = parse_view(view, "mean")
-    used: list[int] = []
-    real_run = RenderPool.run
-
-    def recording_run(self, render):
-        def with_buffers(buffers):
-            try:
-                return render(buffers)
-            finally:
-                used.append(sum(b.data.size for b in buffers))
-        return real_run(self, with_buffers)
-
-    monkeypatch.setattr(RenderPool, "run", recording_run)
+    used = _record_slots(monkeypatch)
     opened = open_view(str(path), view=view)
     try:
         served = opened.read(0, opened.size)
@@ -324,7 +368,7 @@ def test_rows_of_tiles_larger_than_a_band_are_reduced_tile_by_tile(tmp_path, mon
     lowered here so that a small file is as wide, in bands, as that slide. At x1 a row of
     tiles would make too large a band: its bands are a few rows, read row by row."""
     from reference import reference_blocks
-    from tifffs import pixels, plan
+    from tifffs import plan
     from tifffs.views import parse_view
 
     # a row of tiles holds 32 x 480 bytes: more than the 4 budgets a band may span
@@ -332,14 +376,7 @@ def test_rows_of_tiles_larger_than_a_band_are_reduced_tile_by_tile(tmp_path, mon
     data = sample_array("uint8", (4, 96, 160, 3), seed=5)
     path = tmp_path / "wide.tif"
     write_stack(path, data, tile=(32, 32), compression="zlib", photometric="rgb")
-    decoded: list[int] = []
-    real_decoded = pixels._decoded
-
-    def counting(page, decode, chunk, index):
-        decoded.append(index)
-        return real_decoded(page, decode, chunk, index)
-
-    monkeypatch.setattr(pixels, "_decoded", counting)
+    decoded = _count_decodes(monkeypatch)
     parsed = parse_view(view, "mean")
     opened = open_view(str(path), view=view)
     try:
@@ -370,7 +407,6 @@ def test_fit_views_of_tiles_sum_one_column_of_tiles_at_a_time(tmp_path, monkeypa
     and each tile is decoded at most twice (a row of tiles two bands share). Before, a
     band of a 60,000-pixel-wide slide was one output row: each tile decoded 8 times."""
     from reference import reference_area
-    from tifffs import pixels
 
     rng = np.random.default_rng(11)
     height, width, fit = 300, 1280, 290  # 1280 -> 290 x 68: a band spans 2 rows of tiles
@@ -398,26 +434,8 @@ def test_fit_views_of_tiles_sum_one_column_of_tiles_at_a_time(tmp_path, monkeypa
                 values = list(tag.value)
                 values[40:60] = [0] * 20
                 tag.overwrite(values)
-    decoded: list[int] = []
-    real_decoded = pixels._decoded
-
-    def counting(page, decode, chunk, index):
-        decoded.append(index)
-        return real_decoded(page, decode, chunk, index)
-
-    held: list[int] = []
-    real_run = RenderPool.run
-
-    def recording_run(self, render):
-        def with_buffers(buffers):
-            try:
-                return render(buffers)
-            finally:
-                held.append(sum(b.data.size for b in buffers))
-        return real_run(self, with_buffers)
-
-    monkeypatch.setattr(pixels, "_decoded", counting)
-    monkeypatch.setattr(RenderPool, "run", recording_run)
+    decoded = _count_decodes(monkeypatch)
+    held = _record_slots(monkeypatch)
     opened = open_view(str(path), view=f"fit{fit}")
     try:
         band_rows = opened.view.plan.pages[0].band_rows
@@ -457,15 +475,8 @@ def test_rows_of_tiles_walked_side_by_side_share_one_run_budget(tmp_path, monkey
         expected = whole.read(0, whole.size)
     finally:
         whole.close()
-    sizes: list[int] = []
-    real_pread = os.pread
-
-    def recording_pread(fd, size, offset):
-        sizes.append(size)
-        return real_pread(fd, size, offset)
-
     monkeypatch.setattr(pixels, "MAX_RUN_BYTES", 32 << 10)
-    monkeypatch.setattr(pixels.os, "pread", recording_pread)
+    sizes = _record_preads(monkeypatch)
     view_file = open_view(str(path), view=view)
     try:
         assert view_file.read(0, view_file.size) == expected
@@ -487,7 +498,7 @@ def test_strips_larger_than_a_band_are_decoded_once(tmp_path, monkeypatch, rows_
     span the page); other strips are read as rows. The band budget is lowered here so
     that a small file's strips are that large."""
     from reference import reference_blocks
-    from tifffs import pixels, plan
+    from tifffs import plan
     from tifffs.views import parse_view
 
     # a strip of 32 rows holds 32 x 480 bytes: more than the 4 budgets a band may span;
@@ -497,14 +508,7 @@ def test_strips_larger_than_a_band_are_decoded_once(tmp_path, monkeypatch, rows_
     path = tmp_path / "strips.tif"
     write_stack(path, data, rowsperstrip=rows_per_strip, compression="zlib",
                 photometric="rgb")
-    decoded: list[int] = []
-    real_decoded = pixels._decoded
-
-    def counting(page, decode, chunk, index):
-        decoded.append(index)
-        return real_decoded(page, decode, chunk, index)
-
-    monkeypatch.setattr(pixels, "_decoded", counting)
+    decoded = _count_decodes(monkeypatch)
     parsed = parse_view(view, "mean")
     opened = open_view(str(path), view=view)
     try:
@@ -541,22 +545,8 @@ def test_small_bands_render_in_runs_in_one_slot(tmp_path, monkeypatch):
     with open(path, "r+b") as handle:
         handle.seek(offset)
         handle.write(b"\xff" * count)
-    renders: list[tuple[int, int, int]] = []
-    real_render_band = virtual.render_band
-
-    def counting_render_band(source, plan, plane, band, buffers):
-        renders.append((plan.sources[0], plane, band))
-        return real_render_band(source, plan, plane, band, buffers)
-
-    slots: list[int] = []
-    real_run = RenderPool.run
-
-    def counting_run(self, render):
-        slots.append(1)
-        return real_run(self, render)
-
-    monkeypatch.setattr(virtual, "render_band", counting_render_band)
-    monkeypatch.setattr(RenderPool, "run", counting_run)
+    renders = _count_renders(monkeypatch)
+    slots = _record_slots(monkeypatch)
     opened = open_view(str(path), view="x2")
     try:
         layout = opened.view.layout
@@ -566,7 +556,7 @@ def test_small_bands_render_in_runs_in_one_slot(tmp_path, monkeypatch):
         assert np.array_equal(np.frombuffer(first, np.uint16).reshape(64, 64),
                               ((data[0].reshape(64, 2, 64, 2).sum(axis=(1, 3),
                                                                   dtype=np.int64) + 2) // 4))
-        assert len(slots) == 1 and [p for p, _, _ in renders] == list(range(per_run))
+        assert len(slots) == 1 and renders == list(range(per_run))
         opened.read(layout.page_offsets[per_run - 1], page_bytes)  # held already
         assert len(slots) == 1
         opened.read(layout.page_offsets[per_run], page_bytes)  # its run holds page 40
@@ -574,9 +564,9 @@ def test_small_bands_render_in_runs_in_one_slot(tmp_path, monkeypatch):
         for _ in range(2):
             with pytest.raises(BrokenSource):
                 opened.read(layout.page_offsets[40], page_bytes)
-        assert [p for p, _, _ in renders].count(40) == 3  # in a run, then each read anew
+        assert renders.count(40) == 3  # in a run, then each read anew
         after = opened.read(layout.page_offsets[41], page_bytes)  # kept from that run
-        assert len(after) == page_bytes and [p for p, _, _ in renders].count(41) == 1
+        assert len(after) == page_bytes and renders.count(41) == 1
     finally:
         opened.close()
 
@@ -592,14 +582,7 @@ def test_a_run_reads_a_bounded_amount_of_source(tmp_path, monkeypatch, view):
     data = sample_array("uint16", (60, 256, 256), seed=12)  # 128 KiB a frame
     path = tmp_path / "frames.tif"
     write_stack(path, data)
-    renders: list[int] = []
-    real_render_band = virtual.render_band
-
-    def counting_render_band(source, plan, plane, band, buffers):
-        renders.append(plan.sources[0])
-        return real_render_band(source, plan, plane, band, buffers)
-
-    monkeypatch.setattr(virtual, "render_band", counting_render_band)
+    renders = _count_renders(monkeypatch)
     opened = open_view(str(path), view=view)
     try:
         got = opened.read(opened.view.layout.page_offsets[20], 64)
@@ -614,21 +597,13 @@ def test_a_cache_smaller_than_a_run_still_renders_each_band_once(tmp_path, monke
     """A run keeps at most a quarter of the band cache, so that a sequential reader finds
     the run's bands still there (found by review: with --cache-size 64K, 2,000 bands of
     1 KiB were rendered 355,221 times)."""
-    from tifffs import virtual
     from tifffs.sources import open_source
     from tifffs.views import parse_view
     from tifffs.virtual import band_cache, open_source_view
 
     path = tmp_path / "frames.tif"
     write_stack(path, sample_array("uint8", (2000, 64, 64), seed=13))
-    renders: list[int] = []
-    real_render_band = virtual.render_band
-
-    def counting_render_band(source, plan, plane, band, buffers):
-        renders.append(plan.sources[0])
-        return real_render_band(source, plan, plane, band, buffers)
-
-    monkeypatch.setattr(virtual, "render_band", counting_render_band)
+    renders = _count_renders(monkeypatch)
     pool = RenderPool(2)
     opened = open_source_view(open_source(str(path)), parse_view("x2", "mean"),
                               band_cache(64 << 10), pool)
