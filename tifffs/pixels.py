@@ -184,7 +184,7 @@ class SourceFile:
             yield left, width, segment
 
     def _segments(self, page: SourcePage, first: int, count: int,
-                  run_bytes: int = MAX_RUN_BYTES) -> Iterator[np.ndarray | None]:
+                  run_bytes: int) -> Iterator[np.ndarray | None]:
         """Decoded segments ``first:first+count`` of a page, (rows, columns, samples) each,
         None for a segment never written, one at a time."""
         decode = self._decoder(page)

@@ -56,6 +56,8 @@ class FitPlan:
     band_rows: int
     rows: downsample.AreaAxis
     columns: downsample.AreaAxis
+    #: summed one column of tiles at a time (``fit_by_tile_columns``)
+    by_tile_columns: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,7 +172,8 @@ def _fit_plan(src: SourcePage, group: tuple[int, ...], longest: int) -> FitPlan:
                        Fraction(src.height, height))
     rows = downsample.AreaAxis(src.height, height)
     columns = downsample.AreaAxis(src.width, width)
-    if fit_by_tile_columns(src, rows, columns):
+    by_tile_columns = fit_by_tile_columns(src, rows, columns)
+    if by_tile_columns:
         # a band holds its row sums (at most 8 bytes a sample) and one column of tiles
         sums_per_row = src.width * src.samples_per_row_pixel * 8
         band_rows = min(FIT_TILE_ROWS * src.segment_rows * height // src.height,
@@ -178,7 +181,8 @@ def _fit_plan(src: SourcePage, group: tuple[int, ...], longest: int) -> FitPlan:
     else:
         source_rows_per_row = ceil_div(src.height, height) + 1
         band_rows = BAND_SOURCE_BYTES // (source_rows_per_row * src.row_bytes)
-    return FitPlan(out, group, max(1, min(height, band_rows)), rows, columns)
+    return FitPlan(out, group, max(1, min(height, band_rows)), rows, columns,
+                   by_tile_columns)
 
 
 def fit_by_tile_columns(src: SourcePage, rows: downsample.AreaAxis,

@@ -26,7 +26,6 @@ from tifffs.plan import (
     FitPlan,
     PagePlan,
     WholePagePlan,
-    fit_by_tile_columns,
     reducible_by_segments,
 )
 from tifffs.pools import available_cores
@@ -135,7 +134,7 @@ def _render_rows(source: SourceFile, plan: PagePlan, plane: int, first: int, las
     reads = _source_rows(source.pages, plan, first, last)
     if isinstance(plan, FitPlan):
         page, start, stop = reads[0]
-        if fit_by_tile_columns(page, plan.rows, plan.columns):
+        if plan.by_tile_columns:
             return _fit_by_tile_columns(source, page, plane, plan, first, last, buffers)
         rows = _read(source, page, plane, start, stop, 1, _buffer(buffers, 0))
         if (plan.out.width, plan.out.height) == (page.width, page.height):
@@ -200,7 +199,7 @@ def _reduce_segments(source: SourceFile, reads: list[tuple[SourcePage, int, int]
 def _fit_by_tile_columns(source: SourceFile, page: SourcePage, plane: int, plan: FitPlan,
                          first: int, last: int, buffers: list[_RowBuffer]) -> np.ndarray:
     """Output rows ``first:last`` of a fit view of a tiled page, summed one column of
-    tiles at a time (``fit_by_tile_columns``): the same sums, so the same pixels, as
+    tiles at a time (``plan.fit_by_tile_columns``): the same sums, so the same pixels, as
     ``area_resize`` of the band's source rows, with each tile decoded once."""
     start, stop = plan.rows.source_range(first, last)
     served = page.dtype.newbyteorder("<")

@@ -14,6 +14,7 @@ import functools
 import itertools
 from collections.abc import Hashable, Iterator
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -154,7 +155,7 @@ class VirtualTiff:
     def _prefetch(self, key: BandKey) -> None:
         """Have the pool render ``key`` in the background (dropped if the pool is busy);
         not small bands (``SMALL_BAND_BYTES``)."""
-        if band_bytes(self.plan.pages[key[0]]) < SMALL_BAND_BYTES:
+        if self._band_length(key) < SMALL_BAND_BYTES:
             return
         self._cache.prefetch((self._key_prefix, *key), functools.partial(self._render, *key),
                              self._pool.submit)
@@ -177,14 +178,7 @@ class VirtualTiff:
                 for key, pending in run:
                     if self.source.closing:  # its last handle closed: leave the rest
                         break
-                    _, page_i, plane_i, band_i = key
-                    try:
-                        other = render_band(self.source, self.plan.pages[page_i], plane_i,
-                                            band_i, buffers)
-                    except Exception as exc:  # noqa: BLE001  (its readers raise it)
-                        self._cache.fail(key, pending, exc)
-                    else:
-                        self._cache.keep(key, pending, other)
+                    self._render_into_cache(key, pending, buffers)
                     ended += 1
                 return value
             finally:
@@ -193,13 +187,27 @@ class VirtualTiff:
 
         return self._pool.run(render)
 
+    def _render_into_cache(self, key: Hashable, pending: Any, buffers: list) -> None:
+        """Render the band of a run that ``key`` names and end its ``pending`` with it:
+        kept, or failed (its readers raise the error; it is not kept)."""
+        _, page, plane, band = key
+        try:
+            value = render_band(self.source, self.plan.pages[page], plane, band, buffers)
+        except Exception as exc:  # noqa: BLE001  (its readers raise it)
+            self._cache.fail(key, pending, exc)
+        else:
+            self._cache.keep(key, pending, value)
+
     def _run_after(self, key: BandKey) -> list[Hashable]:
         """Cache keys of the small bands after ``key`` (if it is small itself) that a run
         renders with it: up to ``RUN_BYTES`` of output in all, ``RUN_SOURCE_BYTES`` of
         source, ``RUN_BANDS`` bands and a quarter of the cache."""
         run: list[Hashable] = []
         output_limit = min(RUN_BYTES, self._cache.capacity // 4)
-        output, source = self._band_length(key), self._band_source_bytes(key[0])
+        output = self._band_length(key)
+        if output >= output_limit:  # not a small band: no run, nothing more to look at
+            return run
+        source = self._band_source_bytes(key[0])
         for following in itertools.islice(self._bands_after(key), RUN_BANDS - 1):
             output += self._band_length(following)
             source += self._band_source_bytes(following[0])
