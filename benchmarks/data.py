@@ -51,20 +51,27 @@ def default_data_dir() -> str:
     return os.path.join(cache, "tifffs-bench")
 
 
-def _write_stack(root: str, p: dict[str, int]) -> list[str]:
+def _smooth_noisy_planes(count: int, side: int, seed: int, mean: int, amplitude: int,
+                         periods: tuple[float, float], drift: bool = False) -> Iterator[Any]:
+    """``count`` uint16 planes: a smooth pattern plus noise of 0-255 (plus the plane's
+    number with ``drift``), as a microscope's planes are."""
     import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y, x = np.ogrid[:side, :side]
+    base = (mean + amplitude * np.sin(x / periods[0]) * np.cos(y / periods[1])).astype(
+        np.uint16)
+    for i in range(count):
+        yield base + rng.integers(0, 256, (side, side), dtype=np.uint16) + np.uint16(
+            i if drift else 0)
+
+
+def _write_stack(root: str, p: dict[str, int]) -> list[str]:
     import tifffile
 
     pages, side = p["stack_pages"], p["stack_side"]
-    rng = np.random.default_rng(1)
-    y, x = np.ogrid[:side, :side]
-    base = (1000 + 400 * np.sin(x / 53.0) * np.cos(y / 71.0)).astype(np.uint16)
-
-    def planes() -> Iterator[Any]:
-        for i in range(pages):
-            yield base + rng.integers(0, 256, (side, side), dtype=np.uint16) + np.uint16(i)
-
-    tifffile.imwrite(os.path.join(root, "stack.tif"), planes(), shape=(pages, side, side),
+    planes = _smooth_noisy_planes(pages, side, 1, 1000, 400, (53.0, 71.0), drift=True)
+    tifffile.imwrite(os.path.join(root, "stack.tif"), planes, shape=(pages, side, side),
                      dtype="uint16", photometric="minisblack", rowsperstrip=side,
                      metadata={"axes": "ZYX"})
     return ["stack.tif"]
@@ -125,19 +132,11 @@ def _write_page(root: str, p: dict[str, int]) -> list[str]:
 def _write_timelapse(root: str, p: dict[str, int]) -> list[str]:
     """A time-lapse as a microscope writes it: thousands of small frames in one ImageJ
     hyperstack (a band per frame: what per-band costs weigh on)."""
-    import numpy as np
     import tifffile
 
     frames, side = p["timelapse_pages"], p["timelapse_side"]
-    rng = np.random.default_rng(6)
-    y, x = np.ogrid[:side, :side]
-    base = (800 + 300 * np.sin(x / 17.0) * np.cos(y / 23.0)).astype(np.uint16)
-
-    def planes() -> Iterator[Any]:
-        for _ in range(frames):
-            yield base + rng.integers(0, 256, (side, side), dtype=np.uint16)
-
-    tifffile.imwrite(os.path.join(root, "timelapse.tif"), planes(),
+    planes = _smooth_noisy_planes(frames, side, 6, 800, 300, (17.0, 23.0))
+    tifffile.imwrite(os.path.join(root, "timelapse.tif"), planes,
                      shape=(frames, side, side), dtype="uint16", imagej=True,
                      metadata={"axes": "TYX"})
     return ["timelapse.tif"]

@@ -15,8 +15,11 @@ IMAGEJ_JAR = "/usr/share/java/ij.jar"
 IMAGEJ_PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ImageJTimes.java")
 
 
-def _cp_view(ctx: Context, view: str, cold: bool = False, libfuse: int = 2) -> Sample:
-    case = ctx.cases["stack"]
+def cp_view(ctx: Context, view: str, cold: bool = False, libfuse: int = 2,
+            case_name: str = "stack") -> Sample:
+    """``cp`` of ``view`` of a case's file through a fresh mount (warm source unless
+    ``cold``)."""
+    case = ctx.cases[case_name]
     with ctx.scratch() as out, ctx.mount(case, [view], libfuse=libfuse) as mnt:
         if cold:
             ctx.drop_caches()
@@ -26,40 +29,41 @@ def _cp_view(ctx: Context, view: str, cold: bool = False, libfuse: int = 2) -> S
         return Sample(seconds, daemon_mb=mnt.peak_rss_mb(), fds=mnt.open_fds())
 
 
-def _loop(ctx: Context, task: str) -> Sample:
-    case = ctx.cases["stack"]
+def loop(ctx: Context, task: str, factor: int = FACTOR, case_name: str = "stack") -> Sample:
+    """An in-process baseline ``task`` over a case's files (warm), writing one file."""
+    case = ctx.cases[case_name]
     with ctx.scratch() as out:
         ctx.warm(case)
         return ctx.task(task, files=case.files, out=os.path.join(out, "result.raw"),
-                        factor=FACTOR)
+                        factor=factor)
 
 
 @contender_and_fuse3("stack", "cp-x4-mean", "cp MNT/x4/stack.tif (fresh mount, warm source)",
                      baseline="memmap-area", fuse3_note="reads of up to 1 MiB")
 def cp_mean(ctx: Context, libfuse: int) -> Sample:
-    return _cp_view(ctx, "x4", libfuse=libfuse)
+    return cp_view(ctx, "x4", libfuse=libfuse)
 
 
 @contender("stack", "memmap-area", "tifffile.memmap + cv2.resize(INTER_AREA) loop, to a file")
 def memmap_area(ctx: Context) -> Sample:
-    return _loop(ctx, "memmap-area")
+    return loop(ctx, "memmap-area")
 
 
 @contender("stack", "cp-x4-nearest", "cp MNT/x4-nearest/stack.tif (fresh mount, warm)",
            baseline="memmap-slice")
 def cp_nearest(ctx: Context) -> Sample:
-    return _cp_view(ctx, "x4-nearest")
+    return cp_view(ctx, "x4-nearest")
 
 
 @contender("stack", "memmap-slice", "tifffile.memmap [::4, ::4] loop, to a file")
 def memmap_slice(ctx: Context) -> Sample:
-    return _loop(ctx, "memmap-slice")
+    return loop(ctx, "memmap-slice")
 
 
 @contender("stack", "cold-cp-x4-mean", "cp MNT/x4/stack.tif after drop_caches",
            baseline="cold-cat")
 def cold_cp(ctx: Context) -> Sample:
-    return _cp_view(ctx, "x4", cold=True)
+    return cp_view(ctx, "x4", cold=True)
 
 
 @contender("stack", "cold-cat", "cat SOURCE/stack.tif after drop_caches")
