@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tifffs.ahead import DescribeAhead
 from tifffs.cache import LruCache
 from tifffs.describe import describe
 from tifffs.errors import BrokenSource, TifffsError, UnsupportedSource
@@ -69,6 +70,7 @@ class Catalog:
         self._folder_sizes: LruCache[dict] = LruCache(MAX_SIZES, weigh=_entries)
         self._described: LruCache[dict[str, int]] = LruCache(MAX_SIZES, weigh=_entries)
         self._chunked: LruCache[bool] = LruCache(64)  # folders a listing read a chunk of
+        self.ahead: DescribeAhead | None = None  # describes large new folders in a helper
 
     # -- metadata, without holding the file
     def size(self, path: str, st: os.stat_result, view: View) -> int:
@@ -84,6 +86,8 @@ class Catalog:
         return size
 
     def _size(self, path: str, version: SourceVersion, view: View) -> int:
+        if self.ahead is not None:
+            self.ahead.missed(path, view)
         description = self.description(path, version)
         if _needs_series(view):
             size = self._plan_with_file(path, version, view).size
@@ -92,6 +96,19 @@ class Catalog:
         if self.index is not None:
             self.index.put_size(path, version, view.name, size)
         return size
+
+    def remember_size(self, path: str, version: SourceVersion, view: str, size: int) -> bool:
+        """Keep a size found by a helper; False when one was kept already."""
+        key = (path, version, view)
+        if self._sizes.peek(key) is not None:
+            return False
+        self._sizes.put(key, size)
+        return True
+
+    def listed(self, folder: str, view: View, tiffs: int) -> None:
+        """A listing of ``view``'s source ``folder`` showed ``tiffs`` TIFF files."""
+        if self.ahead is not None:
+            self.ahead.listed(folder, view, tiffs)
 
     def _indexed_sizes(self, directory: str, view: View) -> dict[str, tuple[tuple, int]]:
         """The index's sizes of ``view`` for the files of ``directory`` (path -> version,
@@ -125,7 +142,9 @@ class Catalog:
         return versions.get(path) == hash(version)
 
     def shutdown(self) -> None:
-        """Stop rendering ahead."""
+        """Stop rendering and describing ahead."""
+        if self.ahead is not None:
+            self.ahead.stop()
         self.pool.shutdown()
 
     def description(self, path: str, version: SourceVersion,

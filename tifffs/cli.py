@@ -302,7 +302,7 @@ def _serve(config: MountConfig, on_ready: Callable[[], None] | None) -> int:
     limit_malloc_arenas()
     tree = build_tree(config.source, config.views, config.cache_bytes,
                       None if config.no_index else config.index_dir or "",
-                      config.render_threads)
+                      config.render_threads, describe_ahead=True)
     operations = TifffsOperations(tree, on_ready=on_ready)
     index = tree.catalog.index
     log.info("mounting %s on %s (views %s, method %s, cache %d MiB, index %s, libfuse %d)",

@@ -33,7 +33,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -48,6 +47,7 @@ from tifffs.errors import BrokenSource, SourceChanged
 from tifffs.page_rules import decode_allowance
 from tifffs.pages import SourcePage, SourceVersion
 from tifffs.pools import available_cores
+from tifffs.spawn import signal_name, start_helper
 
 #: Compressions decoded only in a helper process, by the name of their codec.
 ISOLATED_COMPRESSIONS: dict[int, str] = {
@@ -77,12 +77,6 @@ HELPER_DECODERS = 8
 _LENGTH = struct.Struct("<I")  # the length of the JSON header that follows
 _FD = struct.Struct("i")  # a descriptor in SCM_RIGHTS data
 _MAX_HEADER = 1 << 16
-#: Run by ``python -I``: no current folder or PYTHON* variables on the path; the
-#: folder that holds this tifffs is added when it is not there already.
-_BOOTSTRAP = ("import sys; root = sys.argv[1]; root in sys.path or sys.path.insert(0, root); "
-              "from tifffs.isolated import serve; serve(int(sys.argv[2]))")
-
-
 def is_isolated(compression: int) -> bool:
     """True when segments of this compression are decoded in a helper process."""
     return compression in ISOLATED_COMPRESSIONS
@@ -216,13 +210,11 @@ class _Helper:
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-I", "-c", _BOOTSTRAP, root, str(theirs.fileno())],
+            self.process = start_helper(
+                "tifffs.isolated:serve", str(theirs.fileno()),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,  # what decoders
-                stderr=subprocess.DEVNULL, pass_fds=[theirs.fileno()],  # print: nowhere
-                start_new_session=True)  # Ctrl-C on a terminal reaches the daemon only
+                stderr=subprocess.DEVNULL, pass_fds=[theirs.fileno()])  # print: nowhere
         except BaseException:
             ours.close()
             raise
@@ -293,7 +285,7 @@ class _Helpers:
             except (OSError, EOFError):  # no answer: the helper ended
                 status = self._stop(helper)
                 if status < 0:
-                    raise BrokenSource(f"{what} crashed ({_signal_name(status)}) on damaged "
+                    raise BrokenSource(f"{what} crashed ({signal_name(status)}) on damaged "
                                        "data (in a helper process: only this read fails)"
                                        ) from None
                 raise BrokenSource(f"{what} (in a helper process) ended without an answer "
@@ -382,13 +374,6 @@ class _Helpers:
             helper.stop()
 
 
-def _signal_name(status: int) -> str:
-    """The name of the signal that ended a process (``status`` is negative)."""
-    with contextlib.suppress(ValueError):
-        return signal.Signals(-status).name
-    return f"signal {-status}"
-
-
 _HELPERS = _Helpers()
 atexit.register(_HELPERS.stop_all)
 
@@ -409,13 +394,13 @@ def stop_helpers() -> None:
 
 
 # -- the helper's side
-def serve(fd: int) -> None:
-    """A helper's life: answer the requests that come on socket ``fd`` until it closes
-    or the process that started this one ends."""
+def serve(fd: str) -> None:
+    """A helper's life: answer the requests that come on socket ``fd`` (its number)
+    until it closes or the process that started this one ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     threading.Thread(target=_end_with, args=(parent,), daemon=True).start()
-    channel = _Channel(socket.socket(fileno=fd))
+    channel = _Channel(socket.socket(fileno=int(fd)))
     decoders: OrderedDict[tuple[Any, ...], Callable[..., Any]] = OrderedDict()
     while True:
         try:

@@ -8,6 +8,7 @@ import logging
 import os
 import resource
 
+from tifffs.ahead import DescribeAhead
 from tifffs.catalog import Catalog
 from tifffs.index import open_index
 from tifffs.render import RenderPool
@@ -19,13 +20,19 @@ log = logging.getLogger("tifffs")
 
 
 def build_tree(source: str, views: tuple[View, ...], cache_bytes: int,
-               index_dir: str | None, render_threads: int | None = None) -> ViewTree:
+               index_dir: str | None, render_threads: int | None = None,
+               describe_ahead: bool = False) -> ViewTree:
     """The tree of a mount; ``index_dir`` None: no index, "": the default folder;
-    ``render_threads`` None: one per core this process may run on."""
+    ``render_threads`` None: one per core this process may run on; ``describe_ahead``:
+    large new folders are described by a helper process as they are listed."""
     index = None if index_dir is None else open_index(index_dir or None)
     catalog = Catalog(band_cache(cache_bytes), RenderPool(render_threads), index,
                       inside=os.path.realpath(source))
-    return ViewTree(source, views, catalog)
+    tree = ViewTree(source, views, catalog)
+    if describe_ahead:
+        catalog.ahead = DescribeAhead(tree.root, index and os.path.dirname(index.path),
+                                      catalog.remember_size)
+    return tree
 
 
 #: glibc's mallopt parameter for the number of malloc arenas.

@@ -250,8 +250,9 @@ class ViewTree:
         assert view is not None
         device = os.stat(source).st_dev
         above = self._real_directories(mount_path.relative)
-        return [Entry(".", None), Entry("..", None),
-                *self._entries(source, device, view.name, above)]
+        entries = self._entries(source, device, view.name, above)
+        self.catalog.listed(source, view, sum(map(is_tiff_name, (e.name for e in entries))))
+        return [Entry(".", None), Entry("..", None), *entries]
 
     def _entries(self, source: str, device: int, view: str,
                  above: list[str]) -> list[Entry]:
@@ -339,7 +340,9 @@ class ViewTree:
                             self.problems.errors_per_file(), self.problems.errors_total(),
                             {"render_threads": self.catalog.pool.slots,
                              "sources_open": self.catalog.held_sources(),
-                             "thread_states_kept": threads_kept()})
+                             "thread_states_kept": threads_kept(),
+                             "described_ahead": self.catalog.ahead.described
+                             if self.catalog.ahead is not None else 0})
 
 
 class Snapshot:

@@ -1,0 +1,218 @@
+"""Describing a large new folder ahead of its listing's stats, in a helper process (issue 9)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import mounted, wait_for
+from tifffs import ahead
+from tifffs.errors import TifffsError
+from tifffs.index import Index
+from tifffs.setup import build_tree
+from tifffs.views import parse_view
+from tools import mount_stats
+
+X4 = parse_view("x4", "mean")
+HELPER = "tifffs.ahead:serve"
+TIMEOUT = 120.0
+
+
+def large_folder(root: Path, files: int = ahead.MIN_FILES + 100) -> Path:
+    """``root/many``: ``files`` small stacks of three shapes, a broken TIFF and a text."""
+    folder = root / "many"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    shapes = []
+    for pages, height, width in ((2, 40, 24), (3, 17, 33), (1, 64, 8)):
+        tifffile.imwrite(root / "shape.tif", rng.integers(0, 65535, (pages, height, width),
+                                                         dtype=np.uint16),
+                         photometric="minisblack")
+        shapes.append((root / "shape.tif").read_bytes())
+    for i in range(files):
+        (folder / f"f{i:05d}.tif").write_bytes(shapes[i % 3])
+    (folder / "broken.tif").write_bytes(b"II*\0" + b"\xff" * 60)
+    (folder / "notes.txt").write_text("notes\n")
+    return root
+
+
+def tiff_names(folder: Path) -> list[str]:
+    return sorted(n for n in os.listdir(folder) if n.endswith(".tif"))
+
+
+def helper_processes() -> list[int]:
+    """Pids of describe-ahead helpers on this machine (the tests run one at a time)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if HELPER in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
+def expected_sizes(source: Path, names: list[str]) -> dict[str, int | None]:
+    """Sizes of x4 of ``names`` in ``source/many`` as a tree without helper or index
+    gives them (None: the tree refuses the file)."""
+    tree = build_tree(str(source), (X4,), 1 << 20, None, 1)
+    sizes: dict[str, int | None] = {}
+    for name in names:
+        try:
+            sizes[name] = tree.attributes(f"/x4/many/{name}")["st_size"]
+        except (OSError, TifffsError):
+            sizes[name] = None
+    tree.catalog.shutdown()
+    return sizes
+
+
+@pytest.fixture
+def tree_factory(tmp_path):
+    """Trees with describing ahead, over a private index; shut down at the end."""
+    trees = []
+
+    def make(source: Path):
+        tree = build_tree(str(source), (X4,), 1 << 20, str(tmp_path / "index"), 1,
+                          describe_ahead=True)
+        trees.append(tree)
+        return tree
+
+    yield make
+    for tree in trees:
+        tree.catalog.shutdown()
+        if tree.catalog.index is not None:
+            tree.catalog.index.close()
+    assert not helper_processes()
+
+
+def test_a_large_new_folder_is_described_by_the_helper_with_the_same_sizes(tmp_path,
+                                                                          tree_factory):
+    source = large_folder(tmp_path / "src")
+    names = tiff_names(source / "many")
+    tree = tree_factory(source)
+    listed = [e.name for e in tree.list("/x4/many") if e.name.endswith(".tif")]
+    first, good = listed[0], len(names) - 1  # the broken file is not described
+    tree.attributes(f"/x4/many/{first}")  # describes the first in process: the helper starts
+    assert tree.catalog.ahead.wait(TIMEOUT)
+    assert tree.catalog.ahead.described == good - 1  # all but the first and the broken one
+    assert f"described_ahead {good - 1}" in tree.stats_text()
+
+    expected = expected_sizes(source, names)
+    for name in names:
+        try:
+            size = tree.attributes(f"/x4/many/{name}")["st_size"]
+        except (OSError, TifffsError):
+            size = None
+        assert size == expected[name], name
+    assert expected["broken.tif"] is None and sum(s is not None for s in expected.values()) == good
+
+    tree.catalog.index.flush()
+    indexed = Index(str(tmp_path / "index")).sizes_in(str(source / "many"), "x4")
+    assert {Path(p).name: size for p, (_, size) in indexed.items()} == \
+        {name: size for name, size in expected.items() if size is not None}
+
+
+def test_a_file_changed_after_the_helper_described_it_is_described_anew(tmp_path,
+                                                                        tree_factory):
+    source = large_folder(tmp_path / "src")
+    tree = tree_factory(source)
+    listed = [e.name for e in tree.list("/x4/many") if e.name.endswith(".tif")]
+    tree.attributes(f"/x4/many/{listed[0]}")
+    assert tree.catalog.ahead.wait(TIMEOUT) and tree.catalog.ahead.described > 0
+    changed = source / "many" / listed[-1]  # the helper's first file
+    before = tree.attributes(f"/x4/many/{changed.name}")["st_size"]
+    tifffile.imwrite(changed, np.zeros((5, 48, 48), np.uint16), photometric="minisblack")
+    after = tree.attributes(f"/x4/many/{changed.name}")["st_size"]
+    assert after != before
+    assert after == expected_sizes(source, [changed.name])[changed.name]
+
+
+def test_the_helper_stops_where_it_meets_files_described_in_process(tmp_path, tree_factory):
+    source = large_folder(tmp_path / "src")
+    tree = tree_factory(source)
+    listed = [e.name for e in tree.list("/x4/many") if e.name.endswith(".tif")]
+    for name in listed[-10:]:  # described in process before any listing was remembered...
+        tree.catalog.size(str(source / "many" / name), os.stat(source / "many" / name), X4)
+    tree.list("/x4/many")
+    tree.attributes(f"/x4/many/{listed[0]}")  # ...so the helper's first file meets them
+    assert tree.catalog.ahead.wait(TIMEOUT)
+    assert tree.catalog.ahead.described == 0
+
+
+def test_shutdown_ends_a_running_helper(tmp_path, tree_factory):
+    source = large_folder(tmp_path / "src", files=5000)
+    tree = tree_factory(source)
+    tree.list("/x4/many")
+    tree.attributes("/x4/many/f00000.tif")
+    wait_for(helper_processes, TIMEOUT, "the helper")
+    tree.catalog.shutdown()
+    assert not helper_processes()
+    assert tree.catalog.ahead.described < 5000
+
+
+def test_a_helper_that_dies_is_logged_once_and_the_files_are_described_in_process(
+        tmp_path, tree_factory, caplog):
+    source = large_folder(tmp_path / "src")
+    names = tiff_names(source / "many")
+    tree = tree_factory(source)
+    tree.list("/x4/many")
+    with caplog.at_level(logging.WARNING, logger="tifffs"):
+        tree.attributes("/x4/many/f00000.tif")
+        wait_for(helper_processes, TIMEOUT, "the helper")
+        for pid in helper_processes():  # while it is still importing
+            os.kill(pid, signal.SIGKILL)
+        assert tree.catalog.ahead.wait(TIMEOUT)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "many" in lines[0] and "killed by SIGKILL" in lines[0], lines
+    expected = expected_sizes(source, names[:50])
+    for name in names[:50]:
+        if expected[name] is not None:
+            assert tree.attributes(f"/x4/many/{name}")["st_size"] == expected[name]
+
+
+def test_small_listings_start_no_helper(tmp_path, tree_factory):
+    source = large_folder(tmp_path / "src", files=ahead.MIN_FILES - 10)
+    tree = tree_factory(source)
+    tree.list("/x4/many")
+    tree.attributes("/x4/many/f00000.tif")
+    assert tree.catalog.ahead.wait(0) and not helper_processes()
+    assert tree.catalog.ahead.described == 0
+
+
+@pytest.mark.mount
+def test_through_a_mount_the_listing_of_a_large_new_folder_is_exact(tmp_path):
+    source = large_folder(tmp_path / "src")
+    folder_names = tiff_names(source / "many")
+    with mounted(source, tmp_path) as mount:
+        folder = mount.path / "x4" / "many"
+        listed = [n for n in os.listdir(folder) if n.endswith(".tif")]  # names, no stat
+        os.stat(folder / listed[0])  # described by the daemon: the helper starts
+        wait_for(lambda: mount_stats(mount)["described_ahead"] == len(listed) - 2,
+                 TIMEOUT, "the helper's sizes", mount.process, mount.log)
+        wait_for(lambda: not helper_processes(), TIMEOUT, "the helper's end")
+        ls = subprocess.run(["ls", "-l", "--time-style=+", str(folder)], check=False,
+                            capture_output=True,
+                            text=True).stdout.splitlines()
+        sizes = {line.split()[-1]: line.split()[4] for line in ls[1:]}
+        assert sizes.pop("broken.tif") == "?"  # its stat fails (EIO)
+        for name in (n for n in folder_names if n != "broken.tif"):
+            assert int(sizes[name]) == len((folder / name).read_bytes()), name
+    assert "broken.tif" in mount.log_text()
+
+
+@pytest.mark.mount
+def test_an_unmount_ends_the_helper(tmp_path):
+    source = large_folder(tmp_path / "src", files=5000)
+    with mounted(source, tmp_path) as mount:
+        folder = mount.path / "x4" / "many"
+        os.listdir(folder)
+        os.stat(folder / "f00000.tif")
+        wait_for(helper_processes, TIMEOUT, "the helper", mount.process, mount.log)
+    assert not helper_processes()

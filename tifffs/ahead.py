@@ -1,0 +1,262 @@
+"""Describing a large folder's files ahead of its listing, in a helper process.
+
+``ls -l`` of a folder of thousands of TIFFs that the index does not know yet asks for
+one file's size after the other, and each answer needs that file described: the daemon
+works on one core (Python's GIL) while the others wait. So when a listing of at least
+``MIN_FILES`` TIFFs is followed by a ``stat`` that must describe its file, a helper
+process describes the same folder's files from the last listed name back, as
+``tifffs index`` would (writing them to the index), and sends the daemon each file's
+size as it goes. The stats, which come from the first name on, and the helper meet in
+the middle; from there on every stat is answered from memory. The helper stops when it
+reaches a file the daemon has described itself, and ends with the mount.
+
+A size from the helper is kept under the stat version the helper saw, so a stat of any
+other version describes the file anew. Nothing else the helper says is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from tifffs.errors import TifffsError
+from tifffs.pages import SourceVersion
+from tifffs.problems import printable
+from tifffs.spawn import signal_name, start_helper
+from tifffs.views import View, is_tiff_name
+
+log = logging.getLogger("tifffs")
+
+#: Listings of fewer TIFFs are not described ahead: the helper's start (0.2-0.3 s)
+#: would come after their last stat.
+MIN_FILES = 1000
+#: Large listings remembered until a stat in their folder must describe a file.
+KEPT_LISTINGS = 16
+#: Sizes a helper sends at once (one line of JSON).
+BATCH = 32
+#: A helper commits its index rows every this many files: its memory stays small, and
+#: what it described is kept even if it is killed.
+COMMIT_FILES = 1024
+#: How long a helper that was told to stop may take to write its index rows and exit.
+STOP_SECONDS = 10.0
+
+#: remember(path, version, view name, size) -> False when the daemon knew it already
+Remember = Callable[[str, SourceVersion, str, int], bool]
+
+
+class DescribeAhead:
+    """The daemon's side: remembers large listings and runs one helper at a time."""
+
+    def __init__(self, root: str, index_dir: str | None, remember: Remember) -> None:
+        self._root = root
+        self._index_dir = index_dir  # None: the helper keeps nothing on disk either
+        self._remember = remember
+        self._listings: OrderedDict[tuple[str, str], bool] = OrderedDict()  # (folder, view)
+        self._lock = threading.Lock()
+        self._helper: _Helper | None = None
+        self._stopped = False
+        self.described = 0  # sizes that came from helpers before the daemon needed them
+
+    def listed(self, folder: str, view: View, tiffs: int) -> None:
+        """A listing of ``view``'s ``folder`` (its source path) showed ``tiffs`` TIFF
+        files."""
+        if tiffs < MIN_FILES:
+            return
+        key = (folder, view.name)
+        with self._lock:
+            self._listings[key] = True
+            self._listings.move_to_end(key)
+            while len(self._listings) > KEPT_LISTINGS:
+                self._listings.popitem(last=False)
+
+    def missed(self, path: str, view: View) -> None:
+        """``view``'s size of ``path`` is about to be found by describing it in this
+        process: start a helper on the rest of its folder, if a large listing of that
+        folder is remembered and no helper runs."""
+        if not self._listings:  # the common case, without the lock
+            return
+        key = (os.path.dirname(path), view.name)
+        with self._lock:
+            if self._stopped or key not in self._listings or \
+                    (self._helper is not None and self._helper.running):
+                return
+            del self._listings[key]
+            request = {"root": self._root, "index_dir": self._index_dir,
+                       "view": dataclasses.asdict(view), "folder": key[0], "skip": path}
+            self._helper = _Helper(key[0], view.name, request, self._received)
+            self._helper.start()
+
+    def _received(self, path: str, version: SourceVersion, view: str, size: int) -> bool:
+        new = self._remember(path, version, view, size)
+        if new:
+            self.described += 1
+        return new
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until no helper runs (for tests); False on timeout."""
+        helper = self._helper
+        return helper is None or helper.join(timeout)
+
+    def stop(self) -> None:
+        """Stop the running helper, if any (it writes what it described to the index
+        first); start no more."""
+        with self._lock:
+            self._stopped = True
+            helper = self._helper
+        if helper is not None:
+            helper.stop()
+
+
+class _Helper:
+    """One helper process, fed and read by a thread of the daemon."""
+
+    def __init__(self, folder: str, view: str, request: dict[str, Any],
+                 received: Remember) -> None:
+        self.folder, self.view = folder, view
+        self._request = request
+        self._received = received
+        self._process: subprocess.Popen | None = None
+        self._told_to_stop = False
+        self._thread = threading.Thread(target=self._run, name="describe-ahead", daemon=True)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._told_to_stop = True
+        self._end()
+        self._thread.join()
+
+    def _end(self) -> None:
+        """Ask the helper to end: on SIGTERM it writes its index rows and exits."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
+
+    def _run(self) -> None:
+        try:
+            self._process = start_helper("tifffs.ahead:serve", stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError as exc:
+            log.warning("%s: could not start a helper to describe its files ahead (%s); "
+                        "they are described as they are asked for", printable(self.folder),
+                        exc)
+            return
+        process = self._process
+        log.debug("describing the files of %s ahead in helper %d", printable(self.folder),
+                  process.pid)
+        trouble: Exception | None = None
+        try:
+            with process.stdin:
+                process.stdin.write(json.dumps(self._request).encode())
+            self._take(process.stdout)
+        except (OSError, ValueError, TypeError) as exc:  # it ended early, or broke its word
+            trouble = exc
+        finally:
+            self._end()
+            with process.stdout:
+                status = _wait(process)
+        if self._told_to_stop or (status in (0, -signal.SIGTERM) and trouble is None):
+            return
+        cause = (f"killed by {signal_name(status)}" if status < 0 and status != -signal.SIGTERM
+                 else f"exit status {status}" if status else str(trouble))
+        log.warning("%s: the helper describing its files ahead ended (%s); they are "
+                    "described as they are asked for", printable(self.folder), cause)
+
+    def _take(self, lines: Any) -> None:
+        for line in lines:
+            if self._told_to_stop:
+                return
+            for path, version, size in json.loads(line):
+                if not (isinstance(path, str) and isinstance(size, int) and size >= 0
+                        and len(version) == 5 and all(isinstance(v, int) for v in version)):
+                    raise ValueError(f"an answer that is not a size: {line[:200]!r}")
+                if not self._received(path, SourceVersion(*version), self.view, size):
+                    return  # the daemon has described this one: the two have met
+
+
+def _wait(process: subprocess.Popen) -> int:
+    try:
+        return process.wait(timeout=STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+# -- the helper process
+
+
+def serve() -> None:
+    """A helper's life: read one request on stdin, describe the TIFF files of its folder
+    from the last listed back, write their sizes on stdout, ``BATCH`` to a line. It ends
+    when done, on SIGTERM or when stdout closes, with what it described written to the
+    index."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_terminate)
+    logging.disable(logging.CRITICAL)  # the daemon logs a file's problem when it meets it
+    from tifffs.setup import build_tree
+
+    request = json.load(sys.stdin)
+    view = View(**request["view"])
+    tree = build_tree(request["root"], (view,), 1 << 20, request["index_dir"], 1)
+    catalog = tree.catalog
+    batch: list[tuple[str, SourceVersion, int]] = []
+    try:
+        for done, path in enumerate(_files_backwards(request["folder"], request["skip"]), 1):
+            if done % COMMIT_FILES == 0 and catalog.index is not None:
+                catalog.index.flush()
+            try:
+                st = os.stat(path)
+                batch.append((path, SourceVersion.of(st), catalog.size(path, st, view)))
+            except (OSError, TifffsError):
+                continue
+            if len(batch) == BATCH:
+                _send(batch)
+        _send(batch)
+    except BrokenPipeError:  # the daemon is gone: the exit's flush must not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        _finishing.set()  # a SIGTERM from now on must not cut the index's last write
+        if catalog.index is not None:
+            catalog.index.close()
+
+
+_finishing = threading.Event()
+
+
+def _on_terminate(*_: Any) -> None:
+    if not _finishing.is_set():
+        raise SystemExit(0)
+
+
+def _files_backwards(folder: str, skip: str) -> list[str]:
+    """The TIFF files of ``folder`` but ``skip``, last listed first (the mount lists a
+    folder in the order of ``os.scandir``)."""
+    with os.scandir(folder) as entries:
+        names = [e.name for e in entries if is_tiff_name(e.name) and e.is_file()]
+    paths = (os.path.join(folder, name) for name in reversed(names))
+    return [path for path in paths if path != skip]
+
+
+def _send(batch: list[tuple[str, SourceVersion, int]]) -> None:
+    if batch:
+        sys.stdout.write(json.dumps(batch) + "\n")
+        sys.stdout.flush()
+        batch.clear()
