@@ -38,6 +38,7 @@ def large_folder(root: Path, files: int = ahead.MIN_FILES + 100) -> Path:
         shapes.append((root / "shape.tif").read_bytes())
     for i in range(files):
         (folder / f"f{i:05d}.tif").write_bytes(shapes[i % 3])
+    (folder / os.fsdecode(b"odd-\xff-name.tif")).write_bytes(shapes[1])  # not UTF-8
     (folder / "broken.tif").write_bytes(b"II*\0" + b"\xff" * 60)
     (folder / "notes.txt").write_text("notes\n")
     return root
@@ -75,12 +76,12 @@ def expected_sizes(source: Path, names: list[str]) -> dict[str, int | None]:
 
 @pytest.fixture
 def tree_factory(tmp_path):
-    """Trees with describing ahead, over a private index; shut down at the end."""
+    """Trees with describing ahead, over a private index (or none); shut down at the end."""
     trees = []
 
-    def make(source: Path):
-        tree = build_tree(str(source), (X4,), 1 << 20, str(tmp_path / "index"), 1,
-                          describe_ahead=True)
+    def make(source: Path, index: bool = True):
+        tree = build_tree(str(source), (X4,), 1 << 20, str(tmp_path / "index") if index
+                          else None, 1, describe_ahead=True)
         trees.append(tree)
         return tree
 
@@ -117,6 +118,20 @@ def test_a_large_new_folder_is_described_by_the_helper_with_the_same_sizes(tmp_p
     indexed = Index(str(tmp_path / "index")).sizes_in(str(source / "many"), "x4")
     assert {Path(p).name: size for p, (_, size) in indexed.items()} == \
         {name: size for name, size in expected.items() if size is not None}
+
+
+def test_without_an_index_the_helper_still_gives_the_sizes(tmp_path, tree_factory):
+    source = large_folder(tmp_path / "src")
+    names = tiff_names(source / "many")
+    tree = tree_factory(source, index=False)
+    listed = [e.name for e in tree.list("/x4/many") if e.name.endswith(".tif")]
+    tree.attributes(f"/x4/many/{listed[0]}")
+    assert tree.catalog.ahead.wait(TIMEOUT)
+    assert tree.catalog.ahead.described == len(names) - 2
+    expected = expected_sizes(source, names)
+    for name in names[-20:]:
+        assert tree.attributes(f"/x4/many/{name}")["st_size"] == expected[name]
+    assert not (tmp_path / "index").exists()
 
 
 def test_a_file_changed_after_the_helper_described_it_is_described_anew(tmp_path,
@@ -197,10 +212,10 @@ def test_through_a_mount_the_listing_of_a_large_new_folder_is_exact(tmp_path):
         wait_for(lambda: mount_stats(mount)["described_ahead"] == len(listed) - 2,
                  TIMEOUT, "the helper's sizes", mount.process, mount.log)
         wait_for(lambda: not helper_processes(), TIMEOUT, "the helper's end")
-        ls = subprocess.run(["ls", "-l", "--time-style=+", str(folder)], check=False,
-                            capture_output=True,
-                            text=True).stdout.splitlines()
-        sizes = {line.split()[-1]: line.split()[4] for line in ls[1:]}
+        ls = subprocess.run(["ls", "-l", "--quoting-style=literal", "--time-style=+",
+                             str(folder)], check=False, capture_output=True,
+                            env={**os.environ, "LC_ALL": "C"}).stdout.splitlines()
+        sizes = {os.fsdecode(line.split()[-1]): line.split()[4].decode() for line in ls[1:]}
         assert sizes.pop("broken.tif") == "?"  # its stat fails (EIO)
         for name in (n for n in folder_names if n != "broken.tif"):
             assert int(sizes[name]) == len((folder / name).read_bytes()), name
