@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +15,10 @@ import pytest
 import tifffile
 
 from conftest import mounted, wait_for
-from tifffs import ahead
+from tifffs import ahead, indexing
 from tifffs.errors import TifffsError
-from tifffs.index import Index
+from tifffs.index import FILE_NAME, Index
+from tifffs.indexing import index_command
 from tifffs.setup import build_tree
 from tifffs.views import parse_view
 from tools import mount_stats
@@ -231,3 +234,47 @@ def test_an_unmount_ends_the_helper(tmp_path):
         os.stat(folder / "f00000.tif")
         wait_for(helper_processes, TIMEOUT, "the helper", mount.process, mount.log)
     assert not helper_processes()
+
+
+def _rows(index_dir: Path) -> dict[str, list[tuple]]:
+    connection = sqlite3.connect(index_dir / FILE_NAME)
+    try:
+        return {table: sorted(connection.execute(f"SELECT * FROM {table}").fetchall())
+                for table in ("files", "sizes")}
+    finally:
+        connection.close()
+
+
+def test_tifffs_index_describes_from_both_ends_and_writes_what_one_process_would(
+        tmp_path, monkeypatch, capsys):
+    source = large_folder(tmp_path / "src")
+    command = [str(source), "--factors", "2,4", "--views", "fit100"]
+    with monkeypatch.context() as serial:
+        serial.setattr(ahead, "MIN_FILES", 10**9)
+        assert index_command([*command, "--index-dir", str(tmp_path / "one")]) == 1
+    alone = capsys.readouterr().err.splitlines()
+
+    # the helper takes part for sure: this process starts once the helper has sent sizes
+    monkeypatch.setattr(indexing, "available_cores", lambda: 2)
+    from_helper = threading.Event()
+    received = indexing._FromTheEnd._received
+    monkeypatch.setattr(indexing._FromTheEnd, "_received",
+                        lambda self, *args: from_helper.set() or received(self, *args))
+    progress = indexing._progress
+    monkeypatch.setattr(indexing, "_progress",
+                        lambda files: from_helper.wait(TIMEOUT) and progress(files))
+    assert index_command([*command, "--index-dir", str(tmp_path / "two")]) == 1
+    together = capsys.readouterr().err.splitlines()
+
+    assert from_helper.is_set() and not helper_processes()
+    assert _rows(tmp_path / "two") == _rows(tmp_path / "one")
+    failed = [line for line in together if "broken.tif" in line]
+    assert len(failed) == 1 and failed == [line for line in alone if "broken.tif" in line]
+    assert together[-1].split(" in ")[0] == alone[-1].split(" in ")[0] == \
+        f"tifffs index: {ahead.MIN_FILES + 103} files, {_pages(ahead.MIN_FILES + 100)} pages, " \
+        "1 failures"
+
+
+def _pages(files: int) -> int:
+    """Pages of ``large_folder``'s TIFFs: its files, the odd name (3) and the last shape (1)."""
+    return sum((2, 3, 1)[i % 3] for i in range(files)) + 3 + 1

@@ -17,6 +17,7 @@ other version describes the file anew. Nothing else the helper says is used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -51,6 +52,9 @@ STOP_SECONDS = 10.0
 
 #: remember(path, version, view name, size) -> False when the daemon knew it already
 Remember = Callable[[str, SourceVersion, str, int], bool]
+#: received(path, version, sizes of the request's views, pages) -> False to stop the
+#: helper (the caller has described this file itself: the two have met)
+Received = Callable[[str, SourceVersion, list[int], int], bool]
 
 
 class DescribeAhead:
@@ -62,7 +66,7 @@ class DescribeAhead:
         self._remember = remember
         self._listings: OrderedDict[tuple[str, str], bool] = OrderedDict()  # (folder, view)
         self._lock = threading.Lock()
-        self._helper: _Helper | None = None
+        self._helper: Helper | None = None
         self._stopped = False
         self.described = 0  # sizes that came from helpers before the daemon needed them
 
@@ -90,13 +94,15 @@ class DescribeAhead:
                     (self._helper is not None and self._helper.running):
                 return
             del self._listings[key]
-            request = {"root": self._root, "index_dir": self._index_dir,
-                       "view": dataclasses.asdict(view), "folder": key[0], "skip": path}
-            self._helper = _Helper(key[0], view.name, request, self._received)
+            self._helper = Helper(key[0], {"root": self._root, "index_dir": self._index_dir,
+                                           "views": [dataclasses.asdict(view)],
+                                           "folder": key[0], "skip": path},
+                                  functools.partial(self._received, view.name))
             self._helper.start()
 
-    def _received(self, path: str, version: SourceVersion, view: str, size: int) -> bool:
-        new = self._remember(path, version, view, size)
+    def _received(self, view: str, path: str, version: SourceVersion, sizes: list[int],
+                  pages: int) -> bool:
+        new = self._remember(path, version, view, sizes[0])
         if new:
             self.described += 1
         return new
@@ -116,12 +122,17 @@ class DescribeAhead:
             helper.stop()
 
 
-class _Helper:
-    """One helper process, fed and read by a thread of the daemon."""
+class Helper:
+    """One helper process describing files, fed and read by a thread of this process.
 
-    def __init__(self, folder: str, view: str, request: dict[str, Any],
-                 received: Remember) -> None:
-        self.folder, self.view = folder, view
+    ``request``: "root" (SOURCE), "index_dir" (None: no index), "views" (``View``
+    fields), and the files: "paths", or the TIFF files of "folder" but "skip", last
+    listed first. ``received`` gets each file's sizes; ``folder`` names the work in the
+    log line of a helper that dies.
+    """
+
+    def __init__(self, folder: str, request: dict[str, Any], received: Received) -> None:
+        self.folder = folder
         self._request = request
         self._received = received
         self._process: subprocess.Popen | None = None
@@ -181,15 +192,21 @@ class _Helper:
                     "described as they are asked for", printable(self.folder), cause)
 
     def _take(self, lines: Any) -> None:
+        views = len(self._request["views"])
         for line in lines:
             if self._told_to_stop:
                 return
-            for path, version, size in json.loads(line):
-                if not (isinstance(path, str) and isinstance(size, int) and size >= 0
-                        and len(version) == 5 and all(isinstance(v, int) for v in version)):
+            for path, version, sizes, pages in json.loads(line):
+                if not (isinstance(path, str) and _naturals(version, 5)
+                        and _naturals(sizes, views) and _naturals([pages], 1)):
                     raise ValueError(f"an answer that is not a size: {line[:200]!r}")
-                if not self._received(path, SourceVersion(*version), self.view, size):
-                    return  # the daemon has described this one: the two have met
+                if not self._received(path, SourceVersion(*version), sizes, pages):
+                    return  # the caller has described this one: the two have met
+
+
+def _naturals(values: Any, count: int) -> bool:
+    return isinstance(values, list) and len(values) == count and \
+        all(isinstance(v, int) and v >= 0 for v in values)
 
 
 def _wait(process: subprocess.Popen) -> int:
@@ -204,33 +221,38 @@ def _wait(process: subprocess.Popen) -> int:
 
 
 def serve() -> None:
-    """A helper's life: read one request on stdin, describe the TIFF files of its folder
-    from the last listed back, write their sizes on stdout, ``BATCH`` to a line. It ends
-    when done, on SIGTERM or when stdout closes, with what it described written to the
-    index."""
+    """A helper's life: read one request on stdin (see ``Helper``), describe its files
+    in order, write their sizes and page counts on stdout, ``BATCH`` to a line. A file
+    that fails is left out (its caller meets the failure itself). It ends when done, on
+    SIGTERM or when stdout closes, with what it described written to the index."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_terminate)
     logging.disable(logging.CRITICAL)  # the daemon logs a file's problem when it meets it
     from tifffs.setup import build_tree
 
     request = json.load(sys.stdin)
-    view = View(**request["view"])
-    tree = build_tree(request["root"], (view,), 1 << 20, request["index_dir"], 1)
+    views = tuple(View(**fields) for fields in request["views"])
+    tree = build_tree(request["root"], views, 1 << 20, request["index_dir"], 1)
     catalog = tree.catalog
-    batch: list[tuple[str, SourceVersion, int]] = []
+    paths = request["paths"] if "paths" in request else \
+        _files_backwards(request["folder"], request["skip"])
+    batch: list[tuple[str, SourceVersion, list[int], int]] = []
     try:
-        for done, path in enumerate(_files_backwards(request["folder"], request["skip"]), 1):
+        for done, path in enumerate(paths, 1):
             if done % COMMIT_FILES == 0 and catalog.index is not None:
                 catalog.index.flush()
             try:
                 st = os.stat(path)
-                batch.append((path, SourceVersion.of(st), catalog.size(path, st, view)))
+                version = SourceVersion.of(st)
+                sizes = [catalog.size(path, st, view) for view in views]
+                batch.append((path, version, sizes,
+                              len(catalog.description(path, version).pages)))
             except (OSError, TifffsError):
                 continue
             if len(batch) == BATCH:
                 _send(batch)
         _send(batch)
-    except BrokenPipeError:  # the daemon is gone: the exit's flush must not fail again
+    except BrokenPipeError:  # the caller is gone: the exit's flush must not fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         _finishing.set()  # a SIGTERM from now on must not cut the index's last write
@@ -255,7 +277,7 @@ def _files_backwards(folder: str, skip: str) -> list[str]:
     return [path for path in paths if path != skip]
 
 
-def _send(batch: list[tuple[str, SourceVersion, int]]) -> None:
+def _send(batch: list[tuple[str, SourceVersion, list[int], int]]) -> None:
     if batch:
         sys.stdout.write(json.dumps(batch) + "\n")
         sys.stdout.flush()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from tifffs import logs
+from tifffs import ahead, logs
 from tifffs.config import (
     DEFAULT_METHOD,
     MountConfig,
@@ -21,6 +22,7 @@ from tifffs.config import (
 from tifffs.errors import TifffsError
 from tifffs.index import default_directory
 from tifffs.pages import SourceVersion
+from tifffs.pools import available_cores
 from tifffs.problems import printable
 from tifffs.views import is_tiff_name
 
@@ -75,7 +77,12 @@ def _index_files(tree: ViewTree, files: list[str], index_path: str) -> int:
     catalog = tree.catalog
     started = time.monotonic()
     pages = failures = 0
+    helper = _FromTheEnd(tree, files, index_path)
     for path in _progress(files):
+        if path in helper.pages:
+            pages += helper.pages[path]
+            continue
+        helper.mine.add(path)
         try:
             st = os.stat(path)
             for view in tree.views.values():
@@ -84,10 +91,42 @@ def _index_files(tree: ViewTree, files: list[str], index_path: str) -> int:
         except (TifffsError, OSError) as exc:
             failures += 1
             print(f"tifffs index: {printable(path)}: {exc}", file=sys.stderr)
+    helper.stop()
     catalog.index.flush()
     print(f"tifffs index: {len(files)} files, {pages} pages, {failures} failures in "
           f"{time.monotonic() - started:.1f} s; index {index_path}", file=sys.stderr)
     return 1 if failures else 0
+
+
+class _FromTheEnd:
+    """A helper process describing ``files`` from the last one back while this process
+    goes from the first on (when there are many and a core to spare): the two meet in
+    the middle. ``pages`` holds what the helper described, ``mine`` what this process
+    took on itself."""
+
+    def __init__(self, tree: ViewTree, files: list[str], index_path: str) -> None:
+        self.pages: dict[str, int] = {}
+        self.mine: set[str] = set()
+        self._helper = None
+        if len(files) >= ahead.MIN_FILES and available_cores() > 1:
+            request = {"root": tree.root, "index_dir": os.path.dirname(index_path),
+                       "views": [dataclasses.asdict(v) for v in tree.views.values()],
+                       "paths": files[::-1]}
+            self._helper = ahead.Helper(tree.root, request, self._received)
+            self._helper.start()
+
+    def _received(self, path: str, version: SourceVersion, sizes: list[int],
+                  pages: int) -> bool:
+        if path in self.mine:
+            return False
+        self.pages[path] = pages
+        return True
+
+    def stop(self) -> None:
+        if self._helper is not None:
+            self._helper.stop()
+
+
 
 
 def _progress(files: list[str]) -> Iterable[str]:
