@@ -127,8 +127,6 @@ class _FromTheEnd:
             self._helper.stop()
 
 
-
-
 def _progress(files: list[str]) -> Iterable[str]:
     if not sys.stderr.isatty():
         return files
