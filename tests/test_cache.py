@@ -101,6 +101,19 @@ def test_eviction_by_weight_drops_the_least_recently_used():
     assert cache.get("c", lambda: b"again") == b"again"
 
 
+def test_a_key_put_while_it_is_computed_is_weighed_once():
+    """A size a helper passes on (``put``) while a stat computes the same key."""
+    cache: LruCache[bytes] = LruCache(100, weigh=len)
+
+    def compute() -> bytes:
+        cache.put("a", b"from a helper")
+        return b"computed"
+
+    assert cache.get("a", compute) == b"computed"
+    stats = cache.stats()
+    assert (stats.weight, stats.entries) == (len(b"computed"), 1)
+
+
 def test_a_value_heavier_than_the_capacity_is_kept_alone_until_the_next():
     """A cache smaller than one band still keeps the band read last, so a sequential
     reader's many small reads of it render it once."""

@@ -187,17 +187,17 @@ class LruCache(Generic[V]):
 
     def put(self, key: Hashable, value: V) -> None:
         """Keep ``value`` for ``key`` (replacing any)."""
+        self._store(key, value)
+
+    def _store(self, key: Hashable, value: V) -> None:
+        """Keep ``value`` (replacing any value of ``key``: two threads may compute one
+        key), evicting the least recently used; a value heavier than the whole capacity
+        is kept alone (readers of it go on hitting it)."""
+        weight = self._weigh(value)
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
                 self._stats.weight -= old[1]
-        self._store(key, value)
-
-    def _store(self, key: Hashable, value: V) -> None:
-        """Keep ``value``, evicting the least recently used; a value heavier than the
-        whole capacity is kept alone (readers of it go on hitting it)."""
-        weight = self._weigh(value)
-        with self._lock:
             self._items[key] = (value, weight)
             self._stats.weight += weight
             while self._stats.weight > self.capacity and len(self._items) > 1:
