@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from tifffs.errors import TifffsError
 from tifffs.index import FILE_NAME, Index
 from tifffs.indexing import index_command
 from tifffs.setup import build_tree
+from tifffs.spawn import start_helper
 from tifffs.views import parse_view
 from tools import mount_stats
 
@@ -51,15 +53,23 @@ def tiff_names(folder: Path) -> list[str]:
     return sorted(n for n in os.listdir(folder) if n.endswith(".tif"))
 
 
-def helper_processes() -> list[int]:
-    """Pids of describe-ahead helpers on this machine (the tests run one at a time)."""
+def listed_tiffs(folder: Path) -> list[str]:
+    """The TIFF names of ``folder`` in the order a mount lists them (``os.scandir``'s)."""
+    with os.scandir(folder) as entries:
+        return [e.name for e in entries if e.name.endswith(".tif")]
+
+
+def helper_processes(under: Path) -> list[int]:
+    """Pids of describe-ahead helpers working on folders under ``under`` (a helper's
+    folder is on its command line)."""
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if HELPER in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-                pids.append(int(pid))
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
+        if HELPER.encode() in argv and any(os.fsencode(under) in arg for arg in argv):
+            pids.append(int(pid))
     return pids
 
 
@@ -78,11 +88,13 @@ def expected_sizes(source: Path, names: list[str]) -> dict[str, int | None]:
 
 
 @pytest.fixture
-def tree_factory(tmp_path):
-    """Trees with describing ahead, over a private index (or none); shut down at the end."""
+def tree_factory(tmp_path, monkeypatch):
+    """Trees with describing ahead, over a private index (or none); shut down at the end.
+    A helper starts at the first file a stat must describe, unless ``start_after``."""
     trees = []
 
-    def make(source: Path, index: bool = True):
+    def make(source: Path, index: bool = True, start_after: int = 1):
+        monkeypatch.setattr(ahead, "START_AFTER", start_after)
         tree = build_tree(str(source), (X4,), 1 << 20, str(tmp_path / "index") if index
                           else None, 1, describe_ahead=True)
         trees.append(tree)
@@ -93,7 +105,7 @@ def tree_factory(tmp_path):
         tree.catalog.shutdown()
         if tree.catalog.index is not None:
             tree.catalog.index.close()
-    assert not helper_processes()
+    assert not helper_processes(tmp_path)
 
 
 def test_a_large_new_folder_is_described_by_the_helper_with_the_same_sizes(tmp_path,
@@ -107,6 +119,7 @@ def test_a_large_new_folder_is_described_by_the_helper_with_the_same_sizes(tmp_p
     assert tree.catalog.ahead.wait(TIMEOUT)
     assert tree.catalog.ahead.described == good - 1  # all but the first and the broken one
     assert f"described_ahead {good - 1}" in tree.stats_text()
+    assert "describe_ahead_helpers 1" in tree.stats_text()
 
     expected = expected_sizes(source, names)
     for name in names:
@@ -152,10 +165,35 @@ def test_a_file_changed_after_the_helper_described_it_is_described_anew(tmp_path
     assert after == expected_sizes(source, [changed.name])[changed.name]
 
 
+def test_a_file_whose_ifd_chain_breaks_off_is_left_to_the_daemon_which_logs_it_once(
+        tmp_path, tree_factory, caplog):
+    source = large_folder(tmp_path / "src")
+    listed = listed_tiffs(source / "many")
+    looping = source / "many" / listed[-2]  # among the helper's first files
+    data = bytearray(looping.read_bytes())
+    with tifffile.TiffFile(looping) as tif:
+        last = tif.pages[-1].offset
+    count = int.from_bytes(data[last:last + 2], "little")
+    next_at = last + 2 + 12 * count
+    data[next_at:next_at + 4] = (8).to_bytes(4, "little")  # the chain loops to the first IFD
+    looping.write_bytes(bytes(data))
+    expected = expected_sizes(source, [looping.name])[looping.name]
+    tree = tree_factory(source)
+    tree.list("/x4/many")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tifffs"):
+        tree.attributes(f"/x4/many/{listed[0]}")
+        assert tree.catalog.ahead.wait(TIMEOUT)
+        assert tree.catalog.ahead.described == len(listed) - 3  # first, broken, looping
+        assert tree.attributes(f"/x4/many/{looping.name}")["st_size"] == expected
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and looping.name in lines[0] and "loops" in lines[0], lines
+
+
 def test_the_helper_stops_where_it_meets_files_described_in_process(tmp_path, tree_factory):
     source = large_folder(tmp_path / "src")
     tree = tree_factory(source)
-    listed = [e.name for e in tree.list("/x4/many") if e.name.endswith(".tif")]
+    listed = listed_tiffs(source / "many")
     for name in listed[-10:]:  # described in process before any listing was remembered...
         tree.catalog.size(str(source / "many" / name), os.stat(source / "many" / name), X4)
     tree.list("/x4/many")
@@ -164,15 +202,86 @@ def test_the_helper_stops_where_it_meets_files_described_in_process(tmp_path, tr
     assert tree.catalog.ahead.described == 0
 
 
+def test_the_helper_stops_where_it_meets_the_sizes_read_from_the_index(tmp_path,
+                                                                      tree_factory):
+    source = large_folder(tmp_path / "src")
+    first = tree_factory(source, start_after=10**9)
+    first.list("/x4/many")
+    for name in listed_tiffs(source / "many"):
+        with contextlib.suppress(OSError, TifffsError):
+            first.attributes(f"/x4/many/{name}")
+    first.catalog.index.flush()
+    new = source / "many" / "new.tif"
+    tifffile.imwrite(new, np.zeros((2, 30, 30), np.uint16), photometric="minisblack")
+
+    tree = tree_factory(source)
+    listed = [e.name for e in tree.list("/x4/many") if e.name.endswith(".tif")]
+    tree.attributes(f"/x4/many/{next(n for n in listed if n != new.name)}")  # from the index
+    tree.attributes(f"/x4/many/{new.name}")  # described: the helper starts...
+    assert tree.catalog.ahead.wait(TIMEOUT)
+    assert tree.catalog.ahead.started == 1
+    assert tree.catalog.ahead.described == 0  # ...and meets the index's sizes at once
+
+
+def test_a_first_readdirplus_chunk_of_stats_starts_no_helper_but_more_stats_do(
+        tmp_path, tree_factory):
+    """With --libfuse 3 the kernel asks for the sizes of every listing's first chunk of
+    at most 256 names, even for find, which needs none."""
+    source = large_folder(tmp_path / "src")
+    tree = tree_factory(source, start_after=ahead.START_AFTER)
+    listed = [e.name for e in tree.list("/x4/many") if e.name.endswith(".tif")]
+    assert ahead.START_AFTER > 256
+    for name in listed[:256]:
+        with contextlib.suppress(OSError, TifffsError):
+            tree.attributes(f"/x4/many/{name}")
+    assert tree.catalog.ahead.started == 0
+    for name in listed[256:ahead.START_AFTER]:
+        with contextlib.suppress(OSError, TifffsError):
+            tree.attributes(f"/x4/many/{name}")
+    assert tree.catalog.ahead.started == 1
+    assert tree.catalog.ahead.wait(TIMEOUT)
+
+
+def test_stats_long_after_a_listing_start_no_helper(tmp_path, tree_factory, monkeypatch):
+    source = large_folder(tmp_path / "src")
+    tree = tree_factory(source)
+    monkeypatch.setattr(ahead, "LISTING_SECONDS", -1.0)  # every listing is old at once
+    tree.list("/x4/many")
+    tree.attributes("/x4/many/f00000.tif")
+    assert tree.catalog.ahead.started == 0
+
+
 def test_shutdown_ends_a_running_helper(tmp_path, tree_factory):
     source = large_folder(tmp_path / "src", files=5000)
     tree = tree_factory(source)
     tree.list("/x4/many")
     tree.attributes("/x4/many/f00000.tif")
-    wait_for(helper_processes, TIMEOUT, "the helper")
+    wait_for(lambda: helper_processes(tmp_path), TIMEOUT, "the helper")
     tree.catalog.shutdown()
-    assert not helper_processes()
-    assert tree.catalog.ahead.described < 5000
+    assert not helper_processes(tmp_path)
+
+
+def test_a_helper_started_by_a_thread_that_blocks_sigterm_can_be_terminated(tmp_path):
+    """libfuse's threads block SIGTERM, and a child inherits the mask of its thread."""
+    started: list[subprocess.Popen] = []
+
+    def start() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        started.append(start_helper(HELPER, str(tmp_path), stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    thread.join()
+    process = started[0]
+    try:
+        process.terminate()  # while it starts, or waits for its request
+        assert process.wait(timeout=TIMEOUT) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdin.close()
 
 
 def test_a_helper_that_dies_is_logged_once_and_the_files_are_described_in_process(
@@ -183,8 +292,8 @@ def test_a_helper_that_dies_is_logged_once_and_the_files_are_described_in_proces
     tree.list("/x4/many")
     with caplog.at_level(logging.WARNING, logger="tifffs"):
         tree.attributes("/x4/many/f00000.tif")
-        wait_for(helper_processes, TIMEOUT, "the helper")
-        for pid in helper_processes():  # while it is still importing
+        wait_for(lambda: helper_processes(tmp_path), TIMEOUT, "the helper")
+        for pid in helper_processes(tmp_path):  # while it is still importing
             os.kill(pid, signal.SIGKILL)
         assert tree.catalog.ahead.wait(TIMEOUT)
     lines = [r.getMessage() for r in caplog.records]
@@ -200,29 +309,64 @@ def test_small_listings_start_no_helper(tmp_path, tree_factory):
     tree = tree_factory(source)
     tree.list("/x4/many")
     tree.attributes("/x4/many/f00000.tif")
-    assert tree.catalog.ahead.wait(0) and not helper_processes()
-    assert tree.catalog.ahead.described == 0
+    assert tree.catalog.ahead.wait(0) and not helper_processes(tmp_path)
+    assert tree.catalog.ahead.started == tree.catalog.ahead.described == 0
+
+
+def _ls_sizes(folder: Path) -> dict[str, str]:
+    """name -> the size column of ``ls -l`` ("?" where the stat failed)."""
+    ls = subprocess.run(["ls", "-l", "--quoting-style=literal", "--time-style=+",
+                         str(folder)], check=False, capture_output=True,
+                        env={**os.environ, "LC_ALL": "C"}).stdout.splitlines()
+    return {os.fsdecode(line.split()[-1]): line.split()[4].decode() for line in ls[1:]}
 
 
 @pytest.mark.mount
-def test_through_a_mount_the_listing_of_a_large_new_folder_is_exact(tmp_path):
+def test_through_a_mount_the_sizes_from_the_helper_are_exact(tmp_path):
     source = large_folder(tmp_path / "src")
     folder_names = tiff_names(source / "many")
+    listed = listed_tiffs(source / "many")
     with mounted(source, tmp_path) as mount:
         folder = mount.path / "x4" / "many"
-        listed = [n for n in os.listdir(folder) if n.endswith(".tif")]  # names, no stat
-        os.stat(folder / listed[0])  # described by the daemon: the helper starts
-        wait_for(lambda: mount_stats(mount)["described_ahead"] == len(listed) - 2,
+        os.listdir(folder)
+        for name in listed[:ahead.START_AFTER]:  # described by the daemon: the helper starts
+            with contextlib.suppress(OSError):
+                os.stat(folder / name)
+        helped = sum(1 for name in listed[ahead.START_AFTER:] if name != "broken.tif")
+        wait_for(lambda: mount_stats(mount)["described_ahead"] == helped,
                  TIMEOUT, "the helper's sizes", mount.process, mount.log)
-        wait_for(lambda: not helper_processes(), TIMEOUT, "the helper's end")
-        ls = subprocess.run(["ls", "-l", "--quoting-style=literal", "--time-style=+",
-                             str(folder)], check=False, capture_output=True,
-                            env={**os.environ, "LC_ALL": "C"}).stdout.splitlines()
-        sizes = {os.fsdecode(line.split()[-1]): line.split()[4].decode() for line in ls[1:]}
+        wait_for(lambda: not helper_processes(tmp_path), TIMEOUT, "the helper's end")
+        sizes = _ls_sizes(folder)
         assert sizes.pop("broken.tif") == "?"  # its stat fails (EIO)
         for name in (n for n in folder_names if n != "broken.tif"):
             assert int(sizes[name]) == len((folder / name).read_bytes()), name
+        assert mount_stats(mount)["describe_ahead_helpers"] == 1
     assert "broken.tif" in mount.log_text()
+
+
+@pytest.mark.mount
+def test_through_a_mount_ls_meets_the_helper_which_ends_at_once(tmp_path):
+    source = large_folder(tmp_path / "src", files=5000)
+    with mounted(source, tmp_path) as mount:
+        sizes = _ls_sizes(mount.path / "x4" / "many")
+        assert len(sizes) == 5000 + 3 and mount_stats(mount)["describe_ahead_helpers"] == 1
+        # told to stop when they met: it ends well before the daemon would kill it
+        wait_for(lambda: not helper_processes(tmp_path), ahead.STOP_SECONDS / 2,
+                 "the helper's end", mount.process, mount.log)
+    assert "helper" not in mount.log_text()
+
+
+@pytest.mark.mount
+def test_with_libfuse_3_find_starts_no_helper_and_ls_does(tmp_path):
+    source = large_folder(tmp_path / "src")
+    with mounted(source, tmp_path, "--libfuse", "3") as mount:
+        found = subprocess.run(["find", str(mount.path / "x4"), "-type", "f"],
+                               capture_output=True, check=True).stdout.split()
+        assert len(found) == ahead.MIN_FILES + 104  # and ../shape.tif
+        assert mount_stats(mount)["describe_ahead_helpers"] == 0
+        sizes = _ls_sizes(mount.path / "x4" / "many")
+        assert len(sizes) == ahead.MIN_FILES + 103
+        assert mount_stats(mount)["describe_ahead_helpers"] == 1
 
 
 @pytest.mark.mount
@@ -231,9 +375,11 @@ def test_an_unmount_ends_the_helper(tmp_path):
     with mounted(source, tmp_path) as mount:
         folder = mount.path / "x4" / "many"
         os.listdir(folder)
-        os.stat(folder / "f00000.tif")
-        wait_for(helper_processes, TIMEOUT, "the helper", mount.process, mount.log)
-    assert not helper_processes()
+        for name in listed_tiffs(source / "many")[:ahead.START_AFTER]:
+            os.stat(folder / name)
+        wait_for(lambda: helper_processes(tmp_path), TIMEOUT, "the helper", mount.process,
+                 mount.log)
+    assert not helper_processes(tmp_path)
 
 
 def _rows(index_dir: Path) -> dict[str, list[tuple]]:
@@ -266,7 +412,7 @@ def test_tifffs_index_describes_from_both_ends_and_writes_what_one_process_would
     assert index_command([*command, "--index-dir", str(tmp_path / "two")]) == 1
     together = capsys.readouterr().err.splitlines()
 
-    assert from_helper.is_set() and not helper_processes()
+    assert from_helper.is_set() and not helper_processes(tmp_path)
     assert _rows(tmp_path / "two") == _rows(tmp_path / "one")
     failed = [line for line in together if "broken.tif" in line]
     assert len(failed) == 1 and failed == [line for line in alone if "broken.tif" in line]

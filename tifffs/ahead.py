@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +41,13 @@ log = logging.getLogger("tifffs")
 #: Listings of fewer TIFFs are not described ahead: the helper's start (0.2-0.3 s)
 #: would come after their last stat.
 MIN_FILES = 1000
-#: Large listings remembered until a stat in their folder must describe a file.
+#: Large listings remembered until their stats have described this many files: more
+#: than a first readdirplus chunk (``fs3.PLUS_CHUNK``, 256), whose sizes the kernel asks
+#: for with every listing, even ``find``'s, which needs none.
+START_AFTER = 300
+#: How long a large listing is remembered for the stats that follow it.
+LISTING_SECONDS = 30.0
+#: Large listings remembered at once (the latest).
 KEPT_LISTINGS = 16
 #: Sizes a helper sends at once (one line of JSON).
 BATCH = 32
@@ -64,11 +71,12 @@ class DescribeAhead:
         self._root = root
         self._index_dir = index_dir  # None: the helper keeps nothing on disk either
         self._remember = remember
-        self._listings: OrderedDict[tuple[str, str], bool] = OrderedDict()  # (folder, view)
+        self._listings: OrderedDict[tuple[str, str], _Listing] = OrderedDict()  # (folder, view)
         self._lock = threading.Lock()
         self._helper: Helper | None = None
         self._stopped = False
         self.described = 0  # sizes that came from helpers before the daemon needed them
+        self.started = 0  # helpers started
 
     def listed(self, folder: str, view: View, tiffs: int) -> None:
         """A listing of ``view``'s ``folder`` (its source path) showed ``tiffs`` TIFF
@@ -77,20 +85,27 @@ class DescribeAhead:
             return
         key = (folder, view.name)
         with self._lock:
-            self._listings[key] = True
+            self._listings[key] = _Listing(time.monotonic())
             self._listings.move_to_end(key)
             while len(self._listings) > KEPT_LISTINGS:
                 self._listings.popitem(last=False)
 
     def missed(self, path: str, view: View) -> None:
         """``view``'s size of ``path`` is about to be found by describing it in this
-        process: start a helper on the rest of its folder, if a large listing of that
-        folder is remembered and no helper runs."""
+        process. The ``START_AFTER``-th such file of a large folder listed in the last
+        ``LISTING_SECONDS`` starts a helper on the rest of that folder, unless one runs."""
         if not self._listings:  # the common case, without the lock
             return
         key = (os.path.dirname(path), view.name)
         with self._lock:
-            if self._stopped or key not in self._listings or \
+            listing = self._listings.get(key)
+            if listing is None or self._stopped:
+                return
+            if time.monotonic() - listing.when > LISTING_SECONDS:
+                del self._listings[key]
+                return
+            listing.misses += 1
+            if listing.misses < START_AFTER or \
                     (self._helper is not None and self._helper.running):
                 return
             del self._listings[key]
@@ -99,6 +114,7 @@ class DescribeAhead:
                                            "folder": key[0], "skip": path},
                                   functools.partial(self._received, view.name))
             self._helper.start()
+            self.started += 1
 
     def _received(self, view: str, path: str, version: SourceVersion, sizes: list[int],
                   pages: int) -> bool:
@@ -120,6 +136,12 @@ class DescribeAhead:
             helper = self._helper
         if helper is not None:
             helper.stop()
+
+
+@dataclasses.dataclass
+class _Listing:
+    when: float  # time.monotonic() of the listing
+    misses: int = 0  # files its stats have described since
 
 
 class Helper:
@@ -163,30 +185,32 @@ class Helper:
 
     def _run(self) -> None:
         try:
-            self._process = start_helper("tifffs.ahead:serve", stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            process = self._process = start_helper(
+                "tifffs.ahead:serve", self.folder, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         except OSError as exc:
             log.warning("%s: could not start a helper to describe its files ahead (%s); "
                         "they are described as they are asked for", printable(self.folder),
                         exc)
             return
-        process = self._process
         log.debug("describing the files of %s ahead in helper %d", printable(self.folder),
                   process.pid)
         trouble: Exception | None = None
         try:
-            with process.stdin:
-                process.stdin.write(json.dumps(self._request).encode())
-            self._take(process.stdout)
+            if not self._told_to_stop:  # stop() may have come before the process
+                with process.stdin:
+                    process.stdin.write(json.dumps(self._request).encode())
+                self._take(process.stdout)
         except (OSError, ValueError, TypeError) as exc:  # it ended early, or broke its word
             trouble = exc
         finally:
+            process.stdin.close()
+            process.stdout.close()  # a helper writing sizes no one reads gets EPIPE
             self._end()
-            with process.stdout:
-                status = _wait(process)
+            status = _wait(process)
         if self._told_to_stop or (status in (0, -signal.SIGTERM) and trouble is None):
             return
-        cause = (f"killed by {signal_name(status)}" if status < 0 and status != -signal.SIGTERM
+        cause = (f"killed by {signal_name(status)}" if status < 0
                  else f"exit status {status}" if status else str(trouble))
         log.warning("%s: the helper describing its files ahead ended (%s); they are "
                     "described as they are asked for", printable(self.folder), cause)
@@ -220,16 +244,19 @@ def _wait(process: subprocess.Popen) -> int:
 # -- the helper process
 
 
-def serve() -> None:
+def serve(folder: str = "") -> None:
     """A helper's life: read one request on stdin (see ``Helper``), describe its files
     in order, write their sizes and page counts on stdout, ``BATCH`` to a line. A file
-    that fails is left out (its caller meets the failure itself). It ends when done, on
-    SIGTERM or when stdout closes, with what it described written to the index."""
+    that fails, or whose IFD chain breaks off, is left out: its caller describes it and
+    logs why. It ends when done, on SIGTERM, when stdout closes or when its parent ends,
+    with what it described written to the index. ``folder`` only shows in ``ps``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _on_terminate)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     logging.disable(logging.CRITICAL)  # the daemon logs a file's problem when it meets it
     from tifffs.setup import build_tree
 
+    parent = os.getppid()
     request = json.load(sys.stdin)
     views = tuple(View(**fields) for fields in request["views"])
     tree = build_tree(request["root"], views, 1 << 20, request["index_dir"], 1)
@@ -239,33 +266,27 @@ def serve() -> None:
     batch: list[tuple[str, SourceVersion, list[int], int]] = []
     try:
         for done, path in enumerate(paths, 1):
+            if stop.is_set() or os.getppid() != parent:
+                break
             if done % COMMIT_FILES == 0 and catalog.index is not None:
                 catalog.index.flush()
             try:
                 st = os.stat(path)
                 version = SourceVersion.of(st)
                 sizes = [catalog.size(path, st, view) for view in views]
-                batch.append((path, version, sizes,
-                              len(catalog.description(path, version).pages)))
+                description = catalog.description(path, version)
             except (OSError, TifffsError):
                 continue
+            if description.truncated is None:
+                batch.append((path, version, sizes, len(description.pages)))
             if len(batch) == BATCH:
                 _send(batch)
         _send(batch)
-    except BrokenPipeError:  # the caller is gone: the exit's flush must not fail again
+    except BrokenPipeError:  # no one reads: the exit's flush must not fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
-        _finishing.set()  # a SIGTERM from now on must not cut the index's last write
         if catalog.index is not None:
             catalog.index.close()
-
-
-_finishing = threading.Event()
-
-
-def _on_terminate(*_: Any) -> None:
-    if not _finishing.is_set():
-        raise SystemExit(0)
 
 
 def _files_backwards(folder: str, skip: str) -> list[str]:

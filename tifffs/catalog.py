@@ -98,9 +98,13 @@ class Catalog:
         return size
 
     def remember_size(self, path: str, version: SourceVersion, view: str, size: int) -> bool:
-        """Keep a size found by a helper; False when one was kept already."""
+        """Keep a size found by a helper; False when this process has it already (in
+        memory, or among the index's sizes it read for the folder)."""
         key = (path, version, view)
         if self._sizes.peek(key) is not None:
+            return False
+        indexed = self._folder_sizes.peek((os.path.dirname(path), view))
+        if indexed is not None and path in indexed and indexed[path][0] == version:
             return False
         self._sizes.put(key, size)
         return True

@@ -10,8 +10,11 @@ import sys
 from typing import Any
 
 #: Run by ``python -I``: no current folder or PYTHON* variables on the path; the
-#: folder that holds this tifffs is added when it is not there already.
-_BOOTSTRAP = ("import sys, importlib; root = sys.argv[1]; "
+#: folder that holds this tifffs is added when it is not there already. Signals are
+#: unblocked first: a helper started from a libfuse thread inherits that thread's mask,
+#: which blocks SIGTERM and SIGINT.
+_BOOTSTRAP = ("import signal; signal.pthread_sigmask(signal.SIG_SETMASK, ()); "
+              "import sys, importlib; root = sys.argv[1]; "
               "root in sys.path or sys.path.insert(0, root); "
               "module, _, function = sys.argv[2].partition(':'); "
               "getattr(importlib.import_module(module), function)(*sys.argv[3:])")

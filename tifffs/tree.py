@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from tifffs.ahead import DescribeAhead
 from tifffs.arith import ceil_div
 from tifffs.catalog import Catalog
 from tifffs.errors import TifffsError
@@ -341,8 +342,12 @@ class ViewTree:
                             {"render_threads": self.catalog.pool.slots,
                              "sources_open": self.catalog.held_sources(),
                              "thread_states_kept": threads_kept(),
-                             "described_ahead": self.catalog.ahead.described
-                             if self.catalog.ahead is not None else 0})
+                             **_ahead_stats(self.catalog.ahead)})
+
+
+def _ahead_stats(ahead: DescribeAhead | None) -> dict[str, int]:
+    return {"describe_ahead_helpers": ahead.started if ahead else 0,
+            "described_ahead": ahead.described if ahead else 0}
 
 
 class Snapshot:
