@@ -2,16 +2,18 @@
 
 ``ls -l`` of a folder of thousands of TIFFs that the index does not know yet asks for
 one file's size after the other, and each answer needs that file described: the daemon
-works on one core (Python's GIL) while the others wait. So when a listing of at least
-``MIN_FILES`` TIFFs is followed by a ``stat`` that must describe its file, a helper
-process describes the same folder's files from the last listed name back, as
-``tifffs index`` would (writing them to the index), and sends the daemon each file's
-size as it goes. The stats, which come from the first name on, and the helper meet in
-the middle; from there on every stat is answered from memory. The helper stops when it
-reaches a file the daemon has described itself, and ends with the mount.
+works on one core (Python's GIL) while the others wait. So when the stats that follow
+a listing of at least ``MIN_FILES`` TIFFs have had to describe ``START_AFTER`` of them,
+a helper process describes the same folder's other files from the last listed name
+back, as ``tifffs index`` would (writing them to the index), and sends the daemon each
+file's size as it goes. The stats, which come from the first name on, and the helper
+meet in the middle; from there on every stat is answered from memory. The helper stops
+when it reaches a file the daemon knows already, and ends with the mount. ``tifffs
+index`` runs a helper the same way, from the other end of its list of files.
 
 A size from the helper is kept under the stat version the helper saw, so a stat of any
-other version describes the file anew. Nothing else the helper says is used.
+other version describes the file anew. Nothing else the helper says is used but the
+page counts of ``tifffs index``'s summary.
 """
 
 from __future__ import annotations
