@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ import tifffile
 
 from conftest import MOUNT_TIMEOUT, mounted, unmount, wait_for
 from tifffs.config import MOUNT_SETTINGS
+from tifffs.index import FILE_NAME
 
 TIFFFS = [sys.executable, "-m", "tifffs"]
 
@@ -43,6 +46,27 @@ def test_background_mount_returns_when_usable_and_releases_the_terminal(small_so
     finally:
         unmount(mountpoint)
     assert not os.path.ismount(mountpoint)
+
+
+@pytest.mark.mount
+def test_a_relative_index_folder_is_taken_from_where_tifffs_was_started(small_source,
+                                                                        tmp_path):
+    """The daemon works in / once started (and so do its helpers)."""
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    try:
+        result = subprocess.run([*TIFFFS, "src", "mnt", "--index-dir", "idx", "--log-file",
+                                 "log"], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                                capture_output=True, timeout=MOUNT_TIMEOUT, check=False)
+        assert result.returncode == 0, result.stderr
+        assert tifffile.imread(mountpoint / "x2" / "a.tif").shape == (32, 24)
+    finally:
+        unmount(mountpoint)
+    wait_for(lambda: "unmounted" in (tmp_path / "log").read_text(), MOUNT_TIMEOUT,
+             "the daemon's end")
+    with contextlib.closing(sqlite3.connect(tmp_path / "idx" / FILE_NAME)) as index:
+        assert index.execute("SELECT count(*) FROM files WHERE path = ?",
+                             (os.fsencode(small_source / "a.tif"),)).fetchone() == (1,)
 
 
 @pytest.mark.mount

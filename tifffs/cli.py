@@ -142,7 +142,7 @@ def _config(args: argparse.Namespace) -> MountConfig:
         use_levels=args.use_levels or "use_levels" in ours,
         imagej_large=args.imagej_large or "imagej_large" in ours,
         cache_bytes=cache_bytes,
-        index_dir=_not_empty(setting("index_dir"), "--index-dir"),
+        index_dir=_absolute(_not_empty(setting("index_dir"), "--index-dir")),
         no_index=args.no_index or "no_index" in ours,
         libfuse=parse_libfuse(setting("libfuse", "2")),
         render_threads=_render_threads(setting("render_threads")),
@@ -166,7 +166,8 @@ def _not_empty(path: str | None, option: str) -> str | None:
 
 
 def _absolute(path: str | None) -> str | None:
-    """``path`` made absolute now: the daemon changes its folder to / before logging."""
+    """``path`` made absolute now: the daemon changes its folder to / (before logging,
+    and before its helpers start)."""
     return os.path.abspath(path) if path else None
 
 
