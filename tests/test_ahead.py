@@ -170,13 +170,7 @@ def test_a_file_whose_ifd_chain_breaks_off_is_left_to_the_daemon_which_logs_it_o
     source = large_folder(tmp_path / "src")
     listed = listed_tiffs(source / "many")
     looping = source / "many" / listed[-2]  # among the helper's first files
-    data = bytearray(looping.read_bytes())
-    with tifffile.TiffFile(looping) as tif:
-        last = tif.pages[-1].offset
-    count = int.from_bytes(data[last:last + 2], "little")
-    next_at = last + 2 + 12 * count
-    data[next_at:next_at + 4] = (8).to_bytes(4, "little")  # the chain loops to the first IFD
-    looping.write_bytes(bytes(data))
+    _loop_ifd_chain(looping)
     expected = expected_sizes(source, [looping.name])[looping.name]
     tree = tree_factory(source)
     tree.list("/x4/many")
@@ -188,6 +182,38 @@ def test_a_file_whose_ifd_chain_breaks_off_is_left_to_the_daemon_which_logs_it_o
         assert tree.attributes(f"/x4/many/{looping.name}")["st_size"] == expected
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and looping.name in lines[0] and "loops" in lines[0], lines
+
+
+def test_a_broken_off_chain_that_only_the_helper_described_is_logged_from_the_index(
+        tmp_path, tree_factory, caplog):
+    source = large_folder(tmp_path / "src")
+    listed = listed_tiffs(source / "many")
+    _loop_ifd_chain(source / "many" / listed[-2])
+    tree = tree_factory(source)
+    tree.list("/x4/many")
+    tree.attributes(f"/x4/many/{listed[0]}")
+    assert tree.catalog.ahead.wait(TIMEOUT)  # it wrote the file's description...
+    tree.catalog.shutdown()
+    tree.catalog.index.close()  # ...and this mount never asked for that file
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tifffs"):
+        again = tree_factory(source, start_after=10**9)  # a new mount, the same index
+        again.list("/x4/many")
+        again.attributes(f"/x4/many/{listed[-2]}")  # its size is in the index, but
+        again.open(f"/x4/many/{listed[-2]}").close()  # its pages are read from there
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and listed[-2] in lines[0] and "loops" in lines[0], lines
+
+
+def _loop_ifd_chain(path: Path) -> None:
+    """Make the last IFD of ``path`` (a little-endian classic TIFF) point back to the first."""
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        last = tif.pages[-1].offset
+    count = int.from_bytes(data[last:last + 2], "little")
+    next_at = last + 2 + 12 * count
+    data[next_at:next_at + 4] = (8).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
 
 
 def test_the_helper_stops_where_it_meets_files_described_in_process(tmp_path, tree_factory):
@@ -202,8 +228,9 @@ def test_the_helper_stops_where_it_meets_files_described_in_process(tmp_path, tr
     assert tree.catalog.ahead.described == 0
 
 
-def test_the_helper_stops_where_it_meets_the_sizes_read_from_the_index(tmp_path,
-                                                                      tree_factory):
+def test_in_an_indexed_folder_the_helper_describes_only_the_new_files(tmp_path,
+                                                                     tree_factory):
+    """An acquisition folder that grew: new files among indexed ones, in any order."""
     source = large_folder(tmp_path / "src")
     first = tree_factory(source, start_after=10**9)
     first.list("/x4/many")
@@ -211,16 +238,21 @@ def test_the_helper_stops_where_it_meets_the_sizes_read_from_the_index(tmp_path,
         with contextlib.suppress(OSError, TifffsError):
             first.attributes(f"/x4/many/{name}")
     first.catalog.index.flush()
-    new = source / "many" / "new.tif"
-    tifffile.imwrite(new, np.zeros((2, 30, 30), np.uint16), photometric="minisblack")
+    rng = np.random.default_rng(1)
+    new = [f"new{i:03d}.tif" for i in range(40)]
+    for name in new:
+        tifffile.imwrite(source / "many" / name, rng.integers(0, 9, (2, 20, 24), np.uint16),
+                         photometric="minisblack")
 
     tree = tree_factory(source)
     listed = [e.name for e in tree.list("/x4/many") if e.name.endswith(".tif")]
-    tree.attributes(f"/x4/many/{next(n for n in listed if n != new.name)}")  # from the index
-    tree.attributes(f"/x4/many/{new.name}")  # described: the helper starts...
+    asked = next(n for n in listed if n in new)
+    tree.attributes(f"/x4/many/{asked}")  # described in process: the helper starts
     assert tree.catalog.ahead.wait(TIMEOUT)
-    assert tree.catalog.ahead.started == 1
-    assert tree.catalog.ahead.described == 0  # ...and meets the index's sizes at once
+    assert tree.catalog.ahead.described == len(new) - 1  # the other new files only
+    expected = expected_sizes(source, new)
+    for name in new:
+        assert tree.attributes(f"/x4/many/{name}")["st_size"] == expected[name]
 
 
 def test_a_first_readdirplus_chunk_of_stats_starts_no_helper_but_more_stats_do(

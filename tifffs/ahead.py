@@ -248,9 +248,9 @@ def _wait(process: subprocess.Popen) -> int:
 
 def serve(folder: str = "") -> None:
     """A helper's life: read one request on stdin (see ``Helper``), describe its files
-    in order, write their sizes and page counts on stdout, ``BATCH`` to a line. A file
-    that fails, or whose IFD chain breaks off, is left out: its caller describes it and
-    logs why. It ends when done, on SIGTERM, when stdout closes or when its parent ends,
+    in order, write their sizes and page counts on stdout, ``BATCH`` to a line. Files
+    the index has up to date are left out, and so is a file that fails or whose IFD
+    chain breaks off: its caller describes it and logs why. It ends when done, on SIGTERM, when stdout closes or when its parent ends,
     with what it described written to the index. ``folder`` only shows in ``ps``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop = threading.Event()
@@ -275,6 +275,9 @@ def serve(folder: str = "") -> None:
             try:
                 st = os.stat(path)
                 version = SourceVersion.of(st)
+                if all(catalog.indexed_size(path, version, view) is not None
+                       for view in views):
+                    continue  # the caller finds these sizes in the index too
                 sizes = [catalog.size(path, st, view) for view in views]
                 description = catalog.description(path, version)
             except (OSError, TifffsError):

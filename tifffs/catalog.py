@@ -79,11 +79,15 @@ class Catalog:
         key = (path, version, view.name)
         size = self._sizes.peek(key)
         if size is None:
-            indexed = self._indexed_sizes(os.path.dirname(path), view).get(path)
-            if indexed is not None and indexed[0] == version:
-                return indexed[1]
-            size = self._sizes.get(key, lambda: self._size(path, version, view))
+            size = self.indexed_size(path, version, view)
+            if size is None:
+                size = self._sizes.get(key, lambda: self._size(path, version, view))
         return size
+
+    def indexed_size(self, path: str, version: SourceVersion, view: View) -> int | None:
+        """The index's size of ``view`` of ``path`` at ``version``, if it has one."""
+        indexed = self._indexed_sizes(os.path.dirname(path), view).get(path)
+        return indexed[1] if indexed is not None and indexed[0] == version else None
 
     def _size(self, path: str, version: SourceVersion, view: View) -> int:
         if self.ahead is not None:
@@ -98,13 +102,9 @@ class Catalog:
         return size
 
     def remember_size(self, path: str, version: SourceVersion, view: str, size: int) -> bool:
-        """Keep a size found by a helper; False when this process has it already (in
-        memory, or among the index's sizes it read for the folder)."""
+        """Keep a size found by a helper; False when this process has found it already."""
         key = (path, version, view)
         if self._sizes.peek(key) is not None:
-            return False
-        indexed = self._folder_sizes.peek((os.path.dirname(path), view))
-        if indexed is not None and path in indexed and indexed[path][0] == version:
             return False
         self._sizes.put(key, size)
         return True
@@ -170,7 +170,7 @@ class Catalog:
                     kind, _, message = entry.error.partition(":")
                     return _ERRORS.get(kind, TifffsError)(message)
                 try:
-                    return FileDescription.from_bytes(entry.description or b"")
+                    return _logged(path, FileDescription.from_bytes(entry.description or b""))
                 except ValueError:
                     pass  # described anew below
         try:
@@ -184,11 +184,7 @@ class Catalog:
             described = self._described.peek(os.path.dirname(path))
             if described is not None and path in described:  # replaced, never grown
                 described[path] = hash(version)  # read from the index once evicted here
-        if description.truncated:
-            count = len(description.pages)
-            log.warning("%s: %s: serving the %d page%s before it", printable(path),
-                        description.truncated, count, "" if count == 1 else "s")
-        return description
+        return _logged(path, description)
 
     def _describe_file(self, path: str, version: SourceVersion,
                        fd: int | None) -> FileDescription:
@@ -303,6 +299,16 @@ def _weight(description: FileDescription) -> int:
     for a file of two pages; the segment tables of tiled pages add to it)."""
     return sum(768 + page.offsets.nbytes + page.bytecounts.nbytes
                for page in description.pages)
+
+
+def _logged(path: str, description: FileDescription) -> FileDescription:
+    """``description``, once its IFD chain's break (if any) is logged: whether it was
+    described now or read from the index (which a helper or ``tifffs index`` wrote)."""
+    if description.truncated:
+        count = len(description.pages)
+        log.warning("%s: %s: serving the %d page%s before it", printable(path),
+                    description.truncated, count, "" if count == 1 else "s")
+    return description
 
 
 def _no_series() -> SeriesInfo:
