@@ -8,6 +8,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -456,3 +457,21 @@ def test_tifffs_index_describes_from_both_ends_and_writes_what_one_process_would
 def _pages(files: int) -> int:
     """Pages of ``large_folder``'s TIFFs: its files, the odd name (3) and the last shape (1)."""
     return sum((2, 3, 1)[i % 3] for i in range(files)) + 3 + 1
+
+
+def test_ctrl_c_ends_tifffs_index_and_its_helper_with_a_message(tmp_path):
+    source = large_folder(tmp_path / "src", files=5000)
+    command = subprocess.Popen([sys.executable, "-m", "tifffs", "index", str(source),
+                                "--index-dir", str(tmp_path / "index")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: helper_processes(tmp_path), TIMEOUT, "the helper", command)
+        command.send_signal(signal.SIGINT)
+        _, stderr = command.communicate(timeout=TIMEOUT)
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+    assert command.returncode == 130, stderr
+    assert b"interrupted" in stderr and b"Traceback" not in stderr, stderr
+    assert not helper_processes(tmp_path)

@@ -77,22 +77,29 @@ def _index_files(tree: ViewTree, files: list[str], index_path: str) -> int:
     catalog = tree.catalog
     started = time.monotonic()
     pages = failures = 0
-    helper = _FromTheEnd(tree, files, index_path)
-    for path in _progress(files):
-        if path in helper.pages:
-            pages += helper.pages[path]
-            continue
-        helper.mine.add(path)
-        try:
-            st = os.stat(path)
-            for view in tree.views.values():
-                catalog.size(path, st, view)
-            pages += len(catalog.description(path, SourceVersion.of(st)).pages)
-        except (TifffsError, OSError) as exc:
-            failures += 1
-            print(f"tifffs index: {printable(path)}: {exc}", file=sys.stderr)
-    helper.stop()
-    catalog.index.flush()
+    helper = _FromTheEnd()
+    try:
+        helper.start(tree, files, index_path)
+        for path in _progress(files):
+            if path in helper.pages:
+                pages += helper.pages[path]
+                continue
+            helper.mine.add(path)
+            try:
+                st = os.stat(path)
+                for view in tree.views.values():
+                    catalog.size(path, st, view)
+                pages += len(catalog.description(path, SourceVersion.of(st)).pages)
+            except (TifffsError, OSError) as exc:
+                failures += 1
+                print(f"tifffs index: {printable(path)}: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("tifffs index: interrupted; the index keeps what was described so far",
+              file=sys.stderr)
+        return 130
+    finally:
+        helper.stop()
+        catalog.index.flush()
     print(f"tifffs index: {len(files)} files, {pages} pages, {failures} failures in "
           f"{time.monotonic() - started:.1f} s; index {index_path}", file=sys.stderr)
     return 1 if failures else 0
@@ -104,10 +111,12 @@ class _FromTheEnd:
     the middle. ``pages`` holds what the helper described, ``mine`` what this process
     took on itself."""
 
-    def __init__(self, tree: ViewTree, files: list[str], index_path: str) -> None:
+    def __init__(self) -> None:
         self.pages: dict[str, int] = {}
         self.mine: set[str] = set()
-        self._helper = None
+        self._helper: ahead.Helper | None = None
+
+    def start(self, tree: ViewTree, files: list[str], index_path: str) -> None:
         if len(files) >= ahead.MIN_FILES and available_cores() > 1:
             request = {"root": tree.root, "index_dir": os.path.dirname(index_path),
                        "views": [dataclasses.asdict(v) for v in tree.views.values()],
