@@ -15,14 +15,17 @@ import pytest
 import tifffile
 
 from robustness import as_nobody, world_readable_workdir
+from tifffs import catalog as catalog_module
 from tifffs.catalog import Catalog
 from tifffs.describe import describe
 from tifffs.errors import BrokenSource
 from tifffs.index import ENTRY_FORMAT, FILE_NAME, Index, open_index
 from tifffs.pages import FileDescription, SourceVersion
 from tifffs.render import RenderPool
+from tifffs.setup import build_tree
 from tifffs.views import parse_view
 from tifffs.virtual import band_cache
+from trees import listing_folder
 
 X4 = parse_view("x4", "mean")
 
@@ -144,6 +147,31 @@ def test_a_touched_file_is_described_anew_without_an_index_lookup(tmp_path, monk
     assert [again.size(str(p), os.stat(p), X4) for p in paths] == sizes
 
 
+def test_a_folder_larger_than_the_sizes_kept_in_memory_is_listed_again_from_the_index(
+        tmp_path, monkeypatch):
+    """A second ``ls -l`` in one mount of a folder of 100,000 files (more than the
+    65,536 sizes kept in memory) described them all again: the folder's index rows had
+    been read before this mount wrote them."""
+    monkeypatch.setattr(catalog_module, "MAX_SIZES", 8)
+    monkeypatch.setattr(catalog_module, "MAX_DESCRIPTIONS", 8)
+    source = listing_folder(tmp_path / "src", files=30)
+    tree = build_tree(str(source), (X4,), 1 << 20, str(tmp_path / "index"), 1)
+    described = []
+    real_describe = catalog_module.describe
+    monkeypatch.setattr(catalog_module, "describe",
+                        lambda fd, size, name: described.append(name) or
+                        real_describe(fd, size, name))
+    try:
+        sizes = []
+        for _ in range(2):  # two listings, each with a stat of every file
+            names = [e.name for e in tree.list("/x4/many") if e.name.endswith(".tif")]
+            sizes.append({n: tree.attributes(f"/x4/many/{n}")["st_size"] for n in names})
+        assert sorted(described) == sorted(sizes[0]) and sizes[1] == sizes[0]
+    finally:
+        tree.catalog.shutdown()
+        tree.catalog.index.close()
+
+
 def test_a_description_given_as_a_function_is_made_by_the_writer(tmp_path):
     index = Index(str(tmp_path / "index"))
     version = SourceVersion(1, 2, 3, 4, 5)
@@ -203,9 +231,11 @@ def test_an_unwritable_index_folder_means_no_index_and_one_log_line(tmp_path, ca
 
 READ_ONLY_LOOKUPS = """
 import json, os, sys
+from tifffs import catalog as catalog_module
 from tifffs.catalog import Catalog
 from tifffs.index import open_index
 from tifffs.render import RenderPool
+from tifffs.setup import build_tree
 from tifffs.views import parse_view
 from tifffs.virtual import band_cache
 index_dir, indexed, other = sys.argv[1:]

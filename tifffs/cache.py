@@ -185,6 +185,13 @@ class LruCache(Generic[V]):
             item = self._items.get(key)
             return None if item is None else item[0]
 
+    def discard(self, key: Hashable) -> None:
+        """Forget the value of ``key``, if held (not a computation under way)."""
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._stats.weight -= old[1]
+
     def put(self, key: Hashable, value: V) -> None:
         """Keep ``value`` for ``key`` (replacing any)."""
         self._store(key, value)

@@ -110,7 +110,18 @@ class Catalog:
         return True
 
     def listed(self, folder: str, view: View, tiffs: int) -> None:
-        """A listing of ``view``'s source ``folder`` showed ``tiffs`` TIFF files."""
+        """A listing of ``view``'s source ``folder`` showed ``tiffs`` TIFF files. What
+        the index had for the folder is read afresh by the stats that follow: it may
+        have been read before this process (or its helper, or another mount) wrote the
+        folder's rows, and a folder larger than the sizes kept in memory would
+        otherwise be described anew."""
+        key = (folder, view.name)
+        if self.index is not None and (self._folder_sizes.peek(key) is not None
+                                       or self._described.peek(folder) is not None):
+            self.index.flush()  # the rows this process has queued belong in it
+            self._folder_sizes.discard(key)
+            self._chunked.discard(key)
+            self._described.discard(folder)
         if self.ahead is not None:
             self.ahead.listed(folder, view, tiffs)
 
