@@ -18,15 +18,18 @@ import struct
 import threading
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pytest
 import tifffile
+from tifffile import COMPRESSION
 
 from conftest import mounted, wait_for
 from crafted import FAIL_ON_READ, broken_files, gray8, ifd_chain, tifffile_bytes
 from reference import reference_page
 from robustness import call_with_timeout, errno_of, guarded_errno, memory_kib, python_in_subprocess
 from tifffs import open_view
+from tifffs.decoding import decoding_failure
 from tifffs.errors import TifffsError
 
 pytestmark = pytest.mark.mount
@@ -492,6 +495,15 @@ def test_decoder_errors_name_the_codec_in_words_a_user_reads(tmp_path):
     with pytest.raises(TifffsError, match=r"^page 0 segment 0: cannot decode \(PNG\): the "
                                           r"decoder failed on damaged data$"):
         view.read(0, view.size)
+
+
+@pytest.mark.parametrize("message", ["0", "\x01\x02", "12 34"])
+def test_a_decoder_message_without_words_is_worded_for_a_user(message):
+    """What libpng's unwritten error buffer reads as, now and then (a CI run got "0")."""
+    assert decoding_failure(COMPRESSION.PNG, imagecodecs.PngError(message)) == \
+        "cannot decode (PNG): the decoder failed on damaged data"
+    assert decoding_failure(COMPRESSION.PNG, imagecodecs.PngError("IDAT: bad CRC")) == \
+        "cannot decode (PNG): IDAT: bad CRC"
 
 
 @pytest.mark.parametrize("unit", [0, 4, 70000])

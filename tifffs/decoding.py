@@ -82,6 +82,9 @@ def decoding_failure(compression: int, exc: BaseException) -> str:
     except ValueError:
         codec = f"compression {compression}"
     cause = str(exc) or type(exc).__name__
-    if isinstance(exc, UnicodeDecodeError):  # imagecodecs could not word the error (PNG)
+    # imagecodecs words libpng's errors from a buffer that damaged data can leave
+    # unwritten: its bytes then fail as UTF-8, or read as "0" or other signs, no words
+    if isinstance(exc, UnicodeDecodeError) or not cause.isprintable() or \
+            not any(character.isalpha() for character in cause):
         cause = "the decoder failed on damaged data"
     return f"cannot decode ({codec}): {cause}"
