@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +172,35 @@ def test_a_folder_larger_than_the_sizes_kept_in_memory_is_listed_again_from_the_
     finally:
         tree.catalog.shutdown()
         tree.catalog.index.close()
+
+
+def test_flushes_while_other_threads_queue_rows_end_and_lose_nothing(tmp_path):
+    """A listing flushes the index from one FUSE thread while stats in other folders
+    queue rows from others: a flush must end, and every row reach the database."""
+    index = Index(str(tmp_path / "index"))
+    version = SourceVersion(1, 2, 3, 4, 5)
+    queued = threading.Event()
+
+    def queue_rows(worker: int) -> None:
+        for i in range(2000):
+            index.put_size(f"/src/d{worker}/f{i}.tif", version, "x4", i)
+            queued.set()
+
+    def flush_often() -> None:
+        queued.wait(10)
+        for _ in range(300):
+            index.flush()
+
+    threads = [threading.Thread(target=queue_rows, args=(w,)) for w in range(3)]
+    threads.append(threading.Thread(target=flush_often))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a flush never ended"
+    index.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "index" / FILE_NAME)) as connection:
+        assert connection.execute("SELECT count(*) FROM sizes").fetchone() == (6000,)
 
 
 def test_a_description_given_as_a_function_is_made_by_the_writer(tmp_path):

@@ -89,9 +89,7 @@ class Index:
         self._pending_bytes = 0
         self._last_queued = 0.0
         self._pending_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = False
-        self._writer: threading.Thread | None = None
+        self._writer: _Writer | None = None
         self._failed = False
         self._setup(directory)
 
@@ -248,19 +246,17 @@ class Index:
             self._pending_bytes += _ROW_BYTES + extra_bytes
             many = self._pending_bytes >= MAX_PENDING_BYTES
             if self._writer is None:
-                self._stop = False
-                self._writer = threading.Thread(target=self._write_loop, name="index-writer",
-                                                daemon=True)
-                self._writer.start()
+                self._writer = _Writer(self._write_loop)
+            writer = self._writer
         if many:
-            self._wake.set()
+            writer.wake.set()
 
-    def _write_loop(self) -> None:
+    def _write_loop(self, writer: _Writer) -> None:
         while True:
-            self._wake.wait(QUIET_SECONDS)
-            self._wake.clear()
+            writer.wake.wait(QUIET_SECONDS)
+            writer.wake.clear()
             with self._pending_lock:
-                stop = self._stop
+                stop = writer.stop
                 due = (stop or time.monotonic() - self._last_queued >= QUIET_SECONDS
                        or self._pending_bytes >= MAX_PENDING_BYTES)
                 if not due:
@@ -294,17 +290,31 @@ class Index:
             self._fail(exc)
 
     def flush(self) -> None:
-        """Wait until every queued write is committed (or dropped)."""
+        """Wait until every write queued so far is committed (or dropped), unless a
+        writer started meanwhile (rows queued by other threads) took some of them."""
         with self._pending_lock:
             writer, self._writer = self._writer, None
-            self._stop = True
+            if writer is not None:
+                writer.stop = True  # its own flag: a writer started after it has another
         if writer is not None:
-            self._wake.set()
-            writer.join()
+            writer.wake.set()
+            writer.thread.join()
 
     def close(self) -> None:
         self.flush()
         self._close_all()
+
+
+class _Writer:
+    """The thread that writes queued rows, with its own wake-up and stop flag: a flush
+    stops this one while rows queued meanwhile by other threads start the next."""
+
+    def __init__(self, loop: Callable[[_Writer], None]) -> None:
+        self.wake = threading.Event()
+        self.stop = False
+        self.thread = threading.Thread(target=loop, args=(self,), name="index-writer",
+                                       daemon=True)
+        self.thread.start()
 
 
 def _serialised(row: tuple) -> tuple | None:
