@@ -35,7 +35,7 @@ from typing import Any
 from tifffs.errors import TifffsError
 from tifffs.pages import SourceVersion
 from tifffs.problems import printable
-from tifffs.spawn import signal_name, start_helper
+from tifffs.spawn import signal_name, start_helper, wait_or_kill
 from tifffs.views import View, is_tiff_name
 
 log = logging.getLogger("tifffs")
@@ -111,10 +111,9 @@ class DescribeAhead:
                     (self._helper is not None and self._helper.running):
                 return
             del self._listings[key]
-            self._helper = Helper(key[0], {"root": self._root, "index_dir": self._index_dir,
-                                           "views": [dataclasses.asdict(view)],
-                                           "folder": key[0], "skip": path},
-                                  functools.partial(self._received, view.name))
+            self._helper = Helper(self._root, self._index_dir, (view,),
+                                  functools.partial(self._received, view.name),
+                                  folder=key[0], skip=path)
             self._helper.start()
             self.started += 1
 
@@ -147,17 +146,20 @@ class _Listing:
 
 
 class Helper:
-    """One helper process describing files, fed and read by a thread of this process.
+    """One helper process describing files under SOURCE ``root`` (with the index in
+    ``index_dir``; None: none), fed and read by a thread of this process: ``paths`` in
+    this order, or else the TIFF files of ``folder`` but ``skip``, last listed first.
+    ``received`` gets each file's sizes of ``views``. ``folder`` (else ``root``) names
+    the work on the helper's command line and in the log line of a helper that dies."""
 
-    ``request``: "root" (SOURCE), "index_dir" (None: no index), "views" (``View``
-    fields), and the files: "paths", or the TIFF files of "folder" but "skip", last
-    listed first. ``received`` gets each file's sizes; ``folder`` names the work in the
-    log line of a helper that dies.
-    """
-
-    def __init__(self, folder: str, request: dict[str, Any], received: Received) -> None:
-        self.folder = folder
-        self._request = request
+    def __init__(self, root: str, index_dir: str | None, views: tuple[View, ...],
+                 received: Received, *, paths: list[str] | None = None,
+                 folder: str | None = None, skip: str | None = None) -> None:
+        self.folder = folder or root
+        self._request: dict[str, Any] = {
+            "root": root, "index_dir": index_dir,
+            "views": [dataclasses.asdict(view) for view in views],
+            **({"paths": paths} if paths is not None else {"folder": folder, "skip": skip})}
         self._received = received
         self._process: subprocess.Popen | None = None
         self._told_to_stop = False
@@ -209,7 +211,7 @@ class Helper:
             process.stdin.close()
             process.stdout.close()  # a helper writing sizes no one reads gets EPIPE
             self._end()
-            status = _wait(process)
+            status = wait_or_kill(process, STOP_SECONDS)
         if self._told_to_stop or (status in (0, -signal.SIGTERM) and trouble is None):
             return
         cause = (f"killed by {signal_name(status)}" if status < 0
@@ -235,19 +237,11 @@ def _naturals(values: Any, count: int) -> bool:
         all(isinstance(v, int) and v >= 0 for v in values)
 
 
-def _wait(process: subprocess.Popen) -> int:
-    try:
-        return process.wait(timeout=STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
-
-
 # -- the helper process
 
 
 def serve(folder: str = "") -> None:
-    """A helper's life: read one request on stdin (see ``Helper``), describe its files
+    """A helper's life: read one request on stdin (``Helper`` makes it), describe its files
     in order, write their sizes and page counts on stdout, ``BATCH`` to a line. Files
     the index has up to date are left out, and so is a file that fails or whose IFD
     chain breaks off: its caller describes it and logs why. It ends when done, on SIGTERM, when stdout closes or when its parent ends,

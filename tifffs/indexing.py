@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -118,10 +117,9 @@ class _FromTheEnd:
 
     def start(self, tree: ViewTree, files: list[str], index_path: str) -> None:
         if len(files) >= ahead.MIN_FILES and available_cores() > 1:
-            request = {"root": tree.root, "index_dir": os.path.dirname(index_path),
-                       "views": [dataclasses.asdict(v) for v in tree.views.values()],
-                       "paths": files[::-1]}
-            self._helper = ahead.Helper(tree.root, request, self._received)
+            self._helper = ahead.Helper(tree.root, os.path.dirname(index_path),
+                                        tuple(tree.views.values()), self._received,
+                                        paths=files[::-1])
             self._helper.start()
 
     def _received(self, path: str, version: SourceVersion, sizes: list[int],

@@ -47,7 +47,7 @@ from tifffs.errors import BrokenSource, SourceChanged
 from tifffs.page_rules import decode_allowance
 from tifffs.pages import SourcePage, SourceVersion
 from tifffs.pools import available_cores
-from tifffs.spawn import signal_name, start_helper
+from tifffs.spawn import signal_name, start_helper, wait_or_kill
 
 #: Compressions decoded only in a helper process, by the name of their codec.
 ISOLATED_COMPRESSIONS: dict[int, str] = {
@@ -231,11 +231,7 @@ class _Helper:
         """End the helper (close, then kill if it has not exited within a second); its
         exit status (negative: the signal that ended it)."""
         self.close()
-        try:
-            return self.process.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return wait_or_kill(self.process, 1.0)
 
 
 class _Helpers:

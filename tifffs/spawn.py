@@ -30,6 +30,16 @@ def start_helper(target: str, *args: str, **popen: Any) -> subprocess.Popen:
                             start_new_session=True, **popen)
 
 
+def wait_or_kill(process: subprocess.Popen, seconds: float) -> int:
+    """``process``'s exit status, killing it if it has not exited within ``seconds``
+    (negative: the signal that ended it)."""
+    try:
+        return process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
 def signal_name(status: int) -> str:
     """The name of the signal that ended a process (``status`` is negative)."""
     with contextlib.suppress(ValueError):
