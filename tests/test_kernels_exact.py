@@ -210,6 +210,30 @@ def test_area_resize_equals_the_reference(dtype, shape, size):
         np.testing.assert_array_equal(np.concatenate(bands), expected)
 
 
+@pytest.mark.parametrize("dtype", SMALL)
+@pytest.mark.parametrize("chunk_bytes", [1 << 20, 1024])
+@pytest.mark.parametrize("shape,size", [((1021, 50, 1), (10, 7)), ((1021, 50, 3), (10, 7)),
+                                        ((64, 1021, 2), (60, 9)), ((600, 23, 1), (599, 5))])
+def test_area_resize_of_wide_windows_in_small_blocks_equals_the_reference(
+        monkeypatch, dtype, chunk_bytes, shape, size):
+    # 1021 rows (a prime) over 10 outputs: the row sums need float64 and one output's
+    # window (103 rows) is summed in pieces; a 1 KiB chunk sums every window a few
+    # values at a time
+    monkeypatch.setattr(area, "_CHUNK_BYTES", chunk_bytes)
+    rng = np.random.default_rng(sum(shape) + chunk_bytes)
+    height, width = size
+    rows, cols = area.AreaAxis(shape[0], height), area.AreaAxis(shape[1], width)
+    if shape[0] == 1021 and np.dtype(dtype).itemsize == 2:
+        assert area.ExactArea(np.dtype(dtype), rows, cols, 0, height).row_type is np.float64
+    for page in (_random(dtype, shape, rng), _extremes(dtype, shape, rng)):
+        expected = reference_area(page, height, width)
+        np.testing.assert_array_equal(area.area_resize(page, rows, cols, 0, height), expected)
+        bands = [area.area_resize(page[slice(*rows.source_range(a, min(a + 4, height)))],
+                                  rows, cols, a, min(a + 4, height))
+                 for a in range(0, height, 4)]
+        np.testing.assert_array_equal(np.concatenate(bands), expected)
+
+
 def test_area_resize_of_a_constant_page_is_that_constant():
     for dtype in SMALL:
         info = np.iinfo(dtype)

@@ -1,29 +1,38 @@
 """Exact area averaging to any output size (fit views), separable: rows, then columns.
 
-With every overlap scaled by the output length, the weights are integers; the weighted
-sum ``S`` of each output pixel is then an integer, and the result is
-``floor(S / total + 1/2)`` with ``total = source rows * source columns``.
+With every overlap scaled by the output length and divided by ``gcd(source, output)``,
+the weights are integers (each output's sum to ``source / gcd``); the weighted sum ``S``
+of each output pixel is then an integer, and the result is ``floor(S / total + 1/2)``
+with ``total`` the product of the two axes' weight sums.
 
-Integers of up to 16 bits take a fast path whose every sum is an exact integer: the row
-pass in int32 while ``source rows * M < 2**31`` (``M`` the type's largest magnitude; else
-float64), the column pass in float64, exact while ``M * total < 2**53``. The order of
-the additions therefore does not matter, and the rounding is exact: ``S / total`` in
-float64 either is the half-integer tie itself or lies at least ``1 / (2 total)`` from
-one, far more than float64's rounding. Other types keep the original code (float64,
-whose order of additions their results depend on).
+Integers of up to 16 bits take a fast path: each pass is a product of small dense
+matrices of these weights over windows of a few outputs' source pixels (``numpy.matmul``,
+BLAS, outside the GIL). Every weight, product and partial sum of the row pass is an
+integer of magnitude at most ``source rows / gcd * M`` (``M`` the type's largest
+magnitude), computed in float32 where that is below ``2**24`` (else float64); those of
+the column pass at most ``M * total``, in float64, exact while ``M * total < 2**53``.
+The order of the additions therefore does not matter, and the rounding is exact:
+``S / total`` in float64 either is the half-integer tie itself or lies at least
+``1 / (2 total)`` from one, far more than float64's rounding. Other types keep the
+original code (float64, whose order of additions their results depend on).
 """
 
 from __future__ import annotations
 
-import cv2
+import functools
+import math
+
 import numpy as np
 
 from tifffs.arith import ceil_div
 
 _SMALL_INTEGERS = {np.dtype(t) for t in ("uint8", "int8", "uint16", "int16")}
-_OPENCV_SAMPLES = 4  # cv2.transpose: up to 4 channels
-_CHUNK_BYTES = 1 << 21  # output rows per chunk: their row sums fill this (larger chunks
+_SAMPLES = 4  # more samples per pixel (damaged files): the original code
+_CHUNK_BYTES = 1 << 20  # output rows per chunk: their row sums fill this (larger chunks
 # take the GIL less often: two render threads make fit1000 1.6x faster than 256 KiB)
+_GROUP_OUTPUTS = 8  # outputs per matrix product, at most
+_GROUP_PIXELS = 32  # and about this many source pixels per window
+_BLOCK_PIXELS = 64  # a window too large to gather is summed this many pixels at a time
 
 
 class AreaAxis:
@@ -88,7 +97,7 @@ def exact_integers_apply(dtype: np.dtype, samples: int, row_axis: AreaAxis,
                          col_axis: AreaAxis) -> bool:
     """Whether ``ExactArea`` computes this page (integers of up to 16 bits, up to 4
     samples, every weighted sum below 2**53)."""
-    if np.dtype(dtype).newbyteorder("=") not in _SMALL_INTEGERS or samples > _OPENCV_SAMPLES:
+    if np.dtype(dtype).newbyteorder("=") not in _SMALL_INTEGERS or samples > _SAMPLES:
         return False
     return _largest(dtype) * row_axis.source * col_axis.source < 2**53
 
@@ -111,87 +120,147 @@ class ExactArea:
     """The exact area average of output rows ``first:last`` of integers of up to 16 bits
     (``exact_integers_apply``), in two passes that may be called apart: ``rows`` (of any
     columns of the source rows, so a page can be summed a column of tiles at a time),
-    then ``columns`` of the whole width, which rounds."""
+    then ``columns`` of the whole width, which rounds.
+    The module docstring says why every sum is exact.
+    """
 
     def __init__(self, dtype: np.dtype, row_axis: AreaAxis, col_axis: AreaAxis, first: int,
                  last: int) -> None:
         largest = _largest(dtype)
         self.dtype = np.dtype(dtype)
-        # |row pass| <= largest * source rows; its intermediates <= largest * (rows + 2
-        # outputs)
-        self.row_type = (np.int32 if largest * (row_axis.source + 2 * row_axis.output) < 2**31
-                         else np.float64)
-        widest = ceil_div(col_axis.source, col_axis.output)  # source columns in one output
-        self._sum_type = (np.int32 if widest * largest * row_axis.source < 2**31
-                          else np.float64)
-        self._total = float(row_axis.source * col_axis.source)
-        self._by_rows = _Cuts(row_axis, first, last, self.row_type)
-        self._by_columns = _Cuts(col_axis, 0, col_axis.output, np.float64)
+        self._by_rows = _Windows(row_axis, first, last)
+        self._by_columns = _whole_axis(col_axis.source, col_axis.output)
+        self.row_type = np.float32 if self._by_rows.weight_sum * largest < 2**24 else np.float64
+        self._total = float(self._by_rows.weight_sum * self._by_columns.weight_sum)
         self._outputs = col_axis.output
 
     def rows(self, rows: np.ndarray, a: int = 0, b: int | None = None) -> np.ndarray:
         """The row pass of outputs ``a:b`` (of ``first:last``; all by default), as
         ``row_type`` (outputs, columns, samples); ``rows`` holds the source rows
         ``row_axis.source_range(first, last)`` of some columns."""
-        b = len(self._by_rows.counts) if b is None else b
-        return self._by_rows.sums(rows, a, b, self.row_type)
+        b = self._by_rows.outputs if b is None else b
+        flat = rows.reshape(rows.shape[0], -1)
+        sums = self._by_rows.apply(flat, a, b, self.row_type)
+        return sums.reshape(b - a, *rows.shape[1:])
 
     def columns(self, sums: np.ndarray) -> np.ndarray:
         """Output pixels (rows, output columns, samples) of the row pass of every column,
-        a few rows at a time (their intermediates stay in the L2 cache)."""
-        out = np.empty((sums.shape[0], self._outputs, sums.shape[2]), dtype=self.dtype)
-        chunk = max(1, _CHUNK_BYTES // (sums.shape[1] * sums.shape[2] * 4))
-        for a in range(0, sums.shape[0], chunk):
-            part = self._by_columns.sums(_transpose(sums[a:a + chunk]), 0, self._outputs,
-                                         self._sum_type)
+        a few lines at a time (their intermediates stay in the L2 cache)."""
+        rows, width, samples = sums.shape
+        # one line per row and sample: (rows * samples, columns)
+        lines = sums.transpose(0, 2, 1).reshape(rows * samples, width)
+        out = np.empty((rows * samples, self._outputs), dtype=self.dtype)
+        chunk = max(1, _CHUNK_BYTES // self._by_columns.gathered_bytes_per_line)
+        for a in range(0, len(lines), chunk):
+            part = self._by_columns.apply_across(lines[a:a + chunk], np.float64)
             np.divide(part, self._total, out=part)  # then floor(part / total + 1/2)
             np.add(part, 0.5, out=part)
             if self.dtype.kind == "i":  # casting truncates towards zero: floor for x >= 0
                 np.floor(part, out=part)
-            out[a:a + chunk] = _transpose(part.astype(self.dtype))
-        return out
+            np.copyto(out[a:a + chunk], part, casting="unsafe")
+        return out.reshape(rows, samples, -1).transpose(0, 2, 1)
 
 
-class _Cuts:
-    """Where the outputs of one axis start, prepared once for every chunk of outputs."""
-
-    def __init__(self, axis: AreaAxis, first: int, last: int, dtype: type) -> None:
-        self.starts, fractions = axis.cuts(first, last)
-        self.counts = np.diff(self.starts)
-        self.clamped = np.minimum(self.starts, axis.source_range(first, last)[1]
-                                  - axis.source_range(first, last)[0] - 1)
-        self.fractions = fractions.astype(dtype)
-        self.scale, self.dtype = dtype(axis.output), dtype
-
-    def sums(self, source: np.ndarray, a: int, b: int, sum_type: type) -> np.ndarray:
-        """Outputs ``a:b`` as ``Q(i + 1) - Q(i)``, where ``Q(i) = scale * (sum of
-        source[:starts[i]]) + fractions[i] * source[starts[i]]`` is the integral up to
-        output ``i``'s start: ``counts[i]`` whole rows times ``scale``, plus and minus
-        the two partial rows."""
-        starts, counts = self.starts[a:b], self.counts[a:b]
-        # mixed-type arithmetic is slow in numpy: convert each gathered row once
-        edges = np.take(source, self.clamped[a:b + 1], axis=0).astype(sum_type)
-        sums = edges[:-1].copy()
-        for k in range(1, int(counts.max())):
-            more = np.flatnonzero(counts > k)
-            if more.size == counts.size:
-                sums += source[starts + k].astype(sum_type)
-            else:
-                sums[more] += source[starts[more] + k]
-        if sum_type is not self.dtype:
-            sums, edges = sums.astype(self.dtype), edges.astype(self.dtype)
-        sums *= self.scale
-        edges *= self.fractions[a:b + 1].reshape((-1,) + (1,) * (source.ndim - 1))
-        sums -= edges[:-1]
-        sums += edges[1:]
-        return sums
+@functools.lru_cache(maxsize=8)
+def _whole_axis(source: int, output: int) -> _Windows:
+    """The windows of every output of an axis (the columns of each band of a page)."""
+    return _Windows(AreaAxis(source, output), 0, output)
 
 
-def _transpose(a: np.ndarray) -> np.ndarray:
-    """Swap the first two axes of (rows, columns, samples), with OpenCV's blocked copy."""
-    if a.shape[2] == 1:
-        return cv2.transpose(a[:, :, 0])[:, :, None]
-    return cv2.transpose(a).reshape(a.shape[1], a.shape[0], a.shape[2])
+class _Windows:
+    """Outputs ``first:last`` of one axis as products of small dense matrices: group
+    ``k`` of ``group`` consecutive outputs is ``weights[k] @ source[index[k]]``, over a
+    window of ``length`` source pixels (the same for every group; pixels outside a
+    group's own weigh 0). Weights are the overlaps divided by ``gcd(source, output)``;
+    each output's sum to ``weight_sum``."""
+
+    def __init__(self, axis: AreaAxis, first: int, last: int) -> None:
+        taps, overlaps = axis.taps(first, last)
+        divisor = math.gcd(axis.source, axis.output)
+        self.weight_sum = axis.source // divisor
+        self.outputs = last - first
+        # a group's window spans about group * ratio + 2 pixels, of which each output
+        # uses about ratio + 2: a few outputs per product keep the waste small
+        self.group = max(1, min(_GROUP_OUTPUTS, _GROUP_PIXELS * axis.output // axis.source))
+        groups = ceil_div(self.outputs, self.group)
+        used = overlaps > 0
+        firsts = np.arange(0, self.outputs, self.group)
+        starts = taps[firsts, 0]
+        ends = np.maximum.reduceat(np.where(used, taps, -1).max(axis=1), firsts) + 1
+        self.length = int((ends - starts).max())
+        span = np.subtract(*axis.source_range(first, last)[::-1])
+        self.index = np.minimum(starts[:, None] + np.arange(self.length), span - 1)
+        self.weights = np.zeros((groups, self.group, self.length), dtype=np.float64)
+        output, tap = np.nonzero(used)
+        group = output // self.group
+        self.weights[group, output % self.group, taps[output, tap] - starts[group]] = (
+            overlaps[output, tap] // divisor)
+        self._typed: dict[tuple[np.dtype, bool], np.ndarray] = {}
+
+    @property
+    def gathered_bytes_per_line(self) -> int:
+        """Bytes that ``apply_across`` gathers for each line (float64)."""
+        return self.index.size * 8
+
+    def _weights(self, dtype: type, across: bool = False) -> np.ndarray:
+        """The weights in ``dtype``; ``across``: each group's matrix transposed."""
+        key = (np.dtype(dtype), across)
+        if key not in self._typed:
+            weights = self.weights.transpose(0, 2, 1) if across else self.weights
+            self._typed[key] = np.ascontiguousarray(weights, dtype=dtype)
+        return self._typed[key]
+
+    def apply(self, source: np.ndarray, a: int, b: int, dtype: type) -> np.ndarray:
+        """Outputs ``a:b`` along the first axis of ``source`` (pixels, values), in
+        ``dtype``, a few groups at a time (the windows gathered stay small); a single
+        group too large for that a block of values at a time."""
+        first_group, last_group = a // self.group, ceil_div(b, self.group)
+        values = source.shape[1]
+        result = np.empty((last_group - first_group, self.group, values), dtype=dtype)
+        window_bytes = self.length * values * np.dtype(dtype).itemsize
+        step = max(1, _CHUNK_BYTES // window_bytes)
+        for g in range(first_group, last_group, step):
+            h = min(g + step, last_group)
+            into = result[g - first_group:h - first_group]
+            if window_bytes <= _CHUNK_BYTES:
+                windows = np.take(source, self.index[g:h], axis=0).astype(dtype)
+                np.matmul(self._weights(dtype)[g:h], windows, out=into)
+            else:  # one group: its window is a range of pixels, taken in blocks of values
+                self._apply_by_values(source, g, dtype, into[0])
+        skip = a - first_group * self.group
+        return result.reshape(-1, values)[skip:skip + b - a]
+
+    def _apply_by_values(self, source: np.ndarray, group: int, dtype: type,
+                         into: np.ndarray) -> None:
+        """``apply`` of one group whose window is too large to gather: its source
+        pixels are a range, summed a block of values and of pixels at a time."""
+        start = int(self.index[group, 0])
+        stop = int(self.index[group, -1]) + 1  # clamped at the end: the rest weighs 0
+        weights = self._weights(dtype)[group]
+        itemsize = np.dtype(dtype).itemsize
+        pixels = min(stop - start, _BLOCK_PIXELS)
+        block = max(1, _CHUNK_BYTES // (pixels * itemsize))
+        for left in range(0, source.shape[1], block):
+            right = min(left + block, source.shape[1])
+            out = into[:, left:right]
+            for top in range(start, stop, pixels):
+                bottom = min(top + pixels, stop)
+                part = np.matmul(weights[:, top - start:bottom - start],
+                                 source[top:bottom, left:right].astype(dtype))
+                if top == start:
+                    out[...] = part
+                else:  # every partial sum is within the bound of the whole: exact
+                    out += part
+
+    def apply_across(self, source: np.ndarray, dtype: type) -> np.ndarray:
+        """All outputs along the second axis of ``source`` (lines, pixels), in ``dtype``:
+        (lines, outputs)."""
+        lines = source.shape[0]
+        windows = np.take(source, self.index, axis=1).astype(dtype)  # (lines, groups, length)
+        result = np.empty((lines, len(self.index), self.group), dtype=dtype)
+        np.matmul(windows.transpose(1, 0, 2), self._weights(dtype, across=True),
+                  out=result.transpose(1, 0, 2))
+        return result.reshape(lines, -1)[:, :self.outputs]
 
 
 def _original(rows: np.ndarray, row_axis: AreaAxis, col_axis: AreaAxis, first: int,
