@@ -234,6 +234,29 @@ def test_area_resize_of_wide_windows_in_small_blocks_equals_the_reference(
         np.testing.assert_array_equal(np.concatenate(bands), expected)
 
 
+@pytest.mark.parametrize("shape,dtype,size", [((2048, 2048, 1), "uint16", (1000, 1000)),
+                                              ((600, 3000, 3), "uint8", (100, 500))])
+def test_area_resize_intermediates_stay_within_the_chunk_size(shape, dtype, size):
+    from tifffs.scratch import Scratch
+
+    page = _random(dtype, shape, np.random.default_rng(3))
+    rows, cols = area.AreaAxis(shape[0], size[0]), area.AreaAxis(shape[1], size[1])
+    scratch = Scratch()
+    got = area.area_resize(page, rows, cols, 0, size[0], scratch=scratch)
+    np.testing.assert_array_equal(got, area._original(page, rows, cols, 0, size[0]))
+    held = scratch.sizes()
+    assert held and max(held.values()) <= 2 * area._CHUNK_BYTES < page.nbytes, held
+
+
+def test_the_fast_area_path_takes_only_totals_that_float64_rounds_exactly():
+    uint16 = np.dtype("uint16")
+    coprime = area.AreaAxis(200_003, 1000)  # weight sum 200,003: total 4.0e10
+    assert not area.exact_integers_apply(uint16, 1, coprime, coprime)  # the original code
+    reducible = area.AreaAxis(200_000, 1000)  # weight sum 200: total 40,000
+    assert area.exact_integers_apply(uint16, 1, reducible, reducible)
+    assert area.exact_integers_apply(np.dtype("uint8"), 1, coprime, coprime)
+
+
 def test_area_resize_of_a_constant_page_is_that_constant():
     for dtype in SMALL:
         info = np.iinfo(dtype)

@@ -45,9 +45,9 @@ def _count_renders(monkeypatch) -> list[int]:
     renders: list[int] = []
     real_render_band = virtual.render_band
 
-    def counting(source, plan, plane, band, buffers):
+    def counting(source, plan, plane, band, scratch):
         renders.append(plan.sources[0])
-        return real_render_band(source, plan, plane, band, buffers)
+        return real_render_band(source, plan, plane, band, scratch)
 
     monkeypatch.setattr(virtual, "render_band", counting)
     return renders
@@ -68,18 +68,19 @@ def _record_preads(monkeypatch) -> list[int]:
     return sizes
 
 
-def _record_slots(monkeypatch) -> list[int]:
-    """For every render slot taken from now on, the bytes its row buffers then held."""
-    held: list[int] = []
+def _record_slots(monkeypatch) -> list[dict]:
+    """For every render slot taken from now on, the bytes each of its scratch buffers then
+    held: numbers for rows of source pixels, names for a kernel's intermediates."""
+    held: list[dict] = []
     real_run = RenderPool.run
 
     def recording_run(self, render):
-        def with_buffers(buffers):
+        def with_scratch(scratch):
             try:
-                return render(buffers)
+                return render(scratch)
             finally:
-                held.append(sum(b.data.size for b in buffers))
-        return real_run(self, with_buffers)
+                held.append(scratch.sizes())
+        return real_run(self, with_scratch)
 
     monkeypatch.setattr(RenderPool, "run", recording_run)
     return held
@@ -89,13 +90,13 @@ def test_at_most_slots_bands_render_at_once_each_with_its_own_buffers():
     pool = RenderPool(slots=2)
     running, peak, arrived, lock = [0], [0], [0], threading.Lock()
     gate = threading.Event()
-    seen_buffers: set[int] = set()
+    seen_scratch: set[int] = set()
 
-    def render(buffers) -> np.ndarray:
+    def render(scratch) -> np.ndarray:
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
-            seen_buffers.add(id(buffers))
+            seen_scratch.add(id(scratch))
         assert gate.wait(WAIT), "the test did not open the gate"
         with lock:
             running[0] -= 1
@@ -116,7 +117,7 @@ def test_at_most_slots_bands_render_at_once_each_with_its_own_buffers():
         thread.join(WAIT)
     assert not any(thread.is_alive() for thread in threads)
     assert peak[0] == 2
-    assert len(seen_buffers) == 2  # two buffer sets, reused by all eight renders
+    assert len(seen_scratch) == 2  # two sets of buffers, reused by all eight renders
 
 
 def test_renders_ahead_queue_at_most_two_per_slot_and_drop_the_rest():
@@ -131,9 +132,9 @@ def test_renders_ahead_queue_at_most_two_per_slot_and_drop_the_rest():
 
 
 def test_a_buffer_grows_once_and_is_reused():
-    from tifffs.render import _RowBuffer
+    from tifffs.scratch import ScratchBuffer
 
-    buffer = _RowBuffer()
+    buffer = ScratchBuffer()
     first = buffer.array((64, 128, 1), np.dtype("<u2"))
     data = buffer.data
     second = buffer.array((32, 128, 1), np.dtype("<u2"))
@@ -278,7 +279,7 @@ def test_compressed_tiles_reduce_one_tile_at_a_time(tmp_path, monkeypatch, kind,
         served = opened.read(0, opened.size)
     finally:
         opened.close()
-    assert used and set(used) == {0}, used
+    assert used and all(sum(sizes.values()) == 0 for sizes in used), used
     pages = tifffile.TiffFile(io.BytesIO(served)).pages
     with tifffile.TiffFile(path) as tif:
         sources = [p.asarray() for p in tif.pages]
@@ -457,7 +458,8 @@ def test_fit_views_of_tiles_sum_one_column_of_tiles_at_a_time(tmp_path, monkeypa
     assert got.shape[0] > 2 * band_rows  # several bands
     assert tiles < len(decoded) <= 2 * tiles, (len(decoded), tiles)
     source_rows = -(-rows * band_rows // got.shape[0]) * source[0].nbytes // planes
-    assert held and max(held) < source_rows, (max(held), source_rows)
+    rows_held = [sum(n for key, n in sizes.items() if isinstance(key, int)) for sizes in held]
+    assert held and max(rows_held) < source_rows, (max(rows_held), source_rows)
 
 
 @pytest.mark.parametrize("view", ["x2z2", "fit100"])

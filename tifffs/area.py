@@ -10,11 +10,13 @@ matrices of these weights over windows of a few outputs' source pixels (``numpy.
 BLAS, outside the GIL). Every weight, product and partial sum of the row pass is an
 integer of magnitude at most ``source rows / gcd * M`` (``M`` the type's largest
 magnitude), computed in float32 where that is below ``2**24`` (else float64); those of
-the column pass at most ``M * total``, in float64, exact while ``M * total < 2**53``.
-The order of the additions therefore does not matter, and the rounding is exact:
-``S / total`` in float64 either is the half-integer tie itself or lies at least
-``1 / (2 total)`` from one, far more than float64's rounding. Other types keep the
-original code (float64, whose order of additions their results depend on).
+the column pass at most ``M * total``, in float64. The order of the additions therefore
+does not matter. The rounding is exact too: ``S / total + 1/2`` is either an integer
+(a tie, computed exactly) or at least ``1 / (2 total)`` from one, while float64's
+division and addition err by at most ``(2M + 1) * 2**-53``; the fast path requires
+``(2M + 1) * 2 * total < 2**53`` (which also keeps ``|S|`` below ``2**53``). Other
+types, and larger totals, keep the original code (int64 for integers; float64, whose
+order of additions their results depend on, for floats).
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ import math
 import numpy as np
 
 from tifffs.arith import ceil_div
+from tifffs.scratch import Scratch
 
 _SMALL_INTEGERS = {np.dtype(t) for t in ("uint8", "int8", "uint16", "int16")}
 _SAMPLES = 4  # more samples per pixel (damaged files): the original code
-_CHUNK_BYTES = 1 << 20  # output rows per chunk: their row sums fill this (larger chunks
+_CHUNK_BYTES = 1 << 21  # output rows per chunk: their row sums fill this (larger chunks
 # take the GIL less often: two render threads make fit1000 1.6x faster than 256 KiB)
 _GROUP_OUTPUTS = 8  # outputs per matrix product, at most
 _GROUP_PIXELS = 32  # and about this many source pixels per window
@@ -45,6 +48,12 @@ class AreaAxis:
 
     def __init__(self, source: int, output: int) -> None:
         self.source, self.output = source, output
+
+    @property
+    def weight_sum(self) -> int:
+        """What each output's integer weights sum to, the overlaps divided by
+        ``gcd(source, output)``."""
+        return self.source // math.gcd(self.source, self.output)
 
     def source_range(self, first: int, last: int) -> tuple[int, int]:
         """Source pixels that output pixels ``first:last`` cover."""
@@ -72,34 +81,36 @@ class AreaAxis:
 
 
 def area_resize(rows: np.ndarray, row_axis: AreaAxis, col_axis: AreaAxis, first: int,
-                last: int, out: np.ndarray | None = None) -> np.ndarray:
+                last: int, out: np.ndarray | None = None,
+                scratch: Scratch | None = None) -> np.ndarray:
     """Output rows ``first:last`` of the exact area average of a page.
 
     ``rows`` holds the source rows ``row_axis.source_range(first, last)`` and all
     columns. Integers of up to 16 bits are computed exactly and rounded half up; other
     types in float64 (integers then rounded half up and clipped). The result is written
-    into ``out`` when given.
+    into ``out`` when given; ``scratch`` holds the intermediates (reused from call to call).
     """
     if exact_integers_apply(rows.dtype, rows.shape[2], row_axis, col_axis):
-        exact = ExactArea(rows.dtype, row_axis, col_axis, first, last)
+        exact = ExactArea(rows.dtype, row_axis, col_axis, first, last, scratch)
         result = np.empty((last - first, col_axis.output, rows.shape[2]), dtype=rows.dtype)
         # both passes a few output rows at a time: every intermediate stays in the L2
         # cache and none is large
         chunk = max(1, _CHUNK_BYTES // (rows.shape[1] * rows.shape[2] * 4))
         for a in range(0, last - first, chunk):
             b = min(a + chunk, last - first)
-            result[a:b] = exact.columns(exact.rows(rows, a, b))
+            exact.columns(exact.rows(rows, a, b), out=result[a:b])
         return result if out is None else _store(out, result)
     return _store(out, _original(rows, row_axis, col_axis, first, last))
 
 
 def exact_integers_apply(dtype: np.dtype, samples: int, row_axis: AreaAxis,
                          col_axis: AreaAxis) -> bool:
-    """Whether ``ExactArea`` computes this page (integers of up to 16 bits, up to 4
-    samples, every weighted sum below 2**53)."""
+    """Whether ``ExactArea`` computes this page exactly: integers of up to 16 bits, up to
+    4 samples, and a total small enough for float64 (see the module docstring)."""
     if np.dtype(dtype).newbyteorder("=") not in _SMALL_INTEGERS or samples > _SAMPLES:
         return False
-    return _largest(dtype) * row_axis.source * col_axis.source < 2**53
+    total = row_axis.weight_sum * col_axis.weight_sum
+    return (2 * _largest(dtype) + 1) * 2 * total < 2**53
 
 
 def _largest(dtype: np.dtype) -> int:
@@ -125,8 +136,9 @@ class ExactArea:
     """
 
     def __init__(self, dtype: np.dtype, row_axis: AreaAxis, col_axis: AreaAxis, first: int,
-                 last: int) -> None:
+                 last: int, scratch: Scratch | None = None) -> None:
         largest = _largest(dtype)
+        self._scratch = scratch or Scratch()
         self.dtype = np.dtype(dtype)
         self._by_rows = _Windows(row_axis, first, last)
         self._by_columns = _whole_axis(col_axis.source, col_axis.output)
@@ -136,29 +148,38 @@ class ExactArea:
 
     def rows(self, rows: np.ndarray, a: int = 0, b: int | None = None) -> np.ndarray:
         """The row pass of outputs ``a:b`` (of ``first:last``; all by default), as
-        ``row_type`` (outputs, columns, samples); ``rows`` holds the source rows
-        ``row_axis.source_range(first, last)`` of some columns."""
+        ``row_type`` (outputs, columns, samples), valid until the next call; ``rows``
+        holds the source rows ``row_axis.source_range(first, last)`` of some columns."""
         b = self._by_rows.outputs if b is None else b
         flat = rows.reshape(rows.shape[0], -1)
-        sums = self._by_rows.apply(flat, a, b, self.row_type)
+        sums = self._by_rows.apply(flat, a, b, self.row_type, self._scratch)
         return sums.reshape(b - a, *rows.shape[1:])
 
-    def columns(self, sums: np.ndarray) -> np.ndarray:
+    def columns(self, sums: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Output pixels (rows, output columns, samples) of the row pass of every column,
-        a few lines at a time (their intermediates stay in the L2 cache)."""
+        a few lines at a time (their intermediates stay in the L2 cache); written into
+        ``out`` when given."""
         rows, width, samples = sums.shape
         # one line per row and sample: (rows * samples, columns)
         lines = sums.transpose(0, 2, 1).reshape(rows * samples, width)
-        out = np.empty((rows * samples, self._outputs), dtype=self.dtype)
+        direct = out is not None and samples == 1 and out.flags.c_contiguous
+        pixels = (out.reshape(rows, self._outputs) if out is not None and direct
+                  else np.empty((rows * samples, self._outputs), dtype=self.dtype))
         chunk = max(1, _CHUNK_BYTES // self._by_columns.gathered_bytes_per_line)
         for a in range(0, len(lines), chunk):
-            part = self._by_columns.apply_across(lines[a:a + chunk], np.float64)
+            part = self._by_columns.apply_across(lines[a:a + chunk], np.float64,
+                                                 self._scratch)
             np.divide(part, self._total, out=part)  # then floor(part / total + 1/2)
             np.add(part, 0.5, out=part)
             if self.dtype.kind == "i":  # casting truncates towards zero: floor for x >= 0
                 np.floor(part, out=part)
-            np.copyto(out[a:a + chunk], part, casting="unsafe")
-        return out.reshape(rows, samples, -1).transpose(0, 2, 1)
+            np.copyto(pixels[a:a + chunk], part, casting="unsafe")
+        result = pixels.reshape(rows, samples, -1).transpose(0, 2, 1)
+        if out is None:
+            return result
+        if not direct:
+            out[...] = result
+        return out
 
 
 @functools.lru_cache(maxsize=8)
@@ -176,8 +197,8 @@ class _Windows:
 
     def __init__(self, axis: AreaAxis, first: int, last: int) -> None:
         taps, overlaps = axis.taps(first, last)
-        divisor = math.gcd(axis.source, axis.output)
-        self.weight_sum = axis.source // divisor
+        self.weight_sum = axis.weight_sum
+        divisor = axis.source // self.weight_sum
         self.outputs = last - first
         # a group's window spans about group * ratio + 2 pixels, of which each output
         # uses about ratio + 2: a few outputs per product keep the waste small
@@ -210,20 +231,23 @@ class _Windows:
             self._typed[key] = np.ascontiguousarray(weights, dtype=dtype)
         return self._typed[key]
 
-    def apply(self, source: np.ndarray, a: int, b: int, dtype: type) -> np.ndarray:
+    def apply(self, source: np.ndarray, a: int, b: int, dtype: type,
+              scratch: Scratch) -> np.ndarray:
         """Outputs ``a:b`` along the first axis of ``source`` (pixels, values), in
         ``dtype``, a few groups at a time (the windows gathered stay small); a single
-        group too large for that a block of values at a time."""
+        group too large for that a block of values at a time. The result lies in
+        ``scratch``."""
         first_group, last_group = a // self.group, ceil_div(b, self.group)
         values = source.shape[1]
-        result = np.empty((last_group - first_group, self.group, values), dtype=dtype)
+        result = scratch.array("area sums", (last_group - first_group, self.group, values),
+                               dtype)
         window_bytes = self.length * values * np.dtype(dtype).itemsize
         step = max(1, _CHUNK_BYTES // window_bytes)
         for g in range(first_group, last_group, step):
             h = min(g + step, last_group)
             into = result[g - first_group:h - first_group]
             if window_bytes <= _CHUNK_BYTES:
-                windows = np.take(source, self.index[g:h], axis=0).astype(dtype)
+                windows = _gather(source, self.index[g:h], 0, dtype, scratch)
                 np.matmul(self._weights(dtype)[g:h], windows, out=into)
             else:  # one group: its window is a range of pixels, taken in blocks of values
                 self._apply_by_values(source, g, dtype, into[0])
@@ -252,15 +276,27 @@ class _Windows:
                 else:  # every partial sum is within the bound of the whole: exact
                     out += part
 
-    def apply_across(self, source: np.ndarray, dtype: type) -> np.ndarray:
+    def apply_across(self, source: np.ndarray, dtype: type, scratch: Scratch) -> np.ndarray:
         """All outputs along the second axis of ``source`` (lines, pixels), in ``dtype``:
-        (lines, outputs)."""
+        (lines, outputs), in ``scratch``."""
         lines = source.shape[0]
-        windows = np.take(source, self.index, axis=1).astype(dtype)  # (lines, groups, length)
-        result = np.empty((lines, len(self.index), self.group), dtype=dtype)
+        windows = _gather(source, self.index, 1, dtype, scratch)  # (lines, groups, length)
+        result = scratch.array("area products", (lines, len(self.index), self.group), dtype)
         np.matmul(windows.transpose(1, 0, 2), self._weights(dtype, across=True),
                   out=result.transpose(1, 0, 2))
         return result.reshape(lines, -1)[:, :self.outputs]
+
+
+def _gather(source: np.ndarray, index: np.ndarray, axis: int, dtype: type,
+            scratch: Scratch) -> np.ndarray:
+    """``source`` taken at ``index`` along ``axis``, as ``dtype``, in ``scratch``."""
+    shape = (*source.shape[:axis], *index.shape, *source.shape[axis + 1:])
+    # mode "clip" (every index is in range): with "raise", numpy takes into a copy of out
+    taken = np.take(source, index, axis=axis, mode="clip",
+                    out=scratch.array("area taken", shape, source.dtype))
+    windows = scratch.array("area windows", shape, dtype)
+    np.copyto(windows, taken)
+    return windows
 
 
 def _original(rows: np.ndarray, row_axis: AreaAxis, col_axis: AreaAxis, first: int,

@@ -1,4 +1,4 @@
-"""Rendering bands of output rows, on a bounded pool with reused source buffers.
+"""Rendering bands of output rows, on a bounded pool with reused scratch buffers.
 
 A band is rendered from just the source rows it needs: they are read into a buffer
 that belongs to one render slot (no fresh memory per band: on many VMs touching new
@@ -8,7 +8,6 @@ returned as one contiguous little-endian array that the band cache keeps.
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 from collections.abc import Callable
@@ -29,19 +28,7 @@ from tifffs.plan import (
     reducible_by_segments,
 )
 from tifffs.pools import available_cores
-
-
-class _RowBuffer:
-    """A growable byte buffer whose arrays are views: reused from band to band."""
-
-    def __init__(self) -> None:
-        self.data = np.empty(0, dtype=np.uint8)
-
-    def array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        nbytes = math.prod(shape) * dtype.itemsize
-        if self.data.size < nbytes:
-            self.data = np.empty(nbytes, dtype=np.uint8)
-        return self.data[:nbytes].view(dtype).reshape(shape)
+from tifffs.scratch import Scratch, ScratchBuffer
 
 
 class RenderPool:
@@ -51,26 +38,27 @@ class RenderPool:
 
     The prefetch threads start on first use (after the daemon has forked); at most two
     bands per thread wait, further requests are dropped (the reader then renders its
-    band itself). Memory held: ``slots`` buffers of one band's source rows.
+    band itself). Memory held: per slot, buffers of one band's source rows and, for fit
+    views, the kernel's intermediates (a few MiB: ``area._CHUNK_BYTES`` each).
     """
 
     def __init__(self, slots: int | None = None) -> None:
         self.slots = max(1, slots or available_cores())
-        self._buffers: queue.SimpleQueue[list[_RowBuffer]] = queue.SimpleQueue()
+        self._scratch: queue.SimpleQueue[Scratch] = queue.SimpleQueue()
         for _ in range(self.slots):
-            self._buffers.put([])
+            self._scratch.put(Scratch())
         self._executor: ThreadPoolExecutor | None = None
         self.queue_limit = 2 * self.slots  # bands queued or rendering in the background
         self._queued = threading.BoundedSemaphore(self.queue_limit)
         self._lock = threading.Lock()
 
-    def run(self, render: Callable[[list[_RowBuffer]], np.ndarray]) -> np.ndarray:
-        """``render(buffers)`` in a free slot (waits for one)."""
-        buffers = self._buffers.get()
+    def run(self, render: Callable[[Scratch], np.ndarray]) -> np.ndarray:
+        """``render(scratch)`` in a free slot (waits for one), with the slot's buffers."""
+        scratch = self._scratch.get()
         try:
-            return render(buffers)
+            return render(scratch)
         finally:
-            self._buffers.put(buffers)
+            self._scratch.put(scratch)
 
     def submit(self, task: Callable[[], None]) -> bool:
         """Run ``task`` in the background; False (dropped) when enough work is queued."""
@@ -96,25 +84,19 @@ class RenderPool:
             executor.shutdown(wait=True)
 
 
-def _buffer(buffers: list[_RowBuffer], i: int) -> _RowBuffer:
-    while len(buffers) <= i:
-        buffers.append(_RowBuffer())
-    return buffers[i]
-
-
 def render_band(source: SourceFile, plan: PagePlan, plane: int, band: int,
-                buffers: list[_RowBuffer]) -> np.ndarray:
+                scratch: Scratch) -> np.ndarray:
     """Output rows of band ``band`` of one plane, as a C-contiguous little-endian array."""
     first, last = _band_rows(plan, band)
     # NaN, signalling NaN and infinities in float pages give the NaN and infinite pixels
     # the reference documents; numpy would also print a warning on the daemon's stderr
     with source.in_use(), np.errstate(invalid="ignore", over="ignore"):
-        pixels = _render_rows(source, plan, plane, first, last, buffers)
+        pixels = _render_rows(source, plan, plane, first, last, scratch)
         # bytes read while the source changed would mix two versions
         source.check_unchanged()
     result = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<"))
     _check_band(source, plan, result, last - first)
-    if any(np.may_share_memory(result, buffer.data) for buffer in buffers):
+    if scratch.holds(result):
         result = result.copy()  # the buffer is reused by the next band
     return result
 
@@ -130,16 +112,17 @@ def _check_band(source: SourceFile, plan: PagePlan, band: np.ndarray, rows: int)
 
 
 def _render_rows(source: SourceFile, plan: PagePlan, plane: int, first: int, last: int,
-                 buffers: list[_RowBuffer]) -> np.ndarray:
+                 scratch: Scratch) -> np.ndarray:
     reads = _source_rows(source.pages, plan, first, last)
     if isinstance(plan, FitPlan):
         page, start, stop = reads[0]
         if plan.by_tile_columns:
-            return _fit_by_tile_columns(source, page, plane, plan, first, last, buffers)
-        rows = _read(source, page, plane, start, stop, 1, _buffer(buffers, 0))
+            return _fit_by_tile_columns(source, page, plane, plan, first, last, scratch)
+        rows = _read(source, page, plane, start, stop, 1, scratch.buffer(0))
         if (plan.out.width, plan.out.height) == (page.width, page.height):
             return rows
-        return downsample.area_resize(rows, plan.rows, plan.columns, first, last)
+        return downsample.area_resize(rows, plan.rows, plan.columns, first, last,
+                                      scratch=scratch)
     if isinstance(plan, WholePagePlan):
         page, start, stop = reads[0]
         whole = source.read_rows(page, plane, start, stop)
@@ -152,8 +135,8 @@ def _render_rows(source: SourceFile, plan: PagePlan, plane: int, first: int, las
     if plan.method == "nearest":
         page, start, stop = reads[0]
         return downsample.nearest(_read(source, page, plane, start, stop, f,
-                                        _buffer(buffers, 0)), f)
-    slices = [_read(source, page, plane, start, stop, 1, _buffer(buffers, i))
+                                        scratch.buffer(0)), f)
+    slices = [_read(source, page, plane, start, stop, 1, scratch.buffer(i))
               for i, (page, start, stop) in enumerate(reads)]
     return downsample.reduce_blocks(slices, f, plan.method)
 
@@ -197,15 +180,15 @@ def _reduce_segments(source: SourceFile, reads: list[tuple[SourcePage, int, int]
 
 
 def _fit_by_tile_columns(source: SourceFile, page: SourcePage, plane: int, plan: FitPlan,
-                         first: int, last: int, buffers: list[_RowBuffer]) -> np.ndarray:
+                         first: int, last: int, scratch: Scratch) -> np.ndarray:
     """Output rows ``first:last`` of a fit view of a tiled page, summed one column of
     tiles at a time (``plan.fit_by_tile_columns``): the same sums, so the same pixels, as
     ``area_resize`` of the band's source rows, with each tile decoded once."""
     start, stop = plan.rows.source_range(first, last)
     served = page.dtype.newbyteorder("<")
     samples = page.samples_per_row_pixel
-    exact = area.ExactArea(served, plan.rows, plan.columns, first, last)
-    sums = _buffer(buffers, 0).array((last - first, page.width, samples),
+    exact = area.ExactArea(served, plan.rows, plan.columns, first, last, scratch)
+    sums = scratch.buffer(0).array((last - first, page.width, samples),
                                      np.dtype(exact.row_type))
     tile_rows = range(start // page.segment_rows, ceil_div(stop, page.segment_rows))
     # the rows of each row of tiles that the band needs, from its top
@@ -214,7 +197,7 @@ def _fit_by_tile_columns(source: SourceFile, page: SourcePage, plane: int, plan:
                for y, n in zip(tile_rows, needed)]
     for tiles in zip(*columns):
         left, width = tiles[0][:2]
-        strip = _buffer(buffers, 1).array((stop - start, width, samples), served)
+        strip = scratch.buffer(1).array((stop - start, width, samples), served)
         for y, n, (_, _, tile) in zip(tile_rows, needed, tiles):
             top = y * page.segment_rows
             skip = max(start - top, 0)
@@ -263,7 +246,7 @@ def advise_band(source: SourceFile, plan: PagePlan, plane: int, band: int) -> No
 
 
 def _read(source: SourceFile, page: SourcePage, plane: int, start: int, stop: int,
-          step: int, buffer: _RowBuffer) -> np.ndarray:
+          step: int, buffer: ScratchBuffer) -> np.ndarray:
     """Rows of a page read into ``buffer`` (reused: the result is valid until the next
     read into the same buffer)."""
     count = len(range(start, min(stop, page.height), step))

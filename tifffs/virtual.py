@@ -25,6 +25,7 @@ from tifffs.pixels import SourceFile
 from tifffs.plan import ViewPlan, band_bytes, plan_view
 from tifffs.readahead import BandKey, SequentialReadAhead
 from tifffs.render import RenderPool, advise_band, render_band
+from tifffs.scratch import Scratch
 from tifffs.series import SeriesInfo, series_of
 from tifffs.views import View, parse_view
 
@@ -169,16 +170,16 @@ class VirtualTiff:
         after it that no one holds or renders (``RUN_BYTES``), which the cache keeps."""
         plan = self.plan.pages[page]
 
-        def render(buffers: list) -> np.ndarray:
+        def render(scratch: Scratch) -> np.ndarray:
             # reserved once the slot is ours: every key reserved is ended below
             run = self._cache.reserve(self._run_after((page, plane, band)))
             ended = 0
             try:
-                value = render_band(self.source, plan, plane, band, buffers)
+                value = render_band(self.source, plan, plane, band, scratch)
                 for key, pending in run:
                     if self.source.closing:  # its last handle closed: leave the rest
                         break
-                    self._render_into_cache(key, pending, buffers)
+                    self._render_into_cache(key, pending, scratch)
                     ended += 1
                 return value
             finally:
@@ -187,12 +188,12 @@ class VirtualTiff:
 
         return self._pool.run(render)
 
-    def _render_into_cache(self, key: Hashable, pending: Any, buffers: list) -> None:
+    def _render_into_cache(self, key: Hashable, pending: Any, scratch: Scratch) -> None:
         """Render the band of a run that ``key`` names and end its ``pending`` with it:
         kept, or failed (its readers raise the error; it is not kept)."""
         _, page, plane, band = key
         try:
-            value = render_band(self.source, self.plan.pages[page], plane, band, buffers)
+            value = render_band(self.source, self.plan.pages[page], plane, band, scratch)
         except Exception as exc:  # noqa: BLE001  (its readers raise it)
             self._cache.fail(key, pending, exc)
         else:
