@@ -39,18 +39,40 @@ def _count_decodes(monkeypatch) -> list[int]:
 
 
 def _count_renders(monkeypatch) -> list[int]:
-    """The (first) source page of every band a view renders from now on."""
+    """The (first) source page of every band a view renders from now on, alone or in a
+    stack of whole pages (a stack that fails is rendered again band by band)."""
     from tifffs import virtual
 
     renders: list[int] = []
-    real_render_band = virtual.render_band
+    real_render_band, real_render_stack = virtual.render_band, virtual.render_stack
 
     def counting(source, plan, plane, band, scratch):
         renders.append(plan.sources[0])
         return real_render_band(source, plan, plane, band, scratch)
 
+    def counting_stack(source, plans, plane, scratch):
+        bands = real_render_stack(source, plans, plane, scratch)
+        renders.extend(plan.sources[0] for plan in plans)
+        return bands
+
     monkeypatch.setattr(virtual, "render_band", counting)
+    monkeypatch.setattr(virtual, "render_stack", counting_stack)
     return renders
+
+
+def _count_stacks(monkeypatch) -> list[int]:
+    """The number of pages of every stack a view renders from now on."""
+    from tifffs import virtual
+
+    stacks: list[int] = []
+    real_render_stack = virtual.render_stack
+
+    def counting(source, plans, plane, scratch):
+        stacks.append(len(plans))
+        return real_render_stack(source, plans, plane, scratch)
+
+    monkeypatch.setattr(virtual, "render_stack", counting)
+    return stacks
 
 
 def _record_preads(monkeypatch) -> list[int]:
@@ -571,6 +593,60 @@ def test_small_bands_render_in_runs_in_one_slot(tmp_path, monkeypatch):
         assert len(after) == page_bytes and renders.count(41) == 1
     finally:
         opened.close()
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+@pytest.mark.parametrize("view", ["x2", "x4-max", "x4-min", "x2-median", "x4-mode",
+                                  "x4-nearest", "x3-nearest"])
+def test_runs_of_whole_small_pages_render_as_one_stack(tmp_path, monkeypatch, view,
+                                                       compression):
+    """A run of small pages alike renders as one stack of rows with one kernel call
+    (fewer calls: cp of the bench's time-lapse 0.76 -> 0.62 s). The pixels are those of
+    the documented semantics, page by page."""
+    from reference import reference_blocks
+    from tifffs.views import parse_view
+
+    data = sample_array("uint16", (40, 48, 70), seed=4)  # 48 rows: whole blocks of 2, 3, 4
+    path = tmp_path / "frames.tif"
+    write_stack(path, data, compression=compression)
+    stacks = _count_stacks(monkeypatch)
+    parsed = parse_view(view, "mean")
+    opened = open_view(str(path), view=view)
+    try:
+        served = opened.read(0, opened.size)
+    finally:
+        opened.close()
+    assert stacks and max(stacks) > 1, stacks
+    pages = [p.asarray() for p in tifffile.TiffFile(io.BytesIO(served)).pages]
+    assert len(pages) == len(data)
+    f = parsed.factor
+    for page, source in zip(pages, data):
+        expected = (source[::f, ::f] if parsed.method == "nearest"
+                    else reference_blocks([source[:, :, None]], f, parsed.method)[:, :, 0])
+        assert np.array_equal(page, expected)
+
+
+@pytest.mark.parametrize("view", ["x4", "x4-median"])
+def test_pages_whose_blocks_would_span_two_pages_render_one_by_one(tmp_path, monkeypatch,
+                                                                  view):
+    from reference import reference_blocks
+    from tifffs.views import parse_view
+
+    data = sample_array("uint16", (30, 50, 64), seed=5)  # 50 rows: a ragged block row
+    path = tmp_path / "frames.tif"
+    write_stack(path, data)
+    stacks = _count_stacks(monkeypatch)
+    renders = _count_renders(monkeypatch)
+    parsed = parse_view(view, "mean")
+    opened = open_view(str(path), view=view)
+    try:
+        served = opened.read(0, opened.size)
+    finally:
+        opened.close()
+    assert stacks == [] and sorted(renders) == list(range(30))
+    for page, source in zip(tifffile.TiffFile(io.BytesIO(served)).pages, data):
+        expected = reference_blocks([source[:, :, None]], 4, parsed.method)[:, :, 0]
+        assert np.array_equal(page.asarray(), expected)
 
 
 @pytest.mark.parametrize("view", ["fit8", "x32"])

@@ -101,6 +101,62 @@ def render_band(source: SourceFile, plan: PagePlan, plane: int, band: int,
     return result
 
 
+def stackable(source: SourceFile, plans: list[PagePlan]) -> bool:
+    """Whether whole-page bands of these page plans can render as one stack
+    (``render_stack``): block methods or ``nearest`` of one source page each, alike in
+    size and type, whose blocks never span two pages."""
+    first = plans[0]
+    if not isinstance(first, BlockPlan) or first.level is not None or len(first.sources) > 1:
+        return False
+    page = source.pages[first.sources[0]]
+    shape = (page.height, page.width, page.samples_per_row_pixel, page.dtype)
+    if (page.dtype.byteorder == ">" or first.band_rows < first.out.height
+            or (first.method != "nearest" and page.height % first.factor)
+            or _by_segments([(page, 0, page.height)], first.factor)):
+        return False
+    for plan in plans[1:]:
+        if (not isinstance(plan, BlockPlan) or plan.level is not None
+                or (plan.factor, plan.method, plan.band_rows) != (first.factor, first.method,
+                                                                  first.band_rows)
+                or len(plan.sources) > 1):
+            return False
+        other = source.pages[plan.sources[0]]
+        if (other.height, other.width, other.samples_per_row_pixel, other.dtype) != shape:
+            return False
+    return True
+
+
+def render_stack(source: SourceFile, plans: list[PagePlan], plane: int,
+                 scratch: Scratch) -> list[np.ndarray]:
+    """The whole-page bands of one plane of several pages (``stackable``), read into one
+    stack of rows and reduced by one kernel call: the same blocks, so the same pixels, as
+    one page at a time, for a fraction of the calls."""
+    first = plans[0]
+    assert isinstance(first, BlockPlan)
+    page = source.pages[first.sources[0]]
+    step = first.factor if first.method == "nearest" else 1
+    rows = len(range(0, page.height, step))
+    stack = scratch.array("stack", (len(plans) * rows, page.width,
+                                    page.samples_per_row_pixel), page.dtype)
+    with source.in_use(), np.errstate(invalid="ignore", over="ignore"):
+        for i, plan in enumerate(plans):
+            source.read_rows(source.pages[plan.sources[0]], plane, 0, page.height, step,
+                             out=stack[i * rows:(i + 1) * rows])
+        source.check_unchanged()  # bytes read while the source changed would mix versions
+        if first.method == "nearest":
+            pixels = downsample.nearest(stack, first.factor)
+        else:
+            pixels = downsample.reduce_blocks([stack], first.factor, first.method)
+    result = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<"))
+    if scratch.holds(result):
+        result = result.copy()
+    height = first.out.height
+    bands = [result[i * height:(i + 1) * height] for i in range(len(plans))]
+    for plan, band in zip(plans, bands):
+        _check_band(source, plan, band, height)
+    return bands
+
+
 def _check_band(source: SourceFile, plan: PagePlan, band: np.ndarray, rows: int) -> None:
     """A band must fill exactly its place in the view's layout: bytes of another length
     would shift every byte after them in the file that readers get."""

@@ -24,7 +24,7 @@ from tifffs.errors import SourceChanged
 from tifffs.pixels import SourceFile
 from tifffs.plan import ViewPlan, band_bytes, plan_view
 from tifffs.readahead import BandKey, SequentialReadAhead
-from tifffs.render import RenderPool, advise_band, render_band
+from tifffs.render import RenderPool, advise_band, render_band, render_stack, stackable
 from tifffs.scratch import Scratch
 from tifffs.series import SeriesInfo, series_of
 from tifffs.views import View, parse_view
@@ -36,9 +36,9 @@ Piece = bytes | np.ndarray
 #: output bytes; below, handing them to other threads costs more than it saves.
 SIDE_BY_SIDE_BYTES = 256 << 10
 #: Bands of fewer output bytes render in runs: with each, the bands after it, up to this
-#: many bytes in all, in the same render slot and thread. Handing a band to a slot costs
-#: more than rendering a small one: a time-lapse of 20,000 pages of 64 x 64 makes
-#: 20,000 bands of 2 KiB.
+#: many bytes in all, in the same render slot and thread (whole pages alike as one stack,
+#: ``render_stack``). Handing a band to a slot costs more than rendering a small one: a
+#: time-lapse of 20,000 pages of 64 x 64 makes 20,000 bands of 2 KiB.
 RUN_BYTES = 256 << 10
 #: A run also reads at most this many source bytes, and holds at most this many bands
 #: and a quarter of the band cache: a fit or x32 view of large frames has small bands
@@ -175,6 +175,12 @@ class VirtualTiff:
             run = self._cache.reserve(self._run_after((page, plane, band)))
             ended = 0
             try:
+                stacked = self._render_stack((page, plane, band), run, scratch)
+                if stacked is not None:
+                    for (key, pending), value in zip(run, stacked[1:]):
+                        self._cache.keep(key, pending, value)
+                        ended += 1
+                    return stacked[0]
                 value = render_band(self.source, plan, plane, band, scratch)
                 for key, pending in run:
                     if self.source.closing:  # its last handle closed: leave the rest
@@ -187,6 +193,25 @@ class VirtualTiff:
                     self._cache.abandon(key, pending)
 
         return self._pool.run(render)
+
+    def _render_stack(self, key: BandKey, run: list[tuple[Hashable, Any]],
+                      scratch: Scratch) -> list[np.ndarray] | None:
+        """The bands of ``key`` and its ``run`` rendered as one stack, when they are whole
+        pages alike (``stackable``); None otherwise, or when that fails (each band then
+        renders alone, and fails alone)."""
+        if not run:
+            return None
+        plane = key[1]
+        keys = [key] + [k[1:] for k, _ in run]  # (page, plane, band) of each
+        if any(k[1:] != (plane, 0) for k in keys):
+            return None
+        plans = [self.plan.pages[k[0]] for k in keys]
+        if not stackable(self.source, plans):
+            return None
+        try:
+            return render_stack(self.source, plans, plane, scratch)
+        except Exception:  # noqa: BLE001  (rendered again band by band, each with its error)
+            return None
 
     def _render_into_cache(self, key: Hashable, pending: Any, scratch: Scratch) -> None:
         """Render the band of a run that ``key`` names and end its ``pending`` with it:
