@@ -614,6 +614,9 @@ def test_runs_of_whole_small_pages_render_as_one_stack(tmp_path, monkeypatch, vi
     opened = open_view(str(path), view=view)
     try:
         served = opened.read(0, opened.size)
+        # kept bands of one stack share no memory: the cache weighs what each holds
+        first, second = opened.view._band(0, 0, 0), opened.view._band(1, 0, 0)
+        assert first.base is None and not np.shares_memory(first, second)
     finally:
         opened.close()
     assert stacks and max(stacks) > 1, stacks

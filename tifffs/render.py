@@ -148,10 +148,10 @@ def render_stack(source: SourceFile, plans: list[PagePlan], plane: int,
         else:
             pixels = downsample.reduce_blocks([stack], first.factor, first.method)
     result = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<"))
-    if scratch.holds(result):
-        result = result.copy()
     height = first.out.height
-    bands = [result[i * height:(i + 1) * height] for i in range(len(plans))]
+    # each band its own copy: the cache weighs what it keeps, and a view would keep the
+    # whole stack's result alive
+    bands = [result[i * height:(i + 1) * height].copy() for i in range(len(plans))]
     for plan, band in zip(plans, bands):
         _check_band(source, plan, band, height)
     return bands
