@@ -257,6 +257,21 @@ def test_the_fast_area_path_takes_only_totals_that_float64_rounds_exactly():
     assert area.exact_integers_apply(np.dtype("uint8"), 1, coprime, coprime)
 
 
+def test_area_resize_of_random_shapes_equals_the_reference():
+    # sides of 1 pixel, outputs as large as the source, ratios near 1 and far from it
+    rng = np.random.default_rng(2026)
+    for _ in range(60):
+        dtype = SMALL[rng.integers(len(SMALL))]
+        height, width = (int(rng.choice([1, 2, 3, 7, 64, 257, 1021])) for _ in range(2))
+        samples = int(rng.integers(1, 5))
+        out_h, out_w = int(rng.integers(1, height + 1)), int(rng.integers(1, width + 1))
+        page = _random(dtype, (height, width, samples), rng)
+        rows, cols = area.AreaAxis(height, out_h), area.AreaAxis(width, out_w)
+        expected = reference_area(page, out_h, out_w)
+        np.testing.assert_array_equal(area.area_resize(page, rows, cols, 0, out_h), expected,
+                                      err_msg=f"{dtype} {page.shape} -> {out_h} x {out_w}")
+
+
 def test_area_resize_of_a_constant_page_is_that_constant():
     for dtype in SMALL:
         info = np.iinfo(dtype)
