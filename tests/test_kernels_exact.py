@@ -235,7 +235,8 @@ def test_area_resize_of_wide_windows_in_small_blocks_equals_the_reference(
 
 
 @pytest.mark.parametrize("shape,dtype,size", [((2048, 2048, 1), "uint16", (1000, 1000)),
-                                              ((600, 3000, 3), "uint8", (100, 500))])
+                                              ((600, 3000, 3), "uint8", (100, 500)),
+                                              ((64, 48000, 3), "uint8", (43, 32000))])
 def test_area_resize_intermediates_stay_within_the_chunk_size(shape, dtype, size):
     from tifffs.scratch import Scratch
 
@@ -248,13 +249,29 @@ def test_area_resize_intermediates_stay_within_the_chunk_size(shape, dtype, size
     assert held and max(held.values()) <= 2 * area._CHUNK_BYTES < page.nbytes, held
 
 
-def test_the_fast_area_path_takes_only_totals_that_float64_rounds_exactly():
+def test_the_fast_area_path_takes_the_totals_whose_sums_float64_holds_exactly():
     uint16 = np.dtype("uint16")
-    coprime = area.AreaAxis(200_003, 1000)  # weight sum 200,003: total 4.0e10
+    coprime = area.AreaAxis(400_009, 1000)  # weight sum 400,009: 65535 * total > 2**53
     assert not area.exact_integers_apply(uint16, 1, coprime, coprime)  # the original code
-    reducible = area.AreaAxis(200_000, 1000)  # weight sum 200: total 40,000
+    reducible = area.AreaAxis(400_000, 1000)  # weight sum 400: total 160,000
     assert area.exact_integers_apply(uint16, 1, reducible, reducible)
     assert area.exact_integers_apply(np.dtype("uint8"), 1, coprime, coprime)
+
+
+@pytest.mark.parametrize("dtype", SMALL)
+@pytest.mark.parametrize("total", [65_536, 9_999_991, 10**10 + 1, (2**53 // 65_535) - 1])
+def test_sums_next_to_ties_round_half_up_at_every_total(dtype, total):
+    # the largest totals ((2M + 1) * 2 * total > 2**53) need integer rounding: float64's
+    # S / total + 1/2 puts some of these uint16 sums on the wrong side
+    rng = np.random.default_rng(total)
+    info = np.iinfo(dtype)
+    results = rng.integers(info.min + 1, info.max, 2000, endpoint=True)
+    # S / total + 1/2 within 1 / (2 total) of k: ties themselves where total is even
+    sums = [((2 * k - 1) * total + d) // 2 for k in results.tolist() for d in (-1, 0, 1)]
+    expected = np.array([(2 * s + total) // (2 * total) for s in sums], dtype=dtype)
+    out = np.empty((len(sums) // 3, 3), dtype=dtype)  # lines of output pixels
+    area.round_half_up(np.array(sums, dtype=np.float64).reshape(out.shape), total, out)
+    np.testing.assert_array_equal(out.reshape(-1), expected)
 
 
 def test_area_resize_of_random_shapes_equals_the_reference():

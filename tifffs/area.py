@@ -10,13 +10,17 @@ matrices of these weights over windows of a few outputs' source pixels (``numpy.
 BLAS, outside the GIL). Every weight, product and partial sum of the row pass is an
 integer of magnitude at most ``source rows / gcd * M`` (``M`` the type's largest
 magnitude), computed in float32 where that is below ``2**24`` (else float64); those of
-the column pass at most ``M * total``, in float64. The order of the additions therefore
-does not matter. The rounding is exact too: ``S / total + 1/2`` is either an integer
-(a tie, computed exactly) or at least ``1 / (2 total)`` from one, while float64's
-division and addition err by at most ``(2M + 1) * 2**-53``; the fast path requires
-``(2M + 1) * 2 * total < 2**53`` (which also keeps ``|S|`` below ``2**53``). Other
-types, and larger totals, keep the original code (int64 for integers; float64, whose
-order of additions their results depend on, for floats).
+the column pass at most ``M * total``, in float64, which the fast path requires to be
+below ``2**53``. The order of the additions therefore does not matter. The rounding is
+exact too. ``S / total`` is either a half-integer (a tie) or at least ``1 / (2 total)``
+from every half-integer, so ``y = S / total + 1 / (4 total)`` is at least
+``1 / (4 total)`` from every half-integer, and the nearest integer to ``y`` is
+``floor(S / total + 1/2)``. OpenCV computes ``y`` in float64 (``addWeighted``) with an
+error of at most ``3 (M + 1) * 2**-53``, below that margin while
+``12 (M + 1) total < 2**53``, and rounds it to the nearest integer of the output type in
+the same pass; larger totals round in int64. Other types, and totals with
+``M * total >= 2**53``, keep the original code (int64 for integers; float64, whose order
+of additions their results depend on, for floats).
 """
 
 from __future__ import annotations
@@ -24,12 +28,15 @@ from __future__ import annotations
 import functools
 import math
 
+import cv2
 import numpy as np
 
 from tifffs.arith import ceil_div
 from tifffs.scratch import Scratch
 
 _SMALL_INTEGERS = {np.dtype(t) for t in ("uint8", "int8", "uint16", "int16")}
+_OPENCV_DEPTHS = {np.dtype("uint8"): cv2.CV_8U, np.dtype("int8"): cv2.CV_8S,
+                  np.dtype("uint16"): cv2.CV_16U, np.dtype("int16"): cv2.CV_16S}
 _SAMPLES = 4  # more samples per pixel (damaged files): the original code
 _CHUNK_BYTES = 1 << 21  # output rows per chunk: their row sums fill this (larger chunks
 # take the GIL less often: two render threads make fit1000 1.6x faster than 256 KiB)
@@ -94,8 +101,11 @@ def area_resize(rows: np.ndarray, row_axis: AreaAxis, col_axis: AreaAxis, first:
         exact = ExactArea(rows.dtype, row_axis, col_axis, first, last, scratch)
         result = np.empty((last - first, col_axis.output, rows.shape[2]), dtype=rows.dtype)
         # both passes a few output rows at a time: every intermediate stays in the L2
-        # cache and none is large
+        # cache and none is large; whole groups of the row pass where they fit (a group
+        # split between chunks reads its window once per chunk)
         chunk = max(1, _CHUNK_BYTES // (rows.shape[1] * rows.shape[2] * 4))
+        group = exact.row_group
+        chunk = chunk - chunk % group if chunk >= group else chunk
         for a in range(0, last - first, chunk):
             b = min(a + chunk, last - first)
             exact.columns(exact.rows(rows, a, b), out=result[a:b])
@@ -109,8 +119,7 @@ def exact_integers_apply(dtype: np.dtype, samples: int, row_axis: AreaAxis,
     4 samples, and a total small enough for float64 (see the module docstring)."""
     if np.dtype(dtype).newbyteorder("=") not in _SMALL_INTEGERS or samples > _SAMPLES:
         return False
-    total = row_axis.weight_sum * col_axis.weight_sum
-    return (2 * _largest(dtype) + 1) * 2 * total < 2**53
+    return _largest(dtype) * row_axis.weight_sum * col_axis.weight_sum < 2**53
 
 
 def _largest(dtype: np.dtype) -> int:
@@ -143,8 +152,13 @@ class ExactArea:
         self._by_rows = _Windows(row_axis, first, last)
         self._by_columns = _whole_axis(col_axis.source, col_axis.output)
         self.row_type = np.float32 if self._by_rows.weight_sum * largest < 2**24 else np.float64
-        self._total = float(self._by_rows.weight_sum * self._by_columns.weight_sum)
+        self._total = self._by_rows.weight_sum * self._by_columns.weight_sum
         self._outputs = col_axis.output
+
+    @property
+    def row_group(self) -> int:
+        """Outputs that the row pass sums together (its chunks best hold whole groups)."""
+        return self._by_rows.group
 
     def rows(self, rows: np.ndarray, a: int = 0, b: int | None = None) -> np.ndarray:
         """The row pass of outputs ``a:b`` (of ``first:last``; all by default), as
@@ -169,11 +183,7 @@ class ExactArea:
         for a in range(0, len(lines), chunk):
             part = self._by_columns.apply_across(lines[a:a + chunk], np.float64,
                                                  self._scratch)
-            np.divide(part, self._total, out=part)  # then floor(part / total + 1/2)
-            np.add(part, 0.5, out=part)
-            if self.dtype.kind == "i":  # casting truncates towards zero: floor for x >= 0
-                np.floor(part, out=part)
-            np.copyto(pixels[a:a + chunk], part, casting="unsafe")
+            round_half_up(part, self._total, pixels[a:a + chunk])
         result = pixels.reshape(rows, samples, -1).transpose(0, 2, 1)
         if out is None:
             return result
@@ -182,7 +192,7 @@ class ExactArea:
         return out
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)  # a 40,000-pixel axis holds a few MiB of weights
 def _whole_axis(source: int, output: int) -> _Windows:
     """The windows of every output of an axis (the columns of each band of a page)."""
     return _Windows(AreaAxis(source, output), 0, output)
@@ -211,11 +221,13 @@ class _Windows:
         self.length = int((ends - starts).max())
         span = np.subtract(*axis.source_range(first, last)[::-1])
         self.index = np.minimum(starts[:, None] + np.arange(self.length), span - 1)
-        self.weights = np.zeros((groups, self.group, self.length), dtype=np.float64)
+        # the nonzero weights, by (group, output in group, pixel in window): the dense
+        # matrices are made from them in the types and layouts the passes use
         output, tap = np.nonzero(used)
         group = output // self.group
-        self.weights[group, output % self.group, taps[output, tap] - starts[group]] = (
-            overlaps[output, tap] // divisor)
+        self._places = (group, output % self.group, taps[output, tap] - starts[group])
+        self._values = overlaps[output, tap] // divisor
+        self._shape = (groups, self.group, self.length)
         self._typed: dict[tuple[np.dtype, bool], np.ndarray] = {}
 
     @property
@@ -224,43 +236,50 @@ class _Windows:
         return self.index.size * 8
 
     def _weights(self, dtype: type, across: bool = False) -> np.ndarray:
-        """The weights in ``dtype``; ``across``: each group's matrix transposed."""
+        """The weights of each group, (groups, group, length), in ``dtype``; ``across``:
+        each group's matrix transposed."""
         key = (np.dtype(dtype), across)
         if key not in self._typed:
-            weights = self.weights.transpose(0, 2, 1) if across else self.weights
-            self._typed[key] = np.ascontiguousarray(weights, dtype=dtype)
+            weights = np.zeros(self._shape, dtype=dtype)
+            weights[self._places] = self._values
+            self._typed[key] = (np.ascontiguousarray(weights.transpose(0, 2, 1)) if across
+                                else weights)
         return self._typed[key]
 
     def apply(self, source: np.ndarray, a: int, b: int, dtype: type,
               scratch: Scratch) -> np.ndarray:
         """Outputs ``a:b`` along the first axis of ``source`` (pixels, values), in
-        ``dtype``, a few groups at a time (the windows gathered stay small); a single
-        group too large for that a block of values at a time. The result lies in
-        ``scratch``."""
-        first_group, last_group = a // self.group, ceil_div(b, self.group)
+        ``dtype``, as (outputs, values) in ``scratch``: whole groups a few at a time (the
+        windows gathered stay small), the others (a group cut by ``a`` or ``b``, or too
+        large to gather) one at a time."""
         values = source.shape[1]
-        result = scratch.array("area sums", (last_group - first_group, self.group, values),
-                               dtype)
+        result = scratch.array("area sums", (b - a, values), dtype)
         window_bytes = self.length * values * np.dtype(dtype).itemsize
         step = max(1, _CHUNK_BYTES // window_bytes)
-        for g in range(first_group, last_group, step):
-            h = min(g + step, last_group)
-            into = result[g - first_group:h - first_group]
-            if window_bytes <= _CHUNK_BYTES:
+        g = a // self.group
+        while g * self.group < b:
+            h = min(g + step, ceil_div(b, self.group))
+            lo, hi = max(a, g * self.group), min(b, h * self.group)
+            if (lo, hi) == (g * self.group, h * self.group) and window_bytes <= _CHUNK_BYTES:
                 windows = _gather(source, self.index[g:h], 0, dtype, scratch)
-                np.matmul(self._weights(dtype)[g:h], windows, out=into)
-            else:  # one group: its window is a range of pixels, taken in blocks of values
-                self._apply_by_values(source, g, dtype, into[0])
-        skip = a - first_group * self.group
-        return result.reshape(-1, values)[skip:skip + b - a]
+                np.matmul(self._weights(dtype)[g:h], windows,
+                          out=result[lo - a:hi - a].reshape(h - g, self.group, values))
+            else:
+                for k in range(g, h):
+                    top = max(lo, k * self.group)
+                    bottom = min(hi, (k + 1) * self.group)
+                    self._apply_one(source, k, top - k * self.group, bottom - k * self.group,
+                                    dtype, result[top - a:bottom - a])
+            g = h
+        return result
 
-    def _apply_by_values(self, source: np.ndarray, group: int, dtype: type,
-                         into: np.ndarray) -> None:
-        """``apply`` of one group whose window is too large to gather: its source
-        pixels are a range, summed a block of values and of pixels at a time."""
+    def _apply_one(self, source: np.ndarray, group: int, first: int, last: int, dtype: type,
+                   into: np.ndarray) -> None:
+        """Outputs ``first:last`` of one group into ``into``: its window is a range of
+        pixels, summed a block of values and of pixels at a time."""
         start = int(self.index[group, 0])
         stop = int(self.index[group, -1]) + 1  # clamped at the end: the rest weighs 0
-        weights = self._weights(dtype)[group]
+        weights = self._weights(dtype)[group, first:last]
         itemsize = np.dtype(dtype).itemsize
         pixels = min(stop - start, _BLOCK_PIXELS)
         block = max(1, _CHUNK_BYTES // (pixels * itemsize))
@@ -285,6 +304,22 @@ class _Windows:
         np.matmul(windows.transpose(1, 0, 2), self._weights(dtype, across=True),
                   out=result.transpose(1, 0, 2))
         return result.reshape(lines, -1)[:, :self.outputs]
+
+
+def round_half_up(sums: np.ndarray, total: int, out: np.ndarray) -> None:
+    """``out = floor(sums / total + 1/2)`` of integer sums held exactly in float64
+    (``sums`` may be overwritten): for totals up to ``2**53 / (12 (M + 1))`` as OpenCV's
+    rounding to the nearest of ``sums / total + 1 / (4 total)`` (the module docstring
+    says why that is exact), else in int64."""
+    if 12 * (_largest(out.dtype) + 1) * total < 2**53 and out.ndim == 2 and out.dtype.isnative:
+        cv2.addWeighted(sums, 1 / total, sums, 0.0, 0.25 / total, dst=out,
+                        dtype=_OPENCV_DEPTHS[out.dtype.newbyteorder("=")])
+        return
+    exact = sums.astype(np.int64)  # |sums| <= M * total < 2**53: exact
+    exact *= 2
+    exact += total
+    np.floor_divide(exact, 2 * total, out=exact)
+    np.copyto(out, exact, casting="unsafe")
 
 
 def _gather(source: np.ndarray, index: np.ndarray, axis: int, dtype: type,
