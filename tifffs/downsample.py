@@ -46,8 +46,9 @@ _CV2_INTERPOLATION = {"linear": cv2.INTER_LINEAR, "lanczos": cv2.INTER_LANCZOS4}
 _CV2_RESIZABLE = {np.dtype(t) for t in ("uint8", "uint16", "int16", "float32", "float64")}
 _MIN_OPENCV_PIXELS = 64  # smaller pages: numpy alone is as quick
 _OPENCV_SAMPLES = 4  # samples per pixel that one OpenCV call resizes
-_NETWORK_CHUNK_BYTES = 1 << 21  # planes of one chunk of block rows: fewer, larger
-# numpy calls take the GIL less often (two render threads: x4-mode 15 % faster than 1 MiB)
+_NETWORK_CHUNK_BYTES = 1 << 22  # planes of one chunk of block rows: fewer, larger
+# numpy calls take the GIL less often (two render threads: x4-mode 10 % faster than with
+# 2 MiB, 25 % than with 1 MiB; 8 MiB is slower again)
 # Largest block for a comparator network; beyond, numpy's (SIMD) sort of each block wins
 _NETWORK_LIMIT = {"median": 48, "mode": 128}
 
