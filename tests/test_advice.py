@@ -4,6 +4,8 @@ sequential reader does on a cold disk)."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import tifffile
 
@@ -62,3 +64,42 @@ def test_advice_brings_just_those_rows_into_the_page_cache(tmp_path):
         assert resident_bytes(path) < 2 << 20
     finally:
         source.close()
+
+
+def test_spans_of_advice_merge_when_near_and_cover_every_byte():
+    from tifffs.pixels import ADVICE_GAP_BYTES, MAX_ADVICE_BYTES, merged_spans
+
+    near = [(1000, 100), (0, 500), (1100 + ADVICE_GAP_BYTES, 10)]  # unsorted, one gap
+    assert merged_spans(near) == [(0, 1110 + ADVICE_GAP_BYTES)]
+    far = [(0, 10), (10 + ADVICE_GAP_BYTES + 1, 10)]
+    assert merged_spans(far) == far
+    big = [(i * (16 << 20), 16 << 20) for i in range(6)]  # 96 MiB in a row
+    merged = merged_spans(big)
+    assert all(length <= MAX_ADVICE_BYTES for _, length in merged)
+    assert merged[0][0] == 0 and sum(length for _, length in merged) == 96 << 20
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(merged))
+
+
+def test_the_advice_ahead_of_a_reader_of_small_pages_is_one_request(tmp_path, monkeypatch):
+    from tifffs import open_view, pixels
+
+    path = tmp_path / "frames.tif"
+    tifffile.imwrite(path, np.ones((40, 64, 64), np.uint16), photometric="minisblack")
+    calls: list[tuple[int, int]] = []
+    real_fadvise = pixels.os.posix_fadvise
+
+    def recording(fd, offset, length, advice):
+        calls.append((offset, length))
+        return real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(pixels.os, "posix_fadvise", recording)
+    reader = open_view(str(path), view="x2")
+    try:
+        reader.view.prefetch_after((0, 0, 0), 4)  # renders 4 pages, advises the 12 after
+        with tifffile.TiffFile(path) as tif:
+            offsets = [tif.pages[i].dataoffsets[0] for i in (5, 16)]
+        assert len(calls) == 1, calls
+        (offset, length), = calls
+        assert offset == offsets[0] and offset + length == offsets[1] + 64 * 64 * 2
+    finally:
+        reader.close()

@@ -127,8 +127,14 @@ class SourceFile:
         cold disk the reads then overlap the rendering."""
         span = row_span(page, plane, start, min(stop, page.height))
         if span is not None:
+            self.advise([span])
+
+    def advise(self, spans: list[tuple[int, int]]) -> None:
+        """Have the kernel start reading these (offset, length) spans of the file, the
+        neighbouring ones as one (``merged_spans``)."""
+        for offset, length in merged_spans(spans):
             with contextlib.suppress(OSError):
-                os.posix_fadvise(self.fd, span[0], span[1], os.POSIX_FADV_WILLNEED)
+                os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_WILLNEED)
 
     def _pread_rows(self, page: SourcePage, plane: int, rows: range, out: np.ndarray) -> None:
         """Fill ``out`` with ``rows`` of uncompressed strips: one ``preadv`` per run of
@@ -264,6 +270,24 @@ def _decoded(page: SourcePage, decode: Callable[..., Any], data: bytes,
 
 #: The most bytes one read-ahead advice covers.
 MAX_ADVICE_BYTES = 64 << 20
+#: Spans of advice at most this far apart are advised as one (the IFD between two
+#: pages): one request instead of a request per small page.
+ADVICE_GAP_BYTES = 64 << 10
+
+
+def merged_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(offset, length) spans in file order, those that overlap or lie
+    ``ADVICE_GAP_BYTES`` apart merged while the merged span stays within
+    ``MAX_ADVICE_BYTES``: every byte of every span is still covered."""
+    merged: list[list[int]] = []
+    for offset, length in sorted(spans):
+        end = offset + length
+        if (merged and offset <= merged[-1][1] + ADVICE_GAP_BYTES
+                and max(merged[-1][1], end) - merged[-1][0] <= MAX_ADVICE_BYTES):
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([offset, end])
+    return [(start, end - start) for start, end in merged]
 
 
 def row_span(page: SourcePage, plane: int, start: int, stop: int) -> tuple[int, int] | None:

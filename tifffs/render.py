@@ -19,7 +19,7 @@ from tifffs import area, downsample
 from tifffs.arith import ceil_div
 from tifffs.errors import BrokenSource
 from tifffs.pages import SourcePage
-from tifffs.pixels import SourceFile
+from tifffs.pixels import SourceFile, row_span
 from tifffs.plan import (
     BlockPlan,
     FitPlan,
@@ -294,11 +294,13 @@ def _band_rows(plan: PagePlan, band: int) -> tuple[int, int]:
     return first, min(first + plan.band_rows, plan.out.height)
 
 
-def advise_band(source: SourceFile, plan: PagePlan, plane: int, band: int) -> None:
-    """Have the kernel read ahead the source rows that ``render_band`` of this band will
-    read."""
-    for page, start, stop in _source_rows(source.pages, plan, *_band_rows(plan, band)):
-        source.advise_rows(page, plane, start, stop)
+def band_spans(source: SourceFile, plan: PagePlan, plane: int,
+               band: int) -> list[tuple[int, int]]:
+    """The (offset, length) spans of the file that ``render_band`` of this band reads,
+    for read-ahead advice (``SourceFile.advise``)."""
+    spans = (row_span(page, plane, start, min(stop, page.height))
+             for page, start, stop in _source_rows(source.pages, plan, *_band_rows(plan, band)))
+    return [span for span in spans if span is not None]
 
 
 def _read(source: SourceFile, page: SourcePage, plane: int, start: int, stop: int,

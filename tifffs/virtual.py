@@ -24,7 +24,7 @@ from tifffs.errors import SourceChanged
 from tifffs.pixels import SourceFile
 from tifffs.plan import ViewPlan, band_bytes, plan_view
 from tifffs.readahead import BandKey, SequentialReadAhead
-from tifffs.render import RenderPool, advise_band, render_band, render_stack, stackable
+from tifffs.render import RenderPool, band_spans, render_band, render_stack, stackable
 from tifffs.scratch import Scratch
 from tifffs.series import SeriesInfo, series_of
 from tifffs.views import View, parse_view
@@ -126,17 +126,21 @@ class VirtualTiff:
         """Start rendering the ``count`` bands that follow ``key`` in the file, and have
         the kernel read the source rows of the ``3 * count`` bands after those (the
         source's descriptor reads at random: the kernel reads ahead nothing by itself,
-        and from a cold disk the reads then overlap the rendering)."""
+        and from a cold disk the reads then overlap the rendering): neighbouring rows as
+        one request (the pages of a time-lapse)."""
+        spans: list[tuple[int, int]] = []
         for i, following in enumerate(itertools.islice(self._bands_after(key), 4 * count)):
             if i < count:
                 self._prefetch(following)
             elif following > self._advised_through:  # bands are keyed in file order
                 self._advised_through = following
                 page, plane, band = following
-                if self._cache.peek((self._key_prefix, *following)) is not None:
-                    continue  # rendered already: its source rows will not be read
-                with contextlib.suppress(SourceChanged), self.source.in_use():
-                    advise_band(self.source, self.plan.pages[page], plane, band)
+                if self._cache.peek((self._key_prefix, *following)) is None:
+                    # (a band rendered already will not read its source rows)
+                    spans += band_spans(self.source, self.plan.pages[page], plane, band)
+        if spans:
+            with contextlib.suppress(SourceChanged), self.source.in_use():
+                self.source.advise(spans)
 
     def _bands_after(self, key: BandKey) -> Iterator[BandKey]:
         """The bands after ``key``, in file order."""
