@@ -59,7 +59,7 @@ def test_advice_brings_just_those_rows_into_the_page_cache(tmp_path):
     try:
         evict(path)
         assert resident_bytes(path) < 64 << 10
-        source.advise_rows(source.pages[1], 0, 0, 512)  # 1 MiB of the 6 MiB
+        source.advise([row_span(source.pages[1], 0, 0, 512)])  # 1 MiB of the 6 MiB
         wait_for(lambda: resident_bytes(path) >= 1 << 20, HANG, "the advised rows cached")
         assert resident_bytes(path) < 2 << 20
     finally:

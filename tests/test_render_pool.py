@@ -23,6 +23,12 @@ from tools import mount_stats
 WAIT = 10.0  # seconds: only a hang detector
 
 
+def _whole_view(path, view: str) -> bytes:
+    """Every byte of ``view`` of the file at ``path``, read at once through ``open_view``."""
+    with open_view(str(path), view=view) as opened:
+        return opened.read(0, opened.size)
+
+
 def _count_decodes(monkeypatch) -> list[int]:
     """The index of every strip or tile decoded from now on."""
     from tifffs import pixels
@@ -296,11 +302,7 @@ def test_compressed_tiles_reduce_one_tile_at_a_time(tmp_path, monkeypatch, kind,
                     tag.overwrite(values)
     parsed = parse_view(view, "mean")
     used = _record_slots(monkeypatch)
-    opened = open_view(str(path), view=view)
-    try:
-        served = opened.read(0, opened.size)
-    finally:
-        opened.close()
+    served = _whole_view(path, view)
     assert used and all(sum(sizes.values()) == 0 for sizes in used), used
     pages = tifffile.TiffFile(io.BytesIO(served)).pages
     with tifffile.TiffFile(path) as tif:
@@ -347,11 +349,8 @@ def test_tiles_that_decode_to_another_type_are_cast_as_tifffile_casts_them(
         sources = [page.asarray() for page in tif.pages]
     assert sources[0].dtype == np.uint16
     parsed = parse_view(view, "mean")
-    opened = open_view(str(path), view=view)
-    try:
+    with open_view(str(path), view=view) as opened:
         served = opened.read(0, opened.size)
-    finally:
-        opened.close()
     assert len(served) == opened.size
     pages = tifffile.TiffFile(io.BytesIO(served)).pages
     assert len(pages) == len(sources)
@@ -401,11 +400,7 @@ def test_rows_of_tiles_larger_than_a_band_are_reduced_tile_by_tile(tmp_path, mon
     write_stack(path, data, tile=(32, 32), compression="zlib", photometric="rgb")
     decoded = _count_decodes(monkeypatch)
     parsed = parse_view(view, "mean")
-    opened = open_view(str(path), view=view)
-    try:
-        served = opened.read(0, opened.size)
-    finally:
-        opened.close()
+    served = _whole_view(path, view)
     pages_read = 4 // parsed.z_factor if parsed.method == "nearest" else 4  # first slices
     tiles = pages_read * (96 // 32) * (160 // 32)
     if parsed.factor > 1:
@@ -534,11 +529,7 @@ def test_strips_larger_than_a_band_are_decoded_once(tmp_path, monkeypatch, rows_
                 photometric="rgb")
     decoded = _count_decodes(monkeypatch)
     parsed = parse_view(view, "mean")
-    opened = open_view(str(path), view=view)
-    try:
-        served = opened.read(0, opened.size)
-    finally:
-        opened.close()
+    served = _whole_view(path, view)
     pages_read = 4 // parsed.z_factor if parsed.method == "nearest" else 4
     strips = pages_read * (96 // rows_per_strip)
     if rows_per_strip % parsed.factor == 0 or rows_per_strip >= 96:
@@ -641,11 +632,7 @@ def test_pages_whose_blocks_would_span_two_pages_render_one_by_one(tmp_path, mon
     stacks = _count_stacks(monkeypatch)
     renders = _count_renders(monkeypatch)
     parsed = parse_view(view, "mean")
-    opened = open_view(str(path), view=view)
-    try:
-        served = opened.read(0, opened.size)
-    finally:
-        opened.close()
+    served = _whole_view(path, view)
     assert stacks == [] and sorted(renders) == list(range(30))
     for page, source in zip(tifffile.TiffFile(io.BytesIO(served)).pages, data):
         expected = reference_blocks([source[:, :, None]], 4, parsed.method)[:, :, 0]

@@ -244,8 +244,9 @@ def serve(folder: str = "") -> None:
     """A helper's life: read one request on stdin (``Helper`` makes it), describe its files
     in order, write their sizes and page counts on stdout, ``BATCH`` to a line. Files
     the index has up to date are left out, and so is a file that fails or whose IFD
-    chain breaks off: its caller describes it and logs why. It ends when done, on SIGTERM, when stdout closes or when its parent ends,
-    with what it described written to the index. ``folder`` only shows in ``ps``."""
+    chain breaks off: its caller describes it and logs why. It ends when done, on
+    SIGTERM, when stdout closes or when its parent ends, with what it described written
+    to the index. ``folder`` only shows in ``ps``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

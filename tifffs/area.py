@@ -152,8 +152,8 @@ class ExactArea:
         self.dtype = np.dtype(dtype)
         self._by_rows = _Windows(row_axis, first, last)
         self._by_columns = _whole_axis(col_axis.source, col_axis.output)
-        self.row_type = np.float32 if self._by_rows.weight_sum * largest < 2**24 else np.float64
-        self._total = self._by_rows.weight_sum * self._by_columns.weight_sum
+        self.row_type = np.float32 if row_axis.weight_sum * largest < 2**24 else np.float64
+        self._total = row_axis.weight_sum * col_axis.weight_sum
         self._outputs = col_axis.output
 
     @property
@@ -204,12 +204,11 @@ class _Windows:
     ``k`` of ``group`` consecutive outputs is ``weights[k] @ source[index[k]]``, over a
     window of ``length`` source pixels (the same for every group; pixels outside a
     group's own weigh 0). Weights are the overlaps divided by ``gcd(source, output)``;
-    each output's sum to ``weight_sum``."""
+    each output's sum to ``axis.weight_sum``."""
 
     def __init__(self, axis: AreaAxis, first: int, last: int) -> None:
         taps, overlaps = axis.taps(first, last)
-        self.weight_sum = axis.weight_sum
-        divisor = axis.source // self.weight_sum
+        divisor = axis.source // axis.weight_sum
         self.outputs = last - first
         # a group's window spans about group * ratio + 2 pixels, of which each output
         # uses about ratio + 2: a few outputs per product keep the waste small
@@ -220,8 +219,8 @@ class _Windows:
         starts = taps[firsts, 0]
         ends = np.maximum.reduceat(np.where(used, taps, -1).max(axis=1), firsts) + 1
         self.length = int((ends - starts).max())
-        span = np.subtract(*axis.source_range(first, last)[::-1])
-        self.index = np.minimum(starts[:, None] + np.arange(self.length), span - 1)
+        start, stop = axis.source_range(first, last)
+        self.index = np.minimum(starts[:, None] + np.arange(self.length), stop - start - 1)
         # the nonzero weights, by (group, output in group, pixel in window): the dense
         # matrices are made from them in the types and layouts the passes use
         output, tap = np.nonzero(used)
@@ -314,7 +313,7 @@ def round_half_up(sums: np.ndarray, total: int, out: np.ndarray) -> None:
     says why that is exact), else in int64."""
     if 12 * (_largest(out.dtype) + 1) * total < 2**53 and out.ndim == 2 and out.dtype.isnative:
         cv2.addWeighted(sums, 1 / total, sums, 0.0, 0.25 / total, dst=out,
-                        dtype=_OPENCV_DEPTHS[out.dtype.newbyteorder("=")])
+                        dtype=_OPENCV_DEPTHS[out.dtype])
         return
     exact = sums.astype(np.int64)  # |sums| <= M * total < 2**53: exact
     exact *= 2

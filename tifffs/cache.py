@@ -188,9 +188,13 @@ class LruCache(Generic[V]):
     def discard(self, key: Hashable) -> None:
         """Forget the value of ``key``, if held (not a computation under way)."""
         with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._stats.weight -= old[1]
+            self._forget(key)
+
+    def _forget(self, key: Hashable) -> None:
+        """Drop the value of ``key``, if held, and its weight (the lock is held)."""
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._stats.weight -= old[1]
 
     def put(self, key: Hashable, value: V) -> None:
         """Keep ``value`` for ``key`` (replacing any)."""
@@ -202,9 +206,7 @@ class LruCache(Generic[V]):
         is kept alone (readers of it go on hitting it)."""
         weight = self._weigh(value)
         with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._stats.weight -= old[1]
+            self._forget(key)
             self._items[key] = (value, weight)
             self._stats.weight += weight
             while self._stats.weight > self.capacity and len(self._items) > 1:

@@ -121,17 +121,11 @@ class SourceFile:
             out = out.byteswap().view(out.dtype.newbyteorder("<"))
         return out
 
-    def advise_rows(self, page: SourcePage, plane: int, start: int, stop: int) -> None:
-        """Have the kernel start reading the bytes of rows ``start:stop`` into its page
-        cache (``POSIX_FADV_WILLNEED``), for a render ahead that will read them: from a
-        cold disk the reads then overlap the rendering."""
-        span = row_span(page, plane, start, min(stop, page.height))
-        if span is not None:
-            self.advise([span])
-
     def advise(self, spans: list[tuple[int, int]]) -> None:
-        """Have the kernel start reading these (offset, length) spans of the file, the
-        neighbouring ones as one (``merged_spans``)."""
+        """Have the kernel start reading these (offset, length) spans of the file into its
+        page cache (``POSIX_FADV_WILLNEED``), the neighbouring ones as one
+        (``merged_spans``), for a render ahead that will read them: from a cold disk the
+        reads then overlap the rendering."""
         for offset, length in merged_spans(spans):
             with contextlib.suppress(OSError):
                 os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_WILLNEED)

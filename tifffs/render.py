@@ -106,24 +106,18 @@ def stackable(source: SourceFile, plans: list[PagePlan]) -> bool:
     (``render_stack``): block methods or ``nearest`` of one source page each, alike in
     size and type, whose blocks never span two pages."""
     first = plans[0]
-    if not isinstance(first, BlockPlan) or first.level is not None or len(first.sources) > 1:
+    if not all(isinstance(plan, BlockPlan) and plan.level is None and len(plan.sources) == 1
+               and (plan.factor, plan.method, plan.band_rows)
+               == (first.factor, first.method, first.band_rows) for plan in plans):
         return False
+    assert isinstance(first, BlockPlan)
     page = source.pages[first.sources[0]]
-    shape = (page.height, page.width, page.samples_per_row_pixel, page.dtype)
     if (page.dtype.byteorder == ">" or first.band_rows < first.out.height
             or (first.method != "nearest" and page.height % first.factor)
             or _by_segments([(page, 0, page.height)], first.factor)):
         return False
-    for plan in plans[1:]:
-        if (not isinstance(plan, BlockPlan) or plan.level is not None
-                or (plan.factor, plan.method, plan.band_rows) != (first.factor, first.method,
-                                                                  first.band_rows)
-                or len(plan.sources) > 1):
-            return False
-        other = source.pages[plan.sources[0]]
-        if (other.height, other.width, other.samples_per_row_pixel, other.dtype) != shape:
-            return False
-    return True
+    pages = [source.pages[plan.sources[0]] for plan in plans]
+    return len({(p.height, p.width, p.samples_per_row_pixel, p.dtype) for p in pages}) == 1
 
 
 def render_stack(source: SourceFile, plans: list[PagePlan], plane: int,
