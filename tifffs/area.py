@@ -37,6 +37,7 @@ from tifffs.scratch import Scratch
 _SMALL_INTEGERS = {np.dtype(t) for t in ("uint8", "int8", "uint16", "int16")}
 _OPENCV_DEPTHS = {np.dtype("uint8"): cv2.CV_8U, np.dtype("int8"): cv2.CV_8S,
                   np.dtype("uint16"): cv2.CV_16U, np.dtype("int16"): cv2.CV_16S}
+_OPENCV_TRANSPOSES = {*_OPENCV_DEPTHS, np.dtype("float32"), np.dtype("float64")}  # native
 _SAMPLES = 4  # more samples per pixel (damaged files): the original code
 _CHUNK_BYTES = 1 << 21  # the intermediates of a chunk of rows or lines fill this: larger
 # chunks take the GIL less often (fit1000 of the stack: 1 MiB 0.76 s, 2 MiB 0.69 s), but
@@ -150,8 +151,8 @@ class ExactArea:
         largest = _largest(dtype)
         self._scratch = scratch or Scratch()
         self.dtype = np.dtype(dtype)
-        self._by_rows = _Windows(row_axis, first, last)
-        self._by_columns = _whole_axis(col_axis.source, col_axis.output)
+        self._by_rows = _windows(row_axis.source, row_axis.output, first, last)
+        self._by_columns = _windows(col_axis.source, col_axis.output, 0, col_axis.output)
         self.row_type = np.float32 if row_axis.weight_sum * largest < 2**24 else np.float64
         self._total = row_axis.weight_sum * col_axis.weight_sum
         self._outputs = col_axis.output
@@ -172,19 +173,26 @@ class ExactArea:
 
     def columns(self, sums: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Output pixels (rows, output columns, samples) of the row pass of every column,
-        a few lines at a time (their intermediates stay in the L2 cache); written into
-        ``out`` when given."""
+        a few lines at a time (their intermediates stay small); written into ``out`` when
+        given."""
         rows, width, samples = sums.shape
         # one line per row and sample: (rows * samples, columns)
         lines = sums.transpose(0, 2, 1).reshape(rows * samples, width)
         direct = out is not None and samples == 1 and out.flags.c_contiguous
         pixels = (out.reshape(rows, self._outputs) if out is not None and direct
                   else np.empty((rows * samples, self._outputs), dtype=self.dtype))
-        chunk = max(1, _CHUNK_BYTES // self._by_columns.gathered_bytes_per_line)
+        chunk = max(1, _CHUNK_BYTES // (width * 8))  # float64 sums of each line
         for a in range(0, len(lines), chunk):
-            part = self._by_columns.apply_across(lines[a:a + chunk], np.float64,
-                                                 self._scratch)
-            round_half_up(part, self._total, pixels[a:a + chunk])
+            part = lines[a:a + chunk]
+            # transposed, the column pass is a row pass: BLAS is fastest with the lines
+            # as the long side of its products, and gathering rows copies whole lines
+            across = _transposed(part, self._scratch.array("area lines", part.shape[::-1],
+                                                           part.dtype))
+            sums_across = self._by_columns.apply(across, 0, self._outputs, np.float64,
+                                                 self._scratch, name="area column sums")
+            rounded = self._scratch.array("area rounded", sums_across.shape, self.dtype)
+            round_half_up(sums_across, self._total, rounded)
+            _transposed(rounded, pixels[a:a + chunk])
         result = pixels.reshape(rows, samples, -1).transpose(0, 2, 1)
         if out is None:
             return result
@@ -193,10 +201,23 @@ class ExactArea:
         return out
 
 
-@functools.lru_cache(maxsize=4)  # a 40,000-pixel axis holds a few MiB of weights
-def _whole_axis(source: int, output: int) -> _Windows:
-    """The windows of every output of an axis (the columns of each band of a page)."""
-    return _Windows(AreaAxis(source, output), 0, output)
+def _transposed(source: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``source`` (2D) transposed into ``out``: by OpenCV where it takes the arrays (much
+    faster than numpy's strided copy)."""
+    if (source.dtype in _OPENCV_TRANSPOSES and source.strides[1] == source.itemsize
+            and out.flags.c_contiguous):
+        written = cv2.transpose(source, dst=out)
+        if written is out or np.shares_memory(written, out):
+            return out
+    np.copyto(out, source.T)
+    return out
+
+
+@functools.lru_cache(maxsize=8)  # a 40,000-pixel axis holds a few MiB of weights
+def _windows(source: int, output: int, first: int, last: int) -> _Windows:
+    """The windows of outputs ``first:last`` of an axis: the rows of a band, or all the
+    columns of a page; kept, since every page of a stack has the same bands."""
+    return _Windows(AreaAxis(source, output), first, last)
 
 
 class _Windows:
@@ -228,32 +249,25 @@ class _Windows:
         self._places = (group, output % self.group, taps[output, tap] - starts[group])
         self._values = overlaps[output, tap] // divisor
         self._shape = (groups, self.group, self.length)
-        self._typed: dict[tuple[np.dtype, bool], np.ndarray] = {}
+        self._typed: dict[np.dtype, np.ndarray] = {}
 
-    @property
-    def gathered_bytes_per_line(self) -> int:
-        """Bytes that ``apply_across`` gathers for each line (float64)."""
-        return self.index.size * 8
-
-    def _weights(self, dtype: type, across: bool = False) -> np.ndarray:
-        """The weights of each group, (groups, group, length), in ``dtype``; ``across``:
-        each group's matrix transposed."""
-        key = (np.dtype(dtype), across)
+    def _weights(self, dtype: type) -> np.ndarray:
+        """The weights of each group, (groups, group, length), in ``dtype``."""
+        key = np.dtype(dtype)
         if key not in self._typed:
             weights = np.zeros(self._shape, dtype=dtype)
             weights[self._places] = self._values
-            self._typed[key] = (np.ascontiguousarray(weights.transpose(0, 2, 1)) if across
-                                else weights)
+            self._typed[key] = weights
         return self._typed[key]
 
-    def apply(self, source: np.ndarray, a: int, b: int, dtype: type,
-              scratch: Scratch) -> np.ndarray:
+    def apply(self, source: np.ndarray, a: int, b: int, dtype: type, scratch: Scratch,
+              name: str = "area sums") -> np.ndarray:
         """Outputs ``a:b`` along the first axis of ``source`` (pixels, values), in
-        ``dtype``, as (outputs, values) in ``scratch``: whole groups a few at a time (the
+        ``dtype``, as (outputs, values) in ``scratch``'s buffer ``name``: whole groups a few at a time (the
         windows gathered stay small), the others (a group cut by ``a`` or ``b``, or too
         large to gather) one at a time."""
         values = source.shape[1]
-        result = scratch.array("area sums", (b - a, values), dtype)
+        result = scratch.array(name, (b - a, values), dtype)
         window_bytes = self.length * values * np.dtype(dtype).itemsize
         step = max(1, _CHUNK_BYTES // window_bytes)
         g = a // self.group
@@ -294,16 +308,6 @@ class _Windows:
                     out[...] = part
                 else:  # every partial sum is within the bound of the whole: exact
                     out += part
-
-    def apply_across(self, source: np.ndarray, dtype: type, scratch: Scratch) -> np.ndarray:
-        """All outputs along the second axis of ``source`` (lines, pixels), in ``dtype``:
-        (lines, outputs), in ``scratch``."""
-        lines = source.shape[0]
-        windows = _gather(source, self.index, 1, dtype, scratch)  # (lines, groups, length)
-        result = scratch.array("area products", (lines, len(self.index), self.group), dtype)
-        np.matmul(windows.transpose(1, 0, 2), self._weights(dtype, across=True),
-                  out=result.transpose(1, 0, 2))
-        return result.reshape(lines, -1)[:, :self.outputs]
 
 
 def round_half_up(sums: np.ndarray, total: int, out: np.ndarray) -> None:
