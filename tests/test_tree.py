@@ -96,6 +96,28 @@ def test_listed_inodes_equal_the_inodes_of_a_stat(tree):
                                                      for i in inodes]
 
 
+def test_a_listing_gives_the_source_names_as_bytes_and_links_their_targets_inodes(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    odd = os.fsdecode(b"caf\xe9.tif")  # not UTF-8
+    tifffile.imwrite(source / odd, np.zeros((6, 4), np.uint8))
+    (source / "sub").mkdir()
+    os.symlink(odd, source / "link.tif")
+    os.symlink("sub", source / "sub_link")
+    tree = build_tree(str(source), VIEWS, 1 << 20, None)
+    listing = tree.list("/x2")
+    assert sorted(listing.names) == [b".", b"..", b"caf\xe9.tif", b"link.tif", b"sub",
+                                     b"sub_link"]
+    assert listing.names[:2] == [b".", b".."] and listing.attributes(0) is None
+    for position, name in enumerate(listing.names[2:], start=2):
+        path = "/x2/" + os.fsdecode(name)
+        attributes = tree.attributes(path)
+        assert listing.attributes(position) == {"st_mode": stat.S_IFMT(attributes["st_mode"]),
+                                                "st_ino": attributes["st_ino"]}, path
+    entries = {entry.name: entry.attributes for entry in listing}
+    assert entries[odd] == listing.attributes(listing.names.index(b"caf\xe9.tif"))
+    assert entries["link.tif"]["st_ino"] == entries[odd]["st_ino"]  # the target's inode
+
 def test_folders_cannot_be_opened_and_the_stats_file_counts(tree):
     with pytest.raises(IsADirectoryError):
         tree.open("/x2")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from tifffs.errors import TifffsError
@@ -80,10 +81,10 @@ class DescribeAhead:
         self.described = 0  # sizes that came from helpers before the daemon needed them
         self.started = 0  # helpers started
 
-    def listed(self, folder: str, view: View, tiffs: int) -> None:
-        """A listing of ``view``'s ``folder`` (its source path) showed ``tiffs`` TIFF
-        files."""
-        if tiffs < MIN_FILES:
+    def listed(self, folder: str, view: View, names: Iterable[bytes]) -> None:
+        """A listing of ``view``'s ``folder`` (its source path) showed these ``names``."""
+        tiffs = filter(is_tiff_name, names)
+        if sum(1 for _ in itertools.islice(tiffs, MIN_FILES)) < MIN_FILES:
             return
         key = (folder, view.name)
         with self._lock:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,8 +110,8 @@ class Catalog:
         self._sizes.put(key, size)
         return True
 
-    def listed(self, folder: str, view: View, tiffs: int) -> None:
-        """A listing of ``view``'s source ``folder`` showed ``tiffs`` TIFF files. What
+    def listed(self, folder: str, view: View, names: Sequence[bytes]) -> None:
+        """A listing of ``view``'s source ``folder`` showed these ``names``. What
         the index had for the folder is read afresh by the stats that follow: it may
         have been read before this process (or its helper, or another mount) wrote the
         folder's rows, and a folder larger than the sizes kept in memory would
@@ -123,7 +124,7 @@ class Catalog:
             self._chunked.discard(key)
             self._described.discard(folder)
         if self.ahead is not None:
-            self.ahead.listed(folder, view, tiffs)
+            self.ahead.listed(folder, view, names)
 
     def _indexed_sizes(self, directory: str, view: View) -> dict[str, tuple[tuple, int]]:
         """The index's sizes of ``view`` for the files of ``directory`` (path -> version,

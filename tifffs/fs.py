@@ -14,7 +14,6 @@ import ctypes
 import errno
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 from fuse import FUSE, FuseOSError, Operations, c_stat
 
 from tifffs.errors import TifffsError
+from tifffs.listing import NO_ATTRIBUTES, Listing
 from tifffs.problems import printable
 from tifffs.threadstate import keep_thread_state
 from tifffs.tree import Handle, ViewTree
@@ -39,10 +39,6 @@ _QUIET_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EROFS, errno.ENODATA, errno.
 #: (stable across mounts, for NFS and rsync).
 DEFAULT_FUSE_OPTIONS: dict[str, Any] = {"attr_timeout": "1", "entry_timeout": "1",
                                         "use_ino": True}
-
-
-_FS_ENCODING = sys.getfilesystemencoding()
-
 
 #: Listings from this many entries on get a hint at --libfuse 3 in the log (once).
 LARGE_FOLDER = 5000
@@ -135,12 +131,10 @@ class TifffsOperations(Operations):
             return open_file[1].attributes()
         return self.tree.attributes(_os_path(path))
 
-    def readdir(self, path: str, fh: Any) -> list[tuple[bytes, dict[str, Any] | None]]:
+    def readdir(self, path: str, fh: Any) -> Listing:
         """The names (as bytes, which the adapters hand to libfuse as they are) and the
         type and inode of each."""
-        encoding, errors = _FS_ENCODING, "surrogateescape"
-        return [(entry.name.encode(encoding, errors), entry.attributes)
-                for entry in self.tree.list(_os_path(path))]
+        return self.tree.list(_os_path(path))
 
     def statfs(self, path: str) -> dict[str, int]:
         return self.tree.statfs()
@@ -230,17 +224,17 @@ class _FUSE(FUSE):
 
     def readdir(self, path: Any, buf: Any, filler: Any, offset: int, fip: Any) -> int:
         entry_stat = c_stat()
-        entries = self.operations("readdir", self._decode_optional_path(path),
-                                  fip.contents.fh)
-        if len(entries) > LARGE_FOLDER and not self._hinted:
+        listing: Listing = self.operations("readdir", self._decode_optional_path(path),
+                                           fip.contents.fh)
+        if len(listing) > LARGE_FOLDER and not self._hinted:
             self._hinted = True
             log.info("a folder of %d entries: with --libfuse 3 (-o libfuse=3) listings "
                      "carry each file's size, and ls -l of such a folder is several times "
-                     "faster", sum(1 for _, attrs in entries if attrs is not None))
-        for name, attrs in entries:
-            if attrs:
-                entry_stat.st_mode = attrs["st_mode"]
-                entry_stat.st_ino = attrs["st_ino"]
+                     "faster", len(listing) - listing.modes.count(NO_ATTRIBUTES))
+        for name, mode, inode in zip(listing.names, listing.modes, listing.inodes):
+            if mode != NO_ATTRIBUTES:
+                entry_stat.st_mode = mode
+                entry_stat.st_ino = inode
                 stat_pointer = entry_stat
             else:
                 stat_pointer = None

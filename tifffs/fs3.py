@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tifffs.fs import DEFAULT_FUSE_OPTIONS, TifffsOperations, _os_path, copy_pieces
+from tifffs.listing import NO_ATTRIBUTES, Listing
 from tifffs.problems import printable
 from tifffs.virtual import Piece
 
@@ -57,14 +58,13 @@ def check_usable() -> None:
         raise OSError(f"mfusepy loaded libfuse {mfusepy.fuse_version_major}, not 3")
 
 
-class _Listing:
-    """One open folder: its names with their type and inode, and the attributes of
-    the names a readdirplus request is about to pass on."""
+class _OpenFolder:
+    """One open folder: its listing (names with their type and inode), and the
+    attributes of the names a readdirplus request is about to pass on."""
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
-        self.names: list[bytes] = []
-        self.kinds: list[tuple[int, int] | None] = []  # (st_mode, st_ino); None: . and ..
+        self.listing = Listing([], [], [])
         self.attributes: dict[int, dict[str, Any] | None] = {}  # by position
         self.loaded = False
 
@@ -78,8 +78,8 @@ class Libfuse3Operations:
     def __init__(self, operations: TifffsOperations) -> None:
         self.operations = operations
         self.tree = operations.tree
-        self._listings: dict[int, _Listing] = {}
-        self._next_listing = 1
+        self._folders: dict[int, _OpenFolder] = {}
+        self._next_folder = 1
         self._lock = threading.Lock()
 
     def init_with_config(self, conn: Any, config: Any) -> None:
@@ -109,57 +109,55 @@ class Libfuse3Operations:
     def release(self, path: str, fi: Any) -> int:
         return self.operations("release", path, fi)
 
-    def readdir(self, path: str, fh: int) -> list[tuple[bytes, dict[str, Any] | None]]:
+    def readdir(self, path: str, fh: int) -> Listing:
         return self.operations("readdir", path, fh)
 
     def opendir(self, path: str) -> int:
         with self._lock:
-            handle = self._next_listing
-            self._next_listing += 1
-            self._listings[handle] = _Listing(path)
+            handle = self._next_folder
+            self._next_folder += 1
+            self._folders[handle] = _OpenFolder(path)
         return handle
 
     def releasedir(self, path: str, fh: int) -> int:
         with self._lock:
-            self._listings.pop(fh, None)
+            self._folders.pop(fh, None)
         return 0
 
-    def listing(self, fh: int, offset: int) -> _Listing:
+    def open_folder(self, fh: int, offset: int) -> _OpenFolder:
         """The open folder ``fh``; its names are read again from the source at offset 0
         (the start of a listing, and what ``rewinddir`` asks for)."""
-        listing = self._listings[fh]
-        if offset == 0 or not listing.loaded:
-            entries = self.readdir(listing.folder, fh)
-            listing.names = [name for name, _ in entries]
-            listing.kinds = [(attrs["st_mode"], attrs["st_ino"]) if attrs else None
-                             for _, attrs in entries]
-            listing.attributes = {}
-            listing.loaded = True
-        return listing
+        folder = self._folders[fh]
+        if offset == 0 or not folder.loaded:
+            folder.listing = self.readdir(folder.folder, fh)
+            folder.attributes = {}
+            folder.loaded = True
+        return folder
 
-    def attributes_at(self, listing: _Listing, position: int) -> dict[str, Any] | None:
+    def attributes_at(self, folder: _OpenFolder, position: int) -> dict[str, Any] | None:
         """The attributes of the name at ``position`` (found with the chunk from there
         on when not yet), or None when they cannot be given."""
-        if position not in listing.attributes:
-            self.fill_attributes(listing, position)
-        return listing.attributes.get(position)
+        if position not in folder.attributes:
+            self.fill_attributes(folder, position)
+        return folder.attributes.get(position)
 
-    def fill_attributes(self, listing: _Listing, start: int) -> None:
+    def fill_attributes(self, folder: _OpenFolder, start: int) -> None:
         """Find the attributes of the names from ``start`` on (as many as one reply
         may hold), and forget those of names already passed on."""
-        if len(listing.attributes) > 2 * PLUS_CHUNK:
-            listing.attributes = {p: a for p, a in listing.attributes.items() if p >= start}
-        positions = [p for p in range(start, min(start + PLUS_CHUNK, len(listing.names)))
-                     if listing.kinds[p] is not None and p not in listing.attributes]
+        if len(folder.attributes) > 2 * PLUS_CHUNK:
+            folder.attributes = {p: a for p, a in folder.attributes.items() if p >= start}
+        listing = folder.listing
+        positions = [p for p in range(start, min(start + PLUS_CHUNK, len(listing)))
+                     if listing.modes[p] != NO_ATTRIBUTES and p not in folder.attributes]
         names = [os.fsdecode(listing.names[p]) for p in positions]
         try:
-            found = self.tree.listed_attributes(_os_path(listing.folder), names)
+            found = self.tree.listed_attributes(_os_path(folder.folder), names)
         except Exception as exc:  # a bug: the names go without attributes, looked up later
             log.error("internal error while listing %s: %r (please report it; --debug "
-                      "logs the traceback)", printable(_os_path(listing.folder)), exc)
+                      "logs the traceback)", printable(_os_path(folder.folder)), exc)
             log.debug("traceback of the internal error", exc_info=True)
             found = [None] * len(positions)
-        listing.attributes.update(zip(positions, found))
+        folder.attributes.update(zip(positions, found))
 
 
 def _fill_stat(entry_stat: Any, attrs: dict[str, Any]) -> None:
@@ -190,21 +188,27 @@ class _FUSE3(mfusepy.FUSE):
     def readdir_fuse_3(self, path: Any, buf: Any, filler: Any, offset: int, fip: Any,
                        flags: int) -> int:
         operations: Libfuse3Operations = self.operations
-        fh = fip.contents.fh
-        listing = operations.listing(fh, offset)
-        plus = flags & READDIR_PLUS
+        folder = operations.open_folder(fip.contents.fh, offset)
+        names, modes, inodes = folder.listing.names, folder.listing.modes, folder.listing.inodes
         entry_stat = mfusepy.c_stat()  # libfuse copies what it needs at each call
-        end = min(len(listing.names), offset + PLUS_CHUNK) if plus else len(listing.names)
-        for position in range(offset, end):
-            kind = listing.kinds[position]  # None for . and ..
-            attrs = operations.attributes_at(listing, position) if plus and kind else None
-            if attrs is not None:
-                _fill_stat(entry_stat, attrs)
-            elif kind is not None:
-                entry_stat.st_mode, entry_stat.st_ino = kind
-            # the offset given is that of the next entry, where a later call resumes
-            if filler(buf, listing.names[position], entry_stat if kind else None,
-                      position + 1, FILL_DIR_PLUS if attrs is not None else 0):
+        if flags & READDIR_PLUS:
+            for position in range(offset, min(len(names), offset + PLUS_CHUNK)):
+                mode = modes[position]
+                attrs = operations.attributes_at(folder, position) if mode else None
+                if attrs is not None:
+                    _fill_stat(entry_stat, attrs)
+                elif mode:
+                    entry_stat.st_mode, entry_stat.st_ino = mode, inodes[position]
+                # the offset given is that of the next entry, where a later call resumes
+                if filler(buf, names[position], entry_stat if mode else None, position + 1,
+                          FILL_DIR_PLUS if attrs is not None else 0):
+                    break
+            return 0
+        for position in range(offset, len(names)):  # types and inodes only
+            mode = modes[position]
+            if mode:
+                entry_stat.st_mode, entry_stat.st_ino = mode, inodes[position]
+            if filler(buf, names[position], entry_stat if mode else None, position + 1, 0):
                 break
         return 0
 

@@ -16,7 +16,7 @@ import stat
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from tifffs.arith import ceil_div
 from tifffs.catalog import Catalog
 from tifffs.errors import TifffsError
 from tifffs.kernel_cache import KernelCachePolicy
+from tifffs.listing import Listing
 from tifffs.pages import SourceVersion
 from tifffs.problems import ProblemLog
 from tifffs.sources import open_regular
@@ -55,13 +56,6 @@ class Handle(Protocol):
     def attributes(self) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
-
-
-class Entry(NamedTuple):
-    """One name of a listing, with the attributes ``readdir`` passes on (type, inode)."""
-
-    name: str
-    attributes: dict[str, Any] | None
 
 
 _MASK64 = (1 << 64) - 1
@@ -235,39 +229,40 @@ class ViewTree:
         return _attributes(st, ino, size)
 
     # -- listings
-    def list(self, path: str) -> list[Entry]:
+    def list(self, path: str) -> Listing:
         """The names of a folder of the mount, with their types and inode numbers."""
         if path == STATS_DIR:
-            return [Entry(".", None), Entry("..", None),
-                    Entry(os.path.basename(STATS_FILE), {"st_mode": stat.S_IFREG,
-                                                         "st_ino": STATS_FILE_INO})]
+            return Listing.with_dots([os.fsencode(os.path.basename(STATS_FILE))],
+                                     [stat.S_IFREG], [STATS_FILE_INO])
         mount_path, source = self.resolve(path)
         if mount_path.is_root:
-            return [Entry(".", None), Entry("..", None),
-                    Entry(STATS_DIR[1:], {"st_mode": stat.S_IFDIR, "st_ino": STATS_DIR_INO}),
-                    *(Entry(name, {"st_mode": stat.S_IFDIR, "st_ino": self._view_ino[name]})
-                      for name in self.views)]
+            names = [STATS_DIR[1:], *self.views]
+            return Listing.with_dots(list(map(os.fsencode, names)), [stat.S_IFDIR] * len(names),
+                                     [STATS_DIR_INO, *self._view_ino.values()])
         view = mount_path.view
         assert view is not None
         device = os.stat(source).st_dev
         above = self._real_directories(mount_path.relative)
-        entries = self._entries(source, device, view.name, above)
-        self.catalog.listed(source, view, sum(map(is_tiff_name, (e.name for e in entries))))
-        return [Entry(".", None), Entry("..", None), *entries]
+        listing = self._entries(source, device, view.name, above)
+        self.catalog.listed(source, view, listing.names)
+        return listing
 
-    def _entries(self, source: str, device: int, view: str,
-                 above: list[str]) -> list[Entry]:
-        listed: list[tuple[str, int, int | None]] = []  # name, type, inode if on device
-        linked: dict[str, int] = {}  # inode numbers of symlinks' targets
-        with os.scandir(source) as entries:
+    def _entries(self, source: str, device: int, view: str, above: list[str]) -> Listing:
+        names: list[bytes] = []
+        modes: list[int] = []
+        inodes: list[int] = []  # of the source; 0 for symlinks
+        linked: dict[int, int] = {}  # position -> view inode of a symlink's target
+        with os.scandir(os.fsencode(source)) as entries:  # bytes: names as readdir gives them
             for entry in entries:
                 try:  # without a system call: the listing's entry types
                     if entry.is_symlink():
                         mode = self._listed_link_type(entry, above)
                         if mode is not None:
                             st = entry.stat()
-                            linked[entry.name] = view_inode(st.st_dev, st.st_ino, view)
-                            listed.append((entry.name, mode, None))
+                            linked[len(names)] = view_inode(st.st_dev, st.st_ino, view)
+                            names.append(entry.name)
+                            modes.append(mode)
+                            inodes.append(0)
                         continue
                     if entry.is_file(follow_symlinks=False):
                         mode = stat.S_IFREG
@@ -275,19 +270,22 @@ class ViewTree:
                         mode = stat.S_IFDIR
                     else:
                         continue
-                    listed.append((entry.name, mode, entry.inode()))
+                    inode = entry.inode()
                 except OSError:
                     continue
-        numbers = iter(view_inodes(device, [i for _, _, i in listed if i is not None], view))
-        return [Entry(name, {"st_mode": mode,
-                             "st_ino": next(numbers) if inode is not None else linked[name]})
-                for name, mode, inode in listed]
+                names.append(entry.name)
+                modes.append(mode)
+                inodes.append(inode)
+        numbers = view_inodes(device, inodes, view)
+        for position, number in linked.items():
+            numbers[position] = number
+        return Listing.with_dots(names, modes, numbers)
 
     def _listed_link_type(self, entry: os.DirEntry, above: list[str]) -> int | None:
         """S_IFREG or S_IFDIR for a symlink that is listed: one to a file or folder
         inside SOURCE, but not to a folder the listing is already in (recursive tools
         would never finish). None for the rest."""
-        target = os.path.realpath(entry.path)
+        target = os.path.realpath(os.fsdecode(entry.path))
         if not is_inside(target, self.real_root):
             return None
         if entry.is_dir():

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from tifffs.methods import INTERPOLATING_METHODS, METHODS
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+_TIFF_SUFFIXES_BYTES = tuple(s.encode() for s in TIFF_SUFFIXES)
 MAX_FACTOR = 1024
 MAX_FIT = 1 << 20
 _FACTOR_VIEW = re.compile(r"x(\d+)(?:z(\d+))?(?:-([a-z]+))?")
@@ -75,8 +76,10 @@ def views_for_factors(factors: tuple[int, ...], method: str) -> tuple[View, ...]
     return tuple(View(f"x{f}", method, factor=f) for f in factors)
 
 
-def is_tiff_name(name: str) -> bool:
+def is_tiff_name(name: str | bytes) -> bool:
     """True for names that are served as downsampled views."""
+    if isinstance(name, bytes):
+        return name.lower().endswith(_TIFF_SUFFIXES_BYTES)
     return name.lower().endswith(TIFF_SUFFIXES)
 
 
