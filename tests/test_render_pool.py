@@ -269,6 +269,43 @@ def test_compressed_neighbours_are_read_a_bounded_run_at_a_time(tmp_path, monkey
     assert len(runs) > 2 * 256 // 64  # more than one read per row of tiles
 
 
+def test_a_slot_lets_go_of_a_run_before_it_reads_the_next(tmp_path, monkeypatch):
+    """A render slot holds one run of compressed bytes at a time: the run before is
+    released before the next one is read, not when the read has returned."""
+    import sys
+    import threading
+    import weakref
+
+    from tifffs import pixels
+
+    class Run(bytearray):  # a run that can be watched (bytes cannot be)
+        pass
+
+    path = tmp_path / "tiled.tif"
+    write_stack(path, sample_array("uint16", (2, 256, 512)), tile=(64, 64), compression="zlib")
+    monkeypatch.setattr(pixels, "MAX_RUN_BYTES", 16 << 10)
+    real_pread = os.pread
+    earlier: dict[int, list[weakref.ref]] = {}  # by thread
+    held_at_a_read: list[int] = []
+
+    def watching_pread(fd, size, offset):
+        if sys._getframe(1).f_code.co_name != "_read_segment_bytes":  # IFDs, rows
+            return real_pread(fd, size, offset)
+        runs = earlier.setdefault(threading.get_ident(), [])
+        held_at_a_read.append(sum(run() is not None for run in runs))
+        data = Run(real_pread(fd, size, offset))
+        runs.append(weakref.ref(data))
+        return data
+
+    monkeypatch.setattr(pixels.os, "pread", watching_pread)
+    view = open_view(str(path), 2, "mean")
+    try:
+        view.read(0, view.size)
+    finally:
+        view.close()
+    assert len(held_at_a_read) > 2 * 256 // 64 and max(held_at_a_read) == 0, held_at_a_read
+
+
 @pytest.mark.parametrize("kind, view", [
     ("ragged", "x4"), ("ragged", "x2-median"), ("ragged", "x4-mode"), ("ragged", "x4-max"),
     ("sparse", "x2"), ("big_endian", "x4"), ("separate", "x2"), ("z", "x2z2"),

@@ -214,10 +214,11 @@ class SourceFile:
             if len(data) != size:
                 raise SourceChanged(f"source ends inside segment {first + i} of page "
                                     f"{page.index}")
-            view = memoryview(data)
-            for k in range(i, j):
-                begin = offsets[k] - offsets[i]
-                yield first + k, bytes(view[begin:begin + counts[k]])
+            with memoryview(data) as view:
+                for k in range(i, j):
+                    begin = offsets[k] - offsets[i]
+                    yield first + k, bytes(view[begin:begin + counts[k]])
+            del data  # else it is held while the next run is read: two runs at once
             i = j
 
     def _decoder(self, page: SourcePage) -> Callable[..., Any]:
