@@ -82,17 +82,22 @@ def _count_stacks(monkeypatch) -> list[int]:
 
 
 def _record_preads(monkeypatch) -> list[int]:
-    """The size of every ``os.pread`` of a source from now on."""
+    """The size of every ``os.pread`` and ``os.preadv`` of a source from now on."""
     from tifffs import pixels
 
     sizes: list[int] = []
-    real_pread = os.pread
+    real_pread, real_preadv = os.pread, os.preadv
 
     def recording_pread(fd, size, offset):
         sizes.append(size)
         return real_pread(fd, size, offset)
 
+    def recording_preadv(fd, buffers, offset, *flags):
+        sizes.append(sum(memoryview(b).nbytes for b in buffers))
+        return real_preadv(fd, buffers, offset, *flags)
+
     monkeypatch.setattr(pixels.os, "pread", recording_pread)
+    monkeypatch.setattr(pixels.os, "preadv", recording_preadv)
     return sizes
 
 
@@ -269,41 +274,56 @@ def test_compressed_neighbours_are_read_a_bounded_run_at_a_time(tmp_path, monkey
     assert len(runs) > 2 * 256 // 64  # more than one read per row of tiles
 
 
-def test_a_slot_lets_go_of_a_run_before_it_reads_the_next(tmp_path, monkeypatch):
-    """A render slot holds one run of compressed bytes at a time: the run before is
-    released before the next one is read, not when the read has returned."""
+@pytest.mark.parametrize("with_buffer", [False, True])
+def test_runs_of_compressed_bytes_take_one_run_of_memory_at_a_time(tmp_path, monkeypatch,
+                                                                    with_buffer):
+    """A row of tiles is read a run of neighbours at a time: into the render slot's run
+    buffer, reused run after run (never larger than MAX_RUN_BYTES), or, without one, into
+    new memory, the run before let go of before the next is read (not once that read
+    has returned). The tiles are tifffile's either way."""
     import sys
     import threading
     import weakref
 
     from tifffs import pixels
+    from tifffs.scratch import ScratchBuffer
+    from tifffs.sources import open_source
 
     class Run(bytearray):  # a run that can be watched (bytes cannot be)
         pass
 
     path = tmp_path / "tiled.tif"
-    write_stack(path, sample_array("uint16", (2, 256, 512)), tile=(64, 64), compression="zlib")
+    data = sample_array("uint16", (256, 512))
+    write_stack(path, data, tile=(64, 64), compression="zlib")
     monkeypatch.setattr(pixels, "MAX_RUN_BYTES", 16 << 10)
     real_pread = os.pread
     earlier: dict[int, list[weakref.ref]] = {}  # by thread
     held_at_a_read: list[int] = []
 
     def watching_pread(fd, size, offset):
-        if sys._getframe(1).f_code.co_name != "_read_segment_bytes":  # IFDs, rows
+        if sys._getframe(1).f_code.co_name != "_read_run":  # IFDs, rows
             return real_pread(fd, size, offset)
         runs = earlier.setdefault(threading.get_ident(), [])
         held_at_a_read.append(sum(run() is not None for run in runs))
-        data = Run(real_pread(fd, size, offset))
-        runs.append(weakref.ref(data))
-        return data
+        run = Run(real_pread(fd, size, offset))
+        runs.append(weakref.ref(run))
+        return run
 
     monkeypatch.setattr(pixels.os, "pread", watching_pread)
-    view = open_view(str(path), 2, "mean")
+    source = open_source(str(path))
+    buffer = ScratchBuffer() if with_buffer else None
     try:
-        view.read(0, view.size)
+        page = source.pages[0]
+        for seg_y in range(256 // 64):
+            for left, width, tile in source.segment_row(page, 0, seg_y, 64, runs=buffer):
+                top = seg_y * 64
+                assert np.array_equal(tile[:, :width, 0], data[top:top + 64, left:left + width])
     finally:
-        view.close()
-    assert len(held_at_a_read) > 2 * 256 // 64 and max(held_at_a_read) == 0, held_at_a_read
+        source.close()
+    if with_buffer:
+        assert not held_at_a_read and 0 < buffer.data.size <= 16 << 10  # MAX_RUN_BYTES
+    else:
+        assert len(held_at_a_read) > 256 // 64 and max(held_at_a_read) == 0, held_at_a_read
 
 
 @pytest.mark.parametrize("kind, view", [
@@ -313,8 +333,10 @@ def test_a_slot_lets_go_of_a_run_before_it_reads_the_next(tmp_path, monkeypatch)
 def test_compressed_tiles_reduce_one_tile_at_a_time(tmp_path, monkeypatch, kind, view):
     """A band of compressed tiles whose sides are multiples of the factor is reduced tile
     by tile: the pixels equal the independent reference, and the slot's row buffers are
-    never used (it holds one decoded tile, not a row of tiles)."""
+    never used (it holds one decoded tile, not a row of tiles), nor any but its run
+    buffer, which holds at most MAX_RUN_BYTES of compressed bytes."""
     from reference import reference_blocks
+    from tifffs import pixels
     from tifffs.views import parse_view
 
     rng = np.random.default_rng(7)
@@ -340,7 +362,12 @@ def test_compressed_tiles_reduce_one_tile_at_a_time(tmp_path, monkeypatch, kind,
     parsed = parse_view(view, "mean")
     used = _record_slots(monkeypatch)
     served = _whole_view(path, view)
-    assert used and all(sum(sizes.values()) == 0 for sizes in used), used
+    rows = [size for sizes in used for key, size in sizes.items() if isinstance(key, int)]
+    others = [size for sizes in used for key, size in sizes.items()
+              if isinstance(key, str) and key != "runs"]
+    runs = [sizes.get("runs", 0) for sizes in used]
+    assert used and sum(rows) == 0 and sum(others) == 0, used
+    assert 0 < max(runs) <= pixels.MAX_RUN_BYTES, used  # compressed bytes, a run at a time
     pages = tifffile.TiffFile(io.BytesIO(served)).pages
     with tifffile.TiffFile(path) as tif:
         sources = [p.asarray() for p in tif.pages]

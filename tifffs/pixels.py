@@ -26,6 +26,7 @@ from tifffs.decoding import decoding_failure, guarded_decoder
 from tifffs.errors import BrokenSource, SourceChanged, TifffsError
 from tifffs.pages import FileDescription, SourcePage, SourceVersion
 from tifffs.samples import bilevel_to_grey
+from tifffs.scratch import ScratchBuffer
 
 #: Rows read one by one with gaps up to this are read as one span (``nearest``).
 SMALL_GAP_BYTES = 256 << 10
@@ -101,9 +102,11 @@ class SourceFile:
             raise SourceChanged("source changed while its view was open; reopen the view")
 
     def read_rows(self, page: SourcePage, plane: int, start: int, stop: int, step: int = 1,
-                  out: np.ndarray | None = None) -> np.ndarray:
+                  out: np.ndarray | None = None,
+                  runs: ScratchBuffer | None = None) -> np.ndarray:
         """Rows ``start:stop:step`` of one plane as a little-endian array (rows, width,
-        samples), written into ``out`` when given (it must have that shape and dtype)."""
+        samples), written into ``out`` when given (it must have that shape and dtype);
+        compressed bytes are read into ``runs`` when given (``segment_row``)."""
         rows = range(start, min(stop, page.height), step)
         shape = (len(rows), page.width, page.samples_per_row_pixel)
         if out is None:
@@ -114,7 +117,7 @@ class SourceFile:
             if page.direct:
                 self._pread_rows(page, plane, rows, out)
             else:
-                self._decode_rows(page, plane, rows, out)
+                self._decode_rows(page, plane, rows, out, runs)
                 if page.bilevel_white is not None:
                     bilevel_to_grey(out, page.bilevel_white)
         if out.dtype.byteorder == ">":
@@ -147,7 +150,8 @@ class SourceFile:
                 raise SourceChanged(
                     f"source ends before page {page.index} row {rows.start} (file shrank?)")
 
-    def _decode_rows(self, page: SourcePage, plane: int, rows: range, out: np.ndarray) -> None:
+    def _decode_rows(self, page: SourcePage, plane: int, rows: range, out: np.ndarray,
+                     runs: ScratchBuffer | None) -> None:
         """Fill ``out`` with ``rows`` from the strips or tiles that hold them."""
         seg_rows = page.segment_rows
         for seg_y in range(rows[0] // seg_rows, rows[-1] // seg_rows + 1):
@@ -158,23 +162,29 @@ class SourceFile:
             if i0 >= i1:
                 continue
             local = slice(rows[i0] - top, rows[i1 - 1] - top + 1, rows.step)
-            for left, width, segment in self.segment_row(page, plane, seg_y, local.stop):
+            for left, width, segment in self.segment_row(page, plane, seg_y, local.stop,
+                                                         runs=runs):
                 if segment is None:  # a segment that was never written: zeros
                     out[i0:i1, left:left + width] = 0
                 else:
                     out[i0:i1, left:left + width] = segment[local, :width]
 
     def segment_row(self, page: SourcePage, plane: int, seg_y: int, needed_rows: int,
-                    side_by_side: int = 1) -> Iterator[tuple[int, int, np.ndarray | None]]:
+                    side_by_side: int = 1, runs: ScratchBuffer | None = None,
+                    place: int = 0) -> Iterator[tuple[int, int, np.ndarray | None]]:
         """The decoded strips or tiles of row ``seg_y`` of segments of one plane, one at a
         time, as (left column, columns inside the page, (rows, columns, samples) array in
         the page's byte order), None for a segment never written (zeros). A segment with
         fewer than ``needed_rows`` rows or columns than the page needs is broken. A
         caller that walks ``side_by_side`` rows of segments at once gets runs of
-        compressed bytes that many times smaller, so that it holds ``MAX_RUN_BYTES``."""
+        compressed bytes that many times smaller, so that it holds ``MAX_RUN_BYTES``.
+        The runs are read into part ``place`` of ``runs`` when given (the rows walked
+        at once share it, one part each: it holds ``MAX_RUN_BYTES``), else into new
+        memory."""
         first = plane * page.segments_per_plane + seg_y * page.segments_across
-        segments = self._segments(page, first, page.segments_across,
-                                  max(1, MAX_RUN_BYTES // side_by_side))
+        run_bytes = max(1, MAX_RUN_BYTES // side_by_side)
+        part = None if runs is None else runs.array((side_by_side, run_bytes), np.uint8)[place]
+        segments = self._segments(page, first, page.segments_across, run_bytes, part)
         for seg_x, segment in enumerate(segments):
             left = seg_x * page.segment_width
             width = min(page.segment_width, page.width - left)
@@ -183,20 +193,21 @@ class SourceFile:
                 raise BrokenSource(f"page {page.index} segment {first + seg_x} is too small")
             yield left, width, segment
 
-    def _segments(self, page: SourcePage, first: int, count: int,
-                  run_bytes: int) -> Iterator[np.ndarray | None]:
+    def _segments(self, page: SourcePage, first: int, count: int, run_bytes: int,
+                  runs: np.ndarray | None) -> Iterator[np.ndarray | None]:
         """Decoded segments ``first:first+count`` of a page, (rows, columns, samples) each,
         None for a segment never written, one at a time."""
         decode = self._decoder(page)
-        for index, chunk in self._read_segment_bytes(page, first, count, run_bytes):
+        for index, chunk in self._read_segment_bytes(page, first, count, run_bytes, runs):
             yield None if chunk is None else _decoded(page, decode, chunk, index)
 
-    def _read_segment_bytes(self, page: SourcePage, first: int, count: int,
-                            run_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    def _read_segment_bytes(self, page: SourcePage, first: int, count: int, run_bytes: int,
+                            runs: np.ndarray | None) -> Iterator[tuple[int, bytes | None]]:
         """(index, compressed bytes) of segments ``first:first+count``, None for one never
         written. Neighbours in the file are read together, up to ``run_bytes`` at a
         time: a row of tiles of a slide scan holds tens of MB, and each render slot
-        holds only its current run."""
+        holds only its current run, in ``runs`` (``run_bytes`` of memory) when given (a
+        segment larger than that in new memory, which is not kept)."""
         offsets = page.offsets[first:first + count].tolist()
         counts = page.bytecounts[first:first + count].tolist()
         i = 0
@@ -210,7 +221,7 @@ class SourceFile:
                    and offsets[j] + counts[j] - offsets[i] <= run_bytes):
                 j += 1
             size = offsets[j - 1] + counts[j - 1] - offsets[i]
-            data = os.pread(self.fd, size, offsets[i])
+            data = _read_run(self.fd, size, offsets[i], runs if size <= run_bytes else None)
             if len(data) != size:
                 raise SourceChanged(f"source ends inside segment {first + i} of page "
                                     f"{page.index}")
@@ -247,6 +258,16 @@ def _scratch(size: int) -> memoryview:
     if buffer is None:
         buffer = _local.scratch = memoryview(bytearray(SMALL_GAP_BYTES))
     return buffer[:size]
+
+
+def _read_run(fd: int, size: int, offset: int, runs: np.ndarray | None) -> Any:
+    """``size`` bytes at ``offset`` (fewer at the end of the file), read into ``runs``
+    when given: memory of the render slot, reused run after run, so that runs of
+    several MB take no fresh memory."""
+    if runs is None:
+        return os.pread(fd, size, offset)
+    buffer = runs[:size]
+    return buffer[:os.preadv(fd, [buffer], offset)]
 
 
 def _decoded(page: SourcePage, decode: Callable[..., Any], data: bytes,

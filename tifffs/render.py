@@ -28,7 +28,7 @@ from tifffs.plan import (
     reducible_by_segments,
 )
 from tifffs.pools import available_cores
-from tifffs.scratch import Scratch, ScratchBuffer
+from tifffs.scratch import Scratch
 
 
 class RenderPool:
@@ -135,7 +135,8 @@ def render_stack(source: SourceFile, plans: list[PagePlan], plane: int,
     with source.in_use(), np.errstate(invalid="ignore", over="ignore"):
         for i, plan in enumerate(plans):
             source.read_rows(source.pages[plan.sources[0]], plane, 0, page.height, step,
-                             out=stack[i * rows:(i + 1) * rows])
+                             out=stack[i * rows:(i + 1) * rows],
+                             runs=scratch.buffer("runs"))
         source.check_unchanged()  # bytes read while the source changed would mix versions
         if first.method == "nearest":
             pixels = downsample.nearest(stack, first.factor)
@@ -168,7 +169,7 @@ def _render_rows(source: SourceFile, plan: PagePlan, plane: int, first: int, las
         page, start, stop = reads[0]
         if plan.by_tile_columns:
             return _fit_by_tile_columns(source, page, plane, plan, first, last, scratch)
-        rows = _read(source, page, plane, start, stop, 1, scratch.buffer(0))
+        rows = _read(source, page, plane, start, stop, 1, scratch, 0)
         if (plan.out.width, plan.out.height) == (page.width, page.height):
             return rows
         return downsample.area_resize(rows, plan.rows, plan.columns, first, last,
@@ -181,12 +182,11 @@ def _render_rows(source: SourceFile, plan: PagePlan, plane: int, first: int, las
     f = plan.factor // plan.level_factor
     if _by_segments(reads, f):
         return _reduce_segments(source, reads, plane, f, plan.method,
-                                (last - first, plan.out.width))
+                                (last - first, plan.out.width), scratch)
     if plan.method == "nearest":
         page, start, stop = reads[0]
-        return downsample.nearest(_read(source, page, plane, start, stop, f,
-                                        scratch.buffer(0)), f)
-    slices = [_read(source, page, plane, start, stop, 1, scratch.buffer(i))
+        return downsample.nearest(_read(source, page, plane, start, stop, f, scratch, 0), f)
+    slices = [_read(source, page, plane, start, stop, 1, scratch, i)
               for i, (page, start, stop) in enumerate(reads)]
     return downsample.reduce_blocks(slices, f, plan.method)
 
@@ -204,7 +204,8 @@ def _by_segments(reads: list[tuple[SourcePage, int, int]], f: int) -> bool:
 
 
 def _reduce_segments(source: SourceFile, reads: list[tuple[SourcePage, int, int]],
-                     plane: int, f: int, method: str, shape: tuple[int, int]) -> np.ndarray:
+                     plane: int, f: int, method: str, shape: tuple[int, int],
+                     scratch: Scratch) -> np.ndarray:
     """Output rows of a band, reduced one segment at a time (``_by_segments``): the same
     blocks, so the same pixels, as reducing the band's rows at once."""
     page, start, stop = reads[0]
@@ -213,7 +214,8 @@ def _reduce_segments(source: SourceFile, reads: list[tuple[SourcePage, int, int]
     for seg_y in range(start // page.segment_rows, ceil_div(stop, page.segment_rows)):
         top = seg_y * page.segment_rows
         rows = min(page.segment_rows, page.height - top)
-        columns = [source.segment_row(p, plane, seg_y, rows, len(reads)) for p, _, _ in reads]
+        columns = [source.segment_row(p, plane, seg_y, rows, len(reads), scratch.buffer("runs"), k)
+                   for k, (p, _, _) in enumerate(reads)]
         for tiles in zip(*columns):
             left, width = tiles[0][:2]
             slices = [_inside(tile, rows, width, page) for _, _, tile in tiles]
@@ -243,8 +245,8 @@ def _fit_by_tile_columns(source: SourceFile, page: SourcePage, plane: int, plan:
     tile_rows = range(start // page.segment_rows, ceil_div(stop, page.segment_rows))
     # the rows of each row of tiles that the band needs, from its top
     needed = [min(stop - y * page.segment_rows, page.segment_rows) for y in tile_rows]
-    columns = [source.segment_row(page, plane, y, n, len(tile_rows))
-               for y, n in zip(tile_rows, needed)]
+    columns = [source.segment_row(page, plane, y, n, len(tile_rows), scratch.buffer("runs"), k)
+               for k, (y, n) in enumerate(zip(tile_rows, needed))]
     for tiles in zip(*columns):
         left, width = tiles[0][:2]
         strip = scratch.buffer(1).array((stop - start, width, samples), served)
@@ -298,9 +300,11 @@ def band_spans(source: SourceFile, plan: PagePlan, plane: int,
 
 
 def _read(source: SourceFile, page: SourcePage, plane: int, start: int, stop: int,
-          step: int, buffer: ScratchBuffer) -> np.ndarray:
-    """Rows of a page read into ``buffer`` (reused: the result is valid until the next
-    read into the same buffer)."""
+          step: int, scratch: Scratch, slot: int) -> np.ndarray:
+    """Rows of a page read into the scratch buffer ``slot`` (reused: the result is valid
+    until the next read into the same buffer), its compressed bytes into "runs"."""
     count = len(range(start, min(stop, page.height), step))
-    out = buffer.array((count, page.width, page.samples_per_row_pixel), page.dtype)
-    return source.read_rows(page, plane, start, stop, step, out=out)
+    out = scratch.buffer(slot).array((count, page.width, page.samples_per_row_pixel),
+                                     page.dtype)
+    return source.read_rows(page, plane, start, stop, step, out=out,
+                            runs=scratch.buffer("runs"))
