@@ -281,7 +281,6 @@ def test_runs_of_compressed_bytes_take_one_run_of_memory_at_a_time(tmp_path, mon
     buffer, reused run after run (never larger than MAX_RUN_BYTES), or, without one, into
     new memory, the run before let go of before the next is read (not once that read
     has returned). The tiles are tifffile's either way."""
-    import sys
     import threading
     import weakref
 
@@ -296,20 +295,20 @@ def test_runs_of_compressed_bytes_take_one_run_of_memory_at_a_time(tmp_path, mon
     data = sample_array("uint16", (256, 512))
     write_stack(path, data, tile=(64, 64), compression="zlib")
     monkeypatch.setattr(pixels, "MAX_RUN_BYTES", 16 << 10)
-    real_pread = os.pread
+    real_read_run = pixels._read_run
     earlier: dict[int, list[weakref.ref]] = {}  # by thread
-    held_at_a_read: list[int] = []
+    held_at_a_read: list[int] = []  # runs in new memory still alive at each such read
 
-    def watching_pread(fd, size, offset):
-        if sys._getframe(1).f_code.co_name != "_read_run":  # IFDs, rows
-            return real_pread(fd, size, offset)
-        runs = earlier.setdefault(threading.get_ident(), [])
-        held_at_a_read.append(sum(run() is not None for run in runs))
-        run = Run(real_pread(fd, size, offset))
-        runs.append(weakref.ref(run))
+    def watching_read_run(fd, size, offset, runs):
+        if runs is not None:
+            return real_read_run(fd, size, offset, runs)
+        fresh = earlier.setdefault(threading.get_ident(), [])
+        held_at_a_read.append(sum(run() is not None for run in fresh))
+        run = Run(real_read_run(fd, size, offset, None))
+        fresh.append(weakref.ref(run))
         return run
 
-    monkeypatch.setattr(pixels.os, "pread", watching_pread)
+    monkeypatch.setattr(pixels, "_read_run", watching_read_run)
     source = open_source(str(path))
     buffer = ScratchBuffer() if with_buffer else None
     try:

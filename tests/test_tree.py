@@ -118,6 +118,7 @@ def test_a_listing_gives_the_source_names_as_bytes_and_links_their_targets_inode
     assert entries[odd] == listing.attributes(listing.names.index(b"caf\xe9.tif"))
     assert entries["link.tif"]["st_ino"] == entries[odd]["st_ino"]  # the target's inode
 
+
 def test_folders_cannot_be_opened_and_the_stats_file_counts(tree):
     with pytest.raises(IsADirectoryError):
         tree.open("/x2")

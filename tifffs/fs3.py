@@ -64,9 +64,8 @@ class _OpenFolder:
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
-        self.listing = Listing([], [], [])
+        self.listing: Listing | None = None  # read at the first readdir
         self.attributes: dict[int, dict[str, Any] | None] = {}  # by position
-        self.loaded = False
 
 
 class Libfuse3Operations:
@@ -128,10 +127,9 @@ class Libfuse3Operations:
         """The open folder ``fh``; its names are read again from the source at offset 0
         (the start of a listing, and what ``rewinddir`` asks for)."""
         folder = self._folders[fh]
-        if offset == 0 or not folder.loaded:
+        if offset == 0 or folder.listing is None:
             folder.listing = self.readdir(folder.folder, fh)
             folder.attributes = {}
-            folder.loaded = True
         return folder
 
     def attributes_at(self, folder: _OpenFolder, position: int) -> dict[str, Any] | None:
@@ -147,6 +145,7 @@ class Libfuse3Operations:
         if len(folder.attributes) > 2 * PLUS_CHUNK:
             folder.attributes = {p: a for p, a in folder.attributes.items() if p >= start}
         listing = folder.listing
+        assert listing is not None  # open_folder read it
         positions = [p for p in range(start, min(start + PLUS_CHUNK, len(listing)))
                      if listing.modes[p] != NO_ATTRIBUTES and p not in folder.attributes]
         names = [os.fsdecode(listing.names[p]) for p in positions]
@@ -189,26 +188,21 @@ class _FUSE3(mfusepy.FUSE):
                        flags: int) -> int:
         operations: Libfuse3Operations = self.operations
         folder = operations.open_folder(fip.contents.fh, offset)
-        names, modes, inodes = folder.listing.names, folder.listing.modes, folder.listing.inodes
+        listing = folder.listing
+        assert listing is not None  # open_folder read it
+        plus = flags & READDIR_PLUS
         entry_stat = mfusepy.c_stat()  # libfuse copies what it needs at each call
-        if flags & READDIR_PLUS:
-            for position in range(offset, min(len(names), offset + PLUS_CHUNK)):
-                mode = modes[position]
-                attrs = operations.attributes_at(folder, position) if mode else None
-                if attrs is not None:
-                    _fill_stat(entry_stat, attrs)
-                elif mode:
-                    entry_stat.st_mode, entry_stat.st_ino = mode, inodes[position]
-                # the offset given is that of the next entry, where a later call resumes
-                if filler(buf, names[position], entry_stat if mode else None, position + 1,
-                          FILL_DIR_PLUS if attrs is not None else 0):
-                    break
-            return 0
-        for position in range(offset, len(names)):  # types and inodes only
-            mode = modes[position]
-            if mode:
-                entry_stat.st_mode, entry_stat.st_ino = mode, inodes[position]
-            if filler(buf, names[position], entry_stat if mode else None, position + 1, 0):
+        end = min(len(listing), offset + PLUS_CHUNK) if plus else len(listing)
+        for position in range(offset, end):
+            mode = listing.modes[position]  # NO_ATTRIBUTES for . and ..
+            attrs = operations.attributes_at(folder, position) if plus and mode else None
+            if attrs is not None:
+                _fill_stat(entry_stat, attrs)
+            elif mode:
+                entry_stat.st_mode, entry_stat.st_ino = mode, listing.inodes[position]
+            # the offset given is that of the next entry, where a later call resumes
+            if filler(buf, listing.names[position], entry_stat if mode else None,
+                      position + 1, FILL_DIR_PLUS if attrs is not None else 0):
                 break
         return 0
 
