@@ -6,10 +6,13 @@ for a dask.distributed cluster.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
@@ -61,6 +64,52 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+#: the signals that stop a run: Ctrl-C, and a batch system's SIGTERM (``tifffs render``
+#: handles it as Ctrl-C)
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _stop_deferred() -> Iterator[None]:
+    """Run the block to its end before a Ctrl-C or SIGTERM that comes meanwhile takes
+    effect: a KeyboardInterrupt in the middle of starting a worker would leave a process
+    that this one neither knows nor waits for. (Only the main thread can set signal
+    handlers; in another the block runs as it is.)"""
+    if not _in_main_thread():
+        yield
+        return
+    received: list[int] = []
+    handlers = {signum: signal.signal(signum, lambda got, _frame: received.append(got))
+                for signum in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)
+
+
+def _start_fork_server() -> None:
+    """Start the fork server (and multiprocessing's resource tracker) with Ctrl-C
+    ignored. They inherit that, and so does each worker forked from the server until
+    ``_init_worker`` runs: a Ctrl-C while one of them is still starting (importing,
+    unpickling what it runs) would otherwise end it with a traceback on the terminal.
+    (A Ctrl-C in the few milliseconds this takes is ignored by this process too.)"""
+    if not _in_main_thread():
+        multiprocessing.forkserver.ensure_running()
+        return
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
 class ProcessPool:
     """``workers`` processes on this machine, forked from a server that has already
     imported the renderer (quick to start, and no threads of this process inherited)."""
@@ -68,35 +117,36 @@ class ProcessPool:
     def __init__(self, workers: int) -> None:
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["tifffs.tasks", "tifffs.virtual"])
+        _start_fork_server()
         self._workers = workers
         self.window = 2 * workers
         self._executor = self._new_executor()
 
     def _new_executor(self) -> ProcessPoolExecutor:
-        """An executor whose workers have all started: a Ctrl-C that comes while a
-        worker is still being made (its interpreter unpickling what it runs) would end
-        that process with a traceback on the terminal; once started, a worker ends
-        quietly (``_init_worker``)."""
-        executor = ProcessPoolExecutor(self._workers, mp_context=self._context,
-                                       initializer=_init_worker)
-        for started in [executor.submit(os.getpid) for _ in range(self._workers)]:
-            started.result()
-        return executor
+        return ProcessPoolExecutor(self._workers, mp_context=self._context,
+                                   initializer=_init_worker)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        try:
-            return self._executor.submit(fn, *args)
-        except BrokenProcessPool:
-            # a worker died (killed, out of memory): the tasks it took down have failed
-            # with it; the rest of the run goes on in new processes
-            self._executor.shutdown(wait=True)
-            self._executor = self._new_executor()
-            return self._executor.submit(fn, *args)
+        with _stop_deferred():  # submitting may start a worker
+            try:
+                return self._executor.submit(fn, *args)
+            except BrokenProcessPool:
+                # a worker died (killed, out of memory): the tasks it took down have
+                # failed with it; the rest of the run goes on in new processes
+                self._executor.shutdown(wait=True)
+                self._executor = self._new_executor()
+                return self._executor.submit(fn, *args)
 
     def wait_any(self, futures: list[Any]) -> Iterable[Any]:
         return wait(futures, return_when=FIRST_COMPLETED).done
 
     def shutdown(self, cancel: list[Any]) -> None:
+        if cancel:
+            # the run is abandoned: stop the workers now rather than letting them
+            # finish (or, had Ctrl-C ended one that was waiting for a task, wait
+            # forever for the queue's lock it held)
+            for worker in multiprocessing.active_children():
+                worker.terminate()
         self._executor.shutdown(wait=True, cancel_futures=bool(cancel))
 
 

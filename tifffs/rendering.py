@@ -105,6 +105,9 @@ def main(argv: list[str]) -> int:
     except ClusterError as exc:
         print(f"tifffs: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before the run (scanning SOURCE) or while streaming
+        print("tifffs: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 @contextlib.contextmanager
