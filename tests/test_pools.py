@@ -58,10 +58,24 @@ _POOL_SCRIPT = textwrap.dedent("""
     while not task.running():
         time.sleep(0.01)
     pool.shutdown(cancel=[task])
+
+    finishing = ProcessPool(1)
+    finishing.submit(time.sleep, 0).result()
+    shutdown = finishing._executor.shutdown
+    def interrupted_shutdown(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C as the run ends
+        shutdown(*args, **kwargs)
+    finishing._executor.shutdown = interrupted_shutdown
+    try:
+        finishing.shutdown(cancel=[])
+        ended = "returned"
+    except KeyboardInterrupt:
+        ended = "KeyboardInterrupt"
     print(json.dumps({
         "worker": worker_status, "server": server_status, "inherited": inherited,
         "task": "cancelled" if task.cancelled() else type(task.exception()).__name__,
-        "worker_gone": not pathlib.Path(f"/proc/{worker}").exists()}))
+        "worker_gone": not pathlib.Path(f"/proc/{worker}").exists(),
+        "finishing": ended, "left": len(multiprocessing.active_children())}))
 """)
 
 
@@ -84,3 +98,8 @@ def test_a_starting_worker_ignores_ctrl_c_and_a_started_one_ends_on_it(pool_run)
 def test_an_abandoned_run_stops_its_workers_instead_of_waiting_for_their_tasks(pool_run):
     assert pool_run["task"] in ("cancelled", "BrokenProcessPool")
     assert pool_run["worker_gone"]
+
+
+def test_a_ctrl_c_as_a_run_ends_is_neither_lost_nor_cuts_the_shutdown_short(pool_run):
+    assert pool_run["finishing"] == "KeyboardInterrupt"
+    assert pool_run["left"] == 0

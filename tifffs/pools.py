@@ -147,7 +147,12 @@ class ProcessPool:
             # forever for the queue's lock it held)
             for worker in multiprocessing.active_children():
                 worker.terminate()
-        self._executor.shutdown(wait=True, cancel_futures=bool(cancel))
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            return
+        # every task has ended, so this is quick; a Ctrl-C meanwhile could land in one
+        # of multiprocessing's finalizers, which would print it and go on as if unheard
+        with _stop_deferred():
+            self._executor.shutdown(wait=True)
 
 
 def local_pool(workers: int) -> Pool:
