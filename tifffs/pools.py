@@ -76,9 +76,9 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 @contextlib.contextmanager
 def _stop_deferred() -> Iterator[None]:
     """Run the block to its end before a Ctrl-C or SIGTERM that comes meanwhile takes
-    effect: a KeyboardInterrupt in the middle of starting a worker would leave a process
-    that this one neither knows nor waits for. (Only the main thread can set signal
-    handlers; in another the block runs as it is.)"""
+    effect, for blocks that must not be cut short: a KeyboardInterrupt in the middle of
+    starting a worker would leave a process that this one neither knows nor waits for.
+    (Only the main thread can set signal handlers; in another the block runs as it is.)"""
     if not _in_main_thread():
         yield
         return
