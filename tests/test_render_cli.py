@@ -281,3 +281,23 @@ def test_jobs_sets_how_many_bands_render_at_once(tmp_path, monkeypatch, jobs, fo
     expected = open_view(str(source), view="x4")
     assert written.read_bytes() == expected.read(0, expected.size)
     expected.close()
+
+
+def test_interrupt_while_streaming_to_stdout_says_so_in_one_line(tmp_path):
+    source = tmp_path / "big.tif"
+    write_stack(source, sample_array("uint8", (4, 2000, 2000)))
+    process = subprocess.Popen([*TIFFFS, "render", str(source), "-", "--view", "x2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    try:
+        # the view (4 MB) is larger than the pipe: once its first byte has come, the
+        # command is streaming, and soon blocked on the pipe nobody reads
+        assert process.stdout.read(1)
+        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C on a terminal
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert stderr.decode().strip() == "tifffs: interrupted"

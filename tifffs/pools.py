@@ -99,9 +99,10 @@ def _start_fork_server() -> None:
     ignored. They inherit that, and so does each worker forked from the server until
     ``_init_worker`` runs: a Ctrl-C while one of them is still starting (importing,
     unpickling what it runs) would otherwise end it with a traceback on the terminal.
-    (A Ctrl-C in the few milliseconds this takes is ignored by this process too.)"""
+    (A Ctrl-C in the few milliseconds this takes is ignored by this process too.)
+    Outside the main thread, which cannot set handlers, the executor starts the server
+    as it needs it."""
     if not _in_main_thread():
-        multiprocessing.forkserver.ensure_running()
         return
     handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
